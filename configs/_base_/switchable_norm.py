@@ -1,0 +1,26 @@
+# Shared pieces of every ssn-norm config.  Inherit it next to the upstream
+# bases; it only adds keys the upstream bases do not define.
+custom_imports = dict(imports=['ssn_norm'], allow_failed_imports=False)
+
+# SN recipe (detection / segmentation): ratio logits take no weight decay.
+# mmengine's norm_decay_mult only sees _BatchNorm/GroupNorm/LayerNorm, so the
+# logits are matched by name.  Use as
+#   optim_wrapper = dict(paramwise_cfg={{_base_.sn_paramwise_cfg}})
+sn_paramwise_cfg = dict(
+    custom_keys={
+        'mean_weight': dict(decay_mult=0.),
+        'var_weight': dict(decay_mult=0.),
+    })
+
+# SSN recipe: ratio logits with lr x 0.1, no weight decay, and their gradient
+# norm clipped to 1.0 by RatioClipOptimWrapper, plus the radius schedule.
+#   optim_wrapper = dict(type='RatioClipOptimWrapper',
+#                        constructor='SwitchableOptimWrapperConstructor',
+#                        ratio_clip_grad=dict(max_norm=1.0),
+#                        paramwise_cfg={{_base_.ssn_paramwise_cfg}})
+#   custom_hooks = [dict(type='SparsestMaxRadiusHook')]
+ssn_paramwise_cfg = dict(
+    custom_keys={
+        'mean_weight': dict(lr_mult=0.1, decay_mult=0.),
+        'var_weight': dict(lr_mult=0.1, decay_mult=0.),
+    })

@@ -1,0 +1,7 @@
+from .launch import (apply_test_outputs, apply_train_options,
+                     setup_cpu_distributed, toolbox_of)
+
+__all__ = [
+    'apply_test_outputs', 'apply_train_options', 'setup_cpu_distributed',
+    'toolbox_of'
+]

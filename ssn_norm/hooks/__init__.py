@@ -1,0 +1,3 @@
+from .sparsestmax_radius_hook import SparsestMaxRadiusHook
+
+__all__ = ['SparsestMaxRadiusHook']

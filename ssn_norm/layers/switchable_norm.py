@@ -1,0 +1,361 @@
+"""Switchable Normalization (SN) and Sparse Switchable Normalization (SSN).
+
+Pure PyTorch: nothing here imports mmcv or mmengine.
+"""
+import math
+from typing import Optional, Tuple
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from ..ops.sparsestmax import is_one_hot, sparsestmax
+
+#: Order of the normalisers in the ratio logits.
+NORMALIZERS = ('IN', 'LN', 'BN')
+
+_LOW_PRECISION = (torch.float16, torch.bfloat16)
+
+
+class _SwitchableNormBase(nn.Module):
+    """Common machinery of SN and SSN; subclasses choose how ratios are made.
+
+    A subclass implements :meth:`_ratios`, returning the mean and variance
+    ratios, each of shape ``(K,)`` with ``K = 3`` (IN, LN, BN) or ``K = 2``
+    (IN, LN) when ``using_bn=False``, and may report a one-hot selection
+    through :meth:`_selected` so that eval computes only what is needed.
+    """
+
+    # ``build_norm_layer`` names the attribute after ``_abbr_``.  'bn' keeps
+    # mmdet/mmseg ResNet keys (``layer1.0.bn1.weight``) identical to
+    # torchvision/open-mmlab BN checkpoints and gives mmaction's I3D the
+    # ``conv.bn`` attribute its inflation and zero-init reach for.
+    _abbr_ = 'bn'
+
+    def __init__(self,
+                 num_features: int,
+                 eps: float = 1e-5,
+                 momentum: Optional[float] = 0.1,
+                 using_bn: bool = True,
+                 using_moving_average: bool = True,
+                 last_gamma: bool = False) -> None:
+        super().__init__()
+        if not isinstance(num_features, int) or isinstance(
+                num_features, bool) or num_features <= 0:
+            raise ValueError(f'{type(self).__name__}: num_features must be a '
+                             f'positive int, got {num_features!r}')
+        if not eps > 0:
+            raise ValueError(
+                f'{type(self).__name__}: eps must be > 0, got {eps!r}')
+        if momentum is not None and not 0 <= momentum <= 1:
+            raise ValueError(
+                f'{type(self).__name__}: momentum must be in [0, 1] (torch '
+                'convention: the weight of the new batch; the released SN '
+                f'code\'s 0.9 is 0.1 here), got {momentum!r}')
+        self.num_features = num_features
+        self.eps = float(eps)
+        self.momentum = momentum
+        self.using_bn = bool(using_bn)
+        self.using_moving_average = bool(using_moving_average)
+        self.last_gamma = bool(last_gamma)
+        num_normalizers = 3 if self.using_bn else 2
+        self.weight = nn.Parameter(torch.empty(num_features))
+        self.bias = nn.Parameter(torch.empty(num_features))
+        self.mean_weight = nn.Parameter(torch.ones(num_normalizers))
+        self.var_weight = nn.Parameter(torch.ones(num_normalizers))
+        if self.using_bn:
+            self.register_buffer('running_mean', torch.zeros(num_features))
+            self.register_buffer('running_var', torch.ones(num_features))
+            if not self.using_moving_average or momentum is None:
+                self.register_buffer('num_batches_tracked',
+                                     torch.tensor(0, dtype=torch.long))
+        # Set by ssn_norm.batch_stats to collect exact per-batch moments.
+        self._moment_recorder = None
+        self.reset_parameters()
+
+    # ------------------------------------------------------------------ setup
+    def reset_running_stats(self) -> None:
+        if self.using_bn:
+            self.running_mean.zero_()
+            self.running_var.fill_(1)
+            if hasattr(self, 'num_batches_tracked'):
+                self.num_batches_tracked.zero_()
+
+    def reset_parameters(self) -> None:
+        """γ = 1 (0 with ``last_gamma``), β = 0, ratio logits = 1."""
+        with torch.no_grad():
+            self.weight.fill_(0 if self.last_gamma else 1)
+            self.bias.zero_()
+            self.mean_weight.fill_(1)
+            self.var_weight.fill_(1)
+        self.reset_running_stats()
+
+    def extra_repr(self) -> str:
+        return (f'{self.num_features}, eps={self.eps}, '
+                f'momentum={self.momentum}, using_bn={self.using_bn}, '
+                f'using_moving_average={self.using_moving_average}, '
+                f'last_gamma={self.last_gamma}')
+
+    # ---------------------------------------------------------------- ratios
+    def _ratios(self) -> Tuple[Tensor, Tensor]:
+        raise NotImplementedError
+
+    def _selected(self) -> Optional[Tuple[int, int]]:
+        """``(mean_idx, var_idx)`` if ratios are known one-hot, else None."""
+        return None
+
+    @torch.no_grad()
+    def ratios(self) -> Tuple[Tensor, Tensor]:
+        """The current (mean, variance) ratios over (IN, LN[, BN]), detached."""
+        mean_ratio, var_ratio = self._ratios()
+        return mean_ratio.detach().clone(), var_ratio.detach().clone()
+
+    # ------------------------------------------------------------ statistics
+    def _check_input(self, x: Tensor) -> None:
+        if x.dim() < 3:
+            raise ValueError(
+                f'{type(self).__name__} expects input of shape (N, C, *) with '
+                f'at least one spatial/temporal dimension, got shape '
+                f'{tuple(x.shape)}; for (N, C) features use nn.BatchNorm1d '
+                'or nn.LayerNorm')
+        if x.shape[1] != self.num_features:
+            raise ValueError(
+                f'{type(self).__name__} was built for {self.num_features} '
+                f'channels but got input with {x.shape[1]} channels (shape '
+                f'{tuple(x.shape)})')
+
+    def _batch_moments(self, mean_in: Tensor,
+                       sqmean_in: Tensor) -> Tuple[Tensor, Tensor]:
+        """Per-channel BN mean and second moment over the batch; (C,) each.
+
+        SyncSN overrides this to average over every process.
+        """
+        return mean_in.mean(0), sqmean_in.mean(0)
+
+    @torch.no_grad()
+    def _update_running_stats(self, mean_bn: Tensor, sqmean_bn: Tensor,
+                              var_bn: Tensor) -> None:
+        if self._moment_recorder is not None:
+            self._moment_recorder(self, mean_bn, sqmean_bn)
+            return
+        if self.using_moving_average and self.momentum is not None:
+            m = self.momentum
+            self.running_mean.mul_(1 - m).add_(mean_bn, alpha=m)
+            self.running_var.mul_(1 - m).add_(var_bn, alpha=m)
+            return
+        # Cumulative (equal-weight) average of the batch means and second
+        # moments seen since the last reset_running_stats().
+        self.num_batches_tracked.add_(1)
+        step = 1.0 / self.num_batches_tracked.to(mean_bn.dtype)
+        sqmean_run = self.running_var + self.running_mean.square()
+        sqmean_run.add_((sqmean_bn - sqmean_run) * step)
+        self.running_mean.add_((mean_bn - self.running_mean) * step)
+        self.running_var.copy_(
+            (sqmean_run - self.running_mean.square()).clamp(min=0))
+
+    def _mixed_moments(self, x3: Tensor, mean_ratio: Tensor,
+                       var_ratio: Tensor,
+                       selected: Optional[Tuple[int, int]]
+                       ) -> Tuple[Tensor, Tensor]:
+        """Mixed mean and variance, fp32, shapes broadcastable to (N, C)."""
+        length = x3.shape[-1]
+        use_batch_stats = self.using_bn and self.training
+        use_running = self.using_bn and not self.training
+        bn = 2 if self.using_bn else None
+        needs_sample_stats = (use_batch_stats or selected is None
+                              or any(i != bn for i in selected))
+        mean_terms, var_terms = [], []
+        if needs_sample_stats:
+            xs = x3.float() if x3.dtype in _LOW_PRECISION else x3
+            # Released numerics: unbiased IN variance.  A single element has
+            # none; its IN variance is defined as 0 (not NaN).
+            var_in, mean_in = torch.var_mean(
+                xs, dim=-1, correction=1 if length > 1 else 0)
+            var_in, mean_in = var_in.float(), mean_in.float()
+            # LN and BN moments derive from the IN moments (one pass).
+            sqmean_in = var_in + mean_in.square()
+            mean_ln = mean_in.mean(1, keepdim=True)
+            var_ln = (sqmean_in.mean(1, keepdim=True) -
+                      mean_ln.square()).clamp(min=0)
+            mean_terms += [mean_in, mean_ln]
+            var_terms += [var_in, var_ln]
+        if use_batch_stats:
+            mean_bn, sqmean_bn = self._batch_moments(mean_in, sqmean_in)
+            var_bn = (sqmean_bn - mean_bn.square()).clamp(min=0)
+            self._update_running_stats(mean_bn.detach(), sqmean_bn.detach(),
+                                       var_bn.detach())
+            mean_terms.append(mean_bn)
+            var_terms.append(var_bn)
+        elif use_running:
+            mean_terms.append(self.running_mean.float())
+            var_terms.append(self.running_var.float())
+
+        if selected is not None and not self.training:
+            mean_idx, var_idx = selected
+            if not needs_sample_stats:
+                return mean_terms[0], var_terms[0]
+            return mean_terms[mean_idx], var_terms[var_idx]
+        mean_ratio = mean_ratio.float()
+        var_ratio = var_ratio.float()
+        mean = sum(r * t for r, t in zip(mean_ratio.unbind(), mean_terms))
+        var = sum(r * t for r, t in zip(var_ratio.unbind(), var_terms))
+        return mean, var
+
+    def forward(self, x: Tensor) -> Tensor:
+        self._check_input(x)
+        x3 = x.flatten(2)
+        mean_ratio, var_ratio = self._ratios()
+        selected = None if self.training else self._selected()
+        mean, var = self._mixed_moments(x3, mean_ratio, var_ratio, selected)
+        # One fused multiply-add per element: y = x * scale + shift.
+        scale = self.weight.float() * torch.rsqrt(var + self.eps)
+        shift = self.bias.float() - mean * scale
+        if scale.dim() == 1:
+            scale, shift = scale.unsqueeze(0), shift.unsqueeze(0)
+        out = torch.addcmul(
+            shift.unsqueeze(-1).to(x.dtype), x3,
+            scale.unsqueeze(-1).to(x.dtype))
+        return out.view_as(x)
+
+
+class SN(_SwitchableNormBase):
+    """Switchable Normalization (Luo et al., ICLR 2019) for (N, C, *) input.
+
+    Normalises with a learned mix of instance (IN, per sample and channel),
+    layer (LN, per sample) and batch (BN, per channel) statistics; means and
+    variances are mixed by two softmaxes over the logits ``mean_weight`` and
+    ``var_weight`` (order IN, LN, BN), shared by all channels.  Statistics are
+    taken over every dimension after C, so 5-D video input is normalised over
+    T×H×W.
+
+    Args:
+        num_features: channels C.
+        eps: added to the mixed variance.
+        momentum: running-statistics update in the torch convention (weight of
+            the new batch; the released code's 0.9 equals 0.1 here).  None
+            gives a cumulative average, like ``nn.BatchNorm2d``.
+        using_bn: mix in BN statistics; False leaves IN + LN (2 logits), for
+            one sample per device.
+        using_moving_average: False makes the running statistics an exact
+            average of the batch means and second moments seen since
+            :meth:`reset_running_stats` (the paper's batch-average inference
+            statistics) instead of a moving average.
+        last_gamma: initialise γ to 0 (for the last norm of a residual block).
+
+    Note:
+        Numerics follow the released implementation so its checkpoints
+        evaluate identically: IN variance is unbiased; LN and BN moments are
+        derived from the IN moments as ``mean(var_in + mean_in²) - mean²``; in
+        eval BN uses the running statistics and IN/LN come from the input.
+        Where those formulas break we define:
+
+        * a single spatial element (a 1×1 map, e.g. mmseg's ASPP image pool or
+          PSP pool scale 1): the IN variance is 0 instead of NaN, so IN maps
+          the input to β and LN/BN still normalise across channels/batch;
+        * a batch of one: BN statistics equal IN statistics (finite; unlike
+          ``nn.BatchNorm2d`` no error is raised);
+        * derived variances are clamped at 0 against rounding;
+        * fp16/bf16 input: statistics and the fused scale/shift are computed
+          in fp32, the output has the input's dtype.
+
+        Running statistics start at mean 0 / variance 1 (torch's BN
+        convention; the released code started the variance at 0).
+        The class deliberately does not subclass ``_BatchNorm``: mmengine
+        would convert it to SyncBatchNorm or fold it into convs as BN.
+    """
+
+    def _ratios(self) -> Tuple[Tensor, Tensor]:
+        return F.softmax(self.mean_weight, 0), F.softmax(self.var_weight, 0)
+
+
+class SSN(_SwitchableNormBase):
+    """Sparse Switchable Normalization (Shao et al., CVPR 2019).
+
+    SN statistics whose ratios come from :func:`~ssn_norm.ops.sparsestmax` at
+    the radius held in the buffer ``radius`` (set during training by
+    :class:`~ssn_norm.hooks.SparsestMaxRadiusHook`, linear 0 → 1 by default).
+    Once the mean (or variance) ratios become one-hot (within
+    :data:`~ssn_norm.ops.ONE_HOT_TOL`) during training, the buffer
+    ``mean_fixed`` (``var_fixed``) is set and the logits are overwritten with
+    that one-hot vector; from then on the ratios stay exactly one-hot, also
+    across save/resume.  All of this happens on the device, with no host
+    synchronisation.  In eval, a layer whose ratios are both frozen computes
+    only the statistics it selected (BN: a single affine pass).
+
+    Arguments as :class:`SN`.
+
+    Note:
+        The logits take part in every training forward even once frozen (with
+        zero gradient), so DDP never sees an unused parameter.
+    """
+
+    def __init__(self, num_features: int, **kwargs) -> None:
+        super().__init__(num_features, **kwargs)
+        # Shapes as in the released checkpoints.
+        self.register_buffer('mean_fixed', torch.zeros(1, dtype=torch.long))
+        self.register_buffer('var_fixed', torch.zeros(1, dtype=torch.long))
+        self.register_buffer('radius', torch.zeros(1))
+        self._selection_cache = None
+
+    def reset_parameters(self) -> None:
+        super().reset_parameters()
+        if hasattr(self, 'mean_fixed'):
+            self.mean_fixed.zero_()
+            self.var_fixed.zero_()
+        self._selection_cache = None
+
+    @property
+    def frozen(self) -> Tensor:
+        """Bool tensor (2,): whether the mean / variance ratios are frozen."""
+        return torch.cat([self.mean_fixed, self.var_fixed]).bool()
+
+    def _ratios(self) -> Tuple[Tensor, Tensor]:
+        logits = torch.stack([self.mean_weight, self.var_weight])
+        soft = sparsestmax(logits, self.radius.to(logits.dtype))
+        fixed = self.frozen.unsqueeze(-1)
+        if self.training and torch.is_grad_enabled():
+            with torch.no_grad():
+                newly = is_one_hot(soft.detach()).unsqueeze(-1) & ~fixed
+                hot = F.one_hot(soft.detach().argmax(-1),
+                                logits.shape[-1]).to(logits.dtype)
+                # Overwrite the logits of newly frozen ratios with their
+                # one-hot vector so the choice survives optimizer drift.
+                for param, row, new in zip(
+                    (self.mean_weight, self.var_weight), hot, newly):
+                    param.copy_(torch.where(new, row, param))
+                self.mean_fixed.copy_(self.mean_fixed | newly[0].long())
+                self.var_fixed.copy_(self.var_fixed | newly[1].long())
+                fixed = fixed | newly
+            self._selection_cache = None
+        hot = F.one_hot(
+            torch.stack([self.mean_weight, self.var_weight]).detach().argmax(
+                -1), logits.shape[-1]).to(soft.dtype)
+        ratios = torch.where(fixed, hot, soft)
+        return ratios[0], ratios[1]
+
+    def _selected(self) -> Optional[Tuple[int, int]]:
+        if self._selection_cache is None:
+            # One host read per layer after each train()/load, then cached.
+            frozen = self.frozen.tolist()
+            if all(frozen):
+                self._selection_cache = (int(self.mean_weight.argmax()),
+                                         int(self.var_weight.argmax()))
+            else:
+                self._selection_cache = False
+        return self._selection_cache or None
+
+    def train(self, mode: bool = True):
+        self._selection_cache = None
+        return super().train(mode)
+
+    def _load_from_state_dict(self, *args, **kwargs):
+        self._selection_cache = None
+        return super()._load_from_state_dict(*args, **kwargs)
+
+    def extra_repr(self) -> str:
+        return super().extra_repr() + f', radius={float(self.radius):.4g}'
+
+
+def max_radius(num_normalizers: int = 3) -> float:
+    """Radius from which SparsestMax is one-hot for every input: √((K-1)/K)."""
+    return math.sqrt((num_normalizers - 1) / num_normalizers)

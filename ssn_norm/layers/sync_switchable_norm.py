@@ -1,0 +1,46 @@
+"""SyncSN / SyncSSN: SN / SSN whose BN moments span every process."""
+from typing import Tuple
+
+import torch
+from torch import Tensor
+
+from ..distributed import all_reduce_sum, get_world_size
+from .switchable_norm import SN, SSN
+
+
+class _SyncBatchMomentsMixin:
+    """All-reduces the BN moments; IN and LN stay per process.
+
+    Each process contributes the sums of its per-sample IN means and second
+    moments and its sample count in one packed vector, so processes may hold
+    different batch sizes and the result equals SN on the concatenated batch.
+    Gradients flow back through the all-reduce exactly.  Ratio-logit gradients
+    are left to the data-parallel wrapper (reducing them here as well would
+    count them twice).  Without an initialised process group, or with a world
+    size of 1, the layer is exactly its unsynchronised parent (mmengine's
+    ``revert_sync_batchnorm`` never reverts it).
+    """
+
+    def __init__(self, num_features: int, group=None, **kwargs) -> None:
+        super().__init__(num_features, **kwargs)
+        self.group = group
+
+    def _batch_moments(self, mean_in: Tensor,
+                       sqmean_in: Tensor) -> Tuple[Tensor, Tensor]:
+        if get_world_size(self.group) == 1:
+            return super()._batch_moments(mean_in, sqmean_in)
+        num_channels = mean_in.shape[1]
+        count = mean_in.new_full((1, ), mean_in.shape[0])
+        packed = torch.cat([mean_in.sum(0), sqmean_in.sum(0), count])
+        total = all_reduce_sum(packed, self.group)
+        total_count = total[-1]
+        return (total[:num_channels] / total_count,
+                total[num_channels:2 * num_channels] / total_count)
+
+
+class SyncSN(_SyncBatchMomentsMixin, SN):
+    """:class:`SN` with BN moments synchronised across processes."""
+
+
+class SyncSSN(_SyncBatchMomentsMixin, SSN):
+    """:class:`SSN` with BN moments synchronised across processes."""

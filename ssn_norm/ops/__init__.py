@@ -1,0 +1,3 @@
+from .sparsestmax import ONE_HOT_TOL, is_one_hot, sparsemax, sparsestmax
+
+__all__ = ['ONE_HOT_TOL', 'is_one_hot', 'sparsemax', 'sparsestmax']
