@@ -1,10 +1,15 @@
 import os
 
 import pytest
-import torch
 
-# Keep two pytest-xdist workers from oversubscribing a 2-core machine.
-torch.set_num_threads(max(1, int(os.environ.get('SSN_TEST_THREADS', '1'))))
+# Two pytest-xdist workers on a 2-core machine: one thread each, also for the
+# training subprocesses the end-to-end tests start.
+os.environ.setdefault('OMP_NUM_THREADS', '1')
+os.environ.setdefault('MKL_NUM_THREADS', '1')
+
+import torch  # noqa: E402
+
+torch.set_num_threads(int(os.environ['OMP_NUM_THREADS']))
 
 
 @pytest.fixture(autouse=True)
