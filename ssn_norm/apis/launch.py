@@ -37,7 +37,12 @@ def setup_cpu_distributed(cfg: Config, launcher: str) -> None:
     unconditionally and its DDP wrapper passes ``device_ids=[LOCAL_RANK]``.
     Without CUDA we initialise a gloo process group from torchrun's
     environment ourselves (mmengine then skips its own initialisation) and
-    build the wrapper with ``device_ids=None``.  With CUDA nothing changes.
+    build the wrapper with ``device_ids=None``.  Giving a wrapper config
+    also drops mmengine's defaults for a config without one, so they are
+    restored unless the config sets them: ``broadcast_buffers=False`` (as on
+    GPUs; DDP's own default would overwrite every rank's buffers with rank
+    0's at each forward) and the config's ``find_unused_parameters``.  With
+    CUDA nothing changes.
     """
     if launcher == 'none' or torch.cuda.is_available():
         return
@@ -50,6 +55,11 @@ def setup_cpu_distributed(cfg: Config, launcher: str) -> None:
     wrapper = dict(cfg.get('model_wrapper_cfg') or
                    dict(type='MMDistributedDataParallel'))
     wrapper['device_ids'] = None
+    ddp_types = ('MMDistributedDataParallel', 'DistributedDataParallel')
+    if wrapper.get('type', ddp_types[0]) in ddp_types:
+        wrapper.setdefault('broadcast_buffers', False)
+        wrapper.setdefault('find_unused_parameters',
+                           cfg.get('find_unused_parameters', False))
     cfg.model_wrapper_cfg = wrapper
     env_cfg = cfg.get('env_cfg') or {}
     env_cfg.setdefault('dist_cfg', {})['backend'] = 'gloo'

@@ -1,3 +1,9 @@
+from .batch_stats_hook import BatchStatsHook
+from .ratio_logger_hook import RatioLoggerHook
 from .sparsestmax_radius_hook import SparsestMaxRadiusHook
+from .sync_norm_stats_hook import SyncNormStatsHook, sync_running_stats
 
-__all__ = ['SparsestMaxRadiusHook']
+__all__ = [
+    'BatchStatsHook', 'RatioLoggerHook', 'SparsestMaxRadiusHook',
+    'SyncNormStatsHook', 'sync_running_stats'
+]

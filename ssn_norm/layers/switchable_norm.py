@@ -3,18 +3,22 @@
 Pure PyTorch: nothing here imports mmcv or mmengine.
 """
 import math
-from typing import Optional, Tuple
+from typing import Callable, Optional, Tuple
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..ops.sparsestmax import is_one_hot, sparsestmax
+from ..ops.switchable_function import batch_norm_inference, switchable_norm
 
 #: Order of the normalisers in the ratio logits.
 NORMALIZERS = ('IN', 'LN', 'BN')
 
-_LOW_PRECISION = (torch.float16, torch.bfloat16)
+
+def _stat_dtype(dtype: torch.dtype) -> torch.dtype:
+    """Statistics dtype: fp32 for fp16/bf16/fp32 input, fp64 for fp64."""
+    return torch.promote_types(dtype, torch.float32)
 
 
 class _SwitchableNormBase(nn.Module):
@@ -153,12 +157,16 @@ class _SwitchableNormBase(nn.Module):
         self.running_var.copy_(
             (sqmean_run - self.running_mean.square()).clamp(min=0))
 
-    def _mixed_moments(self, x3: Tensor, mean_ratio: Tensor,
-                       var_ratio: Tensor,
+    def _mixed_moments(self, var_mean_in: Callable[[], Tuple[Tensor, Tensor]],
+                       dtype: torch.dtype, mean_ratio: Optional[Tensor],
+                       var_ratio: Optional[Tensor],
                        selected: Optional[Tuple[int, int]]
                        ) -> Tuple[Tensor, Tensor]:
-        """Mixed mean and variance, fp32, shapes broadcastable to (N, C)."""
-        length = x3.shape[-1]
+        """Mixed mean and variance in ``dtype``, broadcastable to (N, C).
+
+        ``var_mean_in()`` returns the per-sample (IN) variance and mean, each
+        (N, C) in ``dtype``; it is called only when they are needed.
+        """
         use_batch_stats = self.using_bn and self.training
         use_running = self.using_bn and not self.training
         bn = 2 if self.using_bn else None
@@ -166,12 +174,9 @@ class _SwitchableNormBase(nn.Module):
                               or any(i != bn for i in selected))
         mean_terms, var_terms = [], []
         if needs_sample_stats:
-            xs = x3.float() if x3.dtype in _LOW_PRECISION else x3
             # Released numerics: unbiased IN variance.  A single element has
             # none; its IN variance is defined as 0 (not NaN).
-            var_in, mean_in = torch.var_mean(
-                xs, dim=-1, correction=1 if length > 1 else 0)
-            var_in, mean_in = var_in.float(), mean_in.float()
+            var_in, mean_in = var_mean_in()
             # LN and BN moments derive from the IN moments (one pass).
             sqmean_in = var_in + mean_in.square()
             mean_ln = mean_in.mean(1, keepdim=True)
@@ -187,35 +192,39 @@ class _SwitchableNormBase(nn.Module):
             mean_terms.append(mean_bn)
             var_terms.append(var_bn)
         elif use_running:
-            mean_terms.append(self.running_mean.float())
-            var_terms.append(self.running_var.float())
+            mean_terms.append(self.running_mean.to(dtype))
+            var_terms.append(self.running_var.to(dtype))
 
         if selected is not None and not self.training:
             mean_idx, var_idx = selected
             if not needs_sample_stats:
                 return mean_terms[0], var_terms[0]
             return mean_terms[mean_idx], var_terms[var_idx]
-        mean_ratio = mean_ratio.float()
-        var_ratio = var_ratio.float()
+        mean_ratio = mean_ratio.to(dtype)
+        var_ratio = var_ratio.to(dtype)
         mean = sum(r * t for r, t in zip(mean_ratio.unbind(), mean_terms))
         var = sum(r * t for r, t in zip(var_ratio.unbind(), var_terms))
         return mean, var
 
     def forward(self, x: Tensor) -> Tensor:
         self._check_input(x)
-        x3 = x.flatten(2)
-        mean_ratio, var_ratio = self._ratios()
         selected = None if self.training else self._selected()
-        mean, var = self._mixed_moments(x3, mean_ratio, var_ratio, selected)
-        # One fused multiply-add per element: y = x * scale + shift.
-        scale = self.weight.float() * torch.rsqrt(var + self.eps)
-        shift = self.bias.float() - mean * scale
-        if scale.dim() == 1:
-            scale, shift = scale.unsqueeze(0), shift.unsqueeze(0)
-        out = torch.addcmul(
-            shift.unsqueeze(-1).to(x.dtype), x3,
-            scale.unsqueeze(-1).to(x.dtype))
-        return out.view_as(x)
+        if selected == (2, 2):
+            # Frozen on BN for mean and variance: plain BatchNorm in eval.
+            return batch_norm_inference(x, self.running_mean,
+                                        self.running_var, self.weight,
+                                        self.bias, self.eps)
+        mean_ratio, var_ratio = (self._ratios() if selected is None else
+                                 (None, None))
+        dtype = _stat_dtype(x.dtype)
+
+        def mix(var_mean_in, mean_ratio, var_ratio):
+            return self._mixed_moments(var_mean_in, dtype, mean_ratio,
+                                       var_ratio, selected)
+
+        # The heavy O(N·C·L) work runs in fused kernels (ssn_norm.ops).
+        return switchable_norm(x, self.weight, self.bias, mean_ratio,
+                               var_ratio, mix, self.eps)
 
 
 class SN(_SwitchableNormBase):

@@ -1,4 +1,4 @@
-"""Sparsemax and SparsestMax on the last dimension, vectorised and differentiable.
+"""Sparsemax and SparsestMax over the last dimension, vectorised.
 
 SparsestMax (Shao et al., "SSN: Learning Sparse Switchable Normalization via
 SparsestMax", CVPR 2019) first projects the logits onto the probability simplex
@@ -26,12 +26,15 @@ _CENTRE_EPS = 1e-12
 
 
 def sparsemax(logits: Tensor) -> Tensor:
-    """Euclidean projection of ``logits`` onto the simplex (Martins & Astudillo).
+    """Euclidean projection of ``logits`` onto the simplex (Martins et al.).
 
     Returns a tensor of the same shape whose last dimension is non-negative
     and sums to one; exact zeros outside the support.
     """
     num = logits.shape[-1]
+    # The projection is shift invariant; measuring from the largest logit
+    # makes a single-coordinate support exactly 1 in low precision too.
+    logits = logits - logits.detach().amax(dim=-1, keepdim=True)
     z_sorted, _ = torch.sort(logits, dim=-1, descending=True)
     cumsum = z_sorted.cumsum(dim=-1)
     k = torch.arange(1, num + 1, device=logits.device, dtype=logits.dtype)
@@ -43,7 +46,7 @@ def sparsemax(logits: Tensor) -> Tensor:
 
 
 def is_one_hot(ratios: Tensor, tol: float = ONE_HOT_TOL) -> Tensor:
-    """Boolean tensor (last dim reduced): whether each ratio vector is a vertex."""
+    """Bool tensor (last dim reduced): whether each ratio vector is one-hot."""
     return ratios.amax(dim=-1) >= 1 - tol
 
 
@@ -76,6 +79,10 @@ def sparsestmax(logits: Tensor, radius) -> Tensor:
             radius_sq = (radius_sq - (prev_centre - centre).square().sum(
                 dim=-1, keepdim=True)).clamp(min=0)
         offset = point - centre
+        # Rounding leaves ``point`` slightly off the plane of its face (its
+        # sum is not exactly 1); without removing that normal component a
+        # push from near the centre would leave the simplex's plane.
+        offset = offset - centre * offset.sum(dim=-1, keepdim=True)
         dist = offset.norm(dim=-1, keepdim=True)
         towards_vertex = torch.nn.functional.one_hot(
             point.argmax(dim=-1), num).to(point.dtype) - centre

@@ -1,0 +1,19 @@
+# DeepLabV3 R50b-D8 with SN in backbone and heads (BN statistics per GPU).
+# The backbone starts from an SN ImageNet ResNet-50 v1 converted by
+# tools/convert_checkpoint.py; the default is the (8,32) one, the (8,k) rows
+# of SN paper Table VII differ only in this file (see README.md).
+# The ASPP image-pool branch normalises 1x1 maps: SN defines their IN
+# variance as 0 (IN then maps to beta) and keeps LN/BN, so it stays finite.
+_base_ = [
+    './deeplabv3_r50b-d8-syncbn_8xb2-40k_cityscapes-769x769.py',
+    '../_base_/switchable_norm.py'
+]
+sn_checkpoint = 'checkpoints/resnet50-v1_sn-8x32_in1k.pth'
+norm_cfg = dict(type='SN', requires_grad=True)
+model = dict(
+    backbone=dict(
+        norm_cfg=norm_cfg, init_cfg=dict(checkpoint=sn_checkpoint)),
+    decode_head=dict(norm_cfg=norm_cfg),
+    auxiliary_head=dict(norm_cfg=norm_cfg))
+# Ratio logits take no weight decay (the SN recipe).
+optim_wrapper = dict(paramwise_cfg={{_base_.sn_paramwise_cfg}})

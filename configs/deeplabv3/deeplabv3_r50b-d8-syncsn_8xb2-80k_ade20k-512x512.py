@@ -1,0 +1,8 @@
+# DeepLabV3 R50b-D8 with SyncSN on ADE20K (BN statistics over all 8 GPUs;
+# exactly SN on one process).  SN paper Table VII (ADE20K), SyncSN rows.
+_base_ = './deeplabv3_r50b-d8-sn_8xb2-80k_ade20k-512x512.py'
+norm_cfg = dict(type='SyncSN', requires_grad=True)
+model = dict(
+    backbone=dict(norm_cfg=norm_cfg),
+    decode_head=dict(norm_cfg=norm_cfg),
+    auxiliary_head=dict(norm_cfg=norm_cfg))

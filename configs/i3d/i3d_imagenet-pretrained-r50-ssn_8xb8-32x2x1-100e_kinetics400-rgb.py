@@ -1,0 +1,18 @@
+# I3D ResNet-50 with SSN, inflated from an SSN ImageNet model (logits and the
+# mean_fixed / var_fixed / radius buffers carried over).  Statistics over
+# T x H x W.  Make the checkpoint with tools/convert_checkpoint.py (README).
+_base_ = './i3d_imagenet-pretrained-r50-bn_8xb8-32x2x1-100e_kinetics400-rgb.py'
+
+model = dict(
+    backbone=dict(
+        pretrained='checkpoints/resnet50_ssn_imagenet.pth',
+        norm_cfg=dict(type='SSN'),
+        norm_eval=False))
+# SSN recipe: ratio logits with lr x 0.1, no decay, their gradient norm
+# clipped to 1; the SparsestMax radius grows over training.
+optim_wrapper = dict(
+    type='RatioClipOptimWrapper',
+    constructor='SwitchableOptimWrapperConstructor',
+    ratio_clip_grad=dict(max_norm=1.0),
+    paramwise_cfg={{_base_.ssn_paramwise_cfg}})
+custom_hooks = [dict(type='SparsestMaxRadiusHook')]

@@ -1,0 +1,9 @@
+# GN backbone + SN head.
+_base_ = './mask-rcnn_r50_fpn_sn-head_1x_coco.py'
+model = dict(
+    backbone=dict(
+        norm_cfg=dict(type='GN', num_groups=32, requires_grad=True),
+        # GN has no running statistics; set anyway so no BN habit leaks in.
+        norm_eval=False,
+        init_cfg=dict(
+            type='Pretrained', checkpoint='open-mmlab://contrib/resnet50_gn')))

@@ -1,0 +1,112 @@
+# The shrink shared by the mini Mask R-CNN configs: a narrow ResNet-18 from
+# scratch, 64-channel FPN and heads, 128 px images of the generated tiny COCO
+# set (ssn_norm.datasets.tiny_coco) and a short schedule.
+#
+# Each mini config inherits a real config *and* this file, and this file may
+# only add names the real configs lack (mmengine refuses duplicate keys among
+# bases), so everything lives in the one dict ``mini`` and the mini configs
+# copy its entries out with ``{{_base_.mini.<key>}}``.  The helper names
+# below are deleted at the end so they do not show up in the configs.
+_data_root = 'data/tiny_coco/'
+_classes = ('square', 'disc', 'triangle')  # ssn_norm.datasets.tiny_coco
+_channels = 64
+_train_pipeline = [
+    dict(type='LoadImageFromFile'),
+    dict(type='LoadAnnotations', with_bbox=True, with_mask=True),
+    dict(type='Resize', scale=(128, 128), keep_ratio=True),
+    dict(type='RandomFlip', prob=0.5),
+    dict(type='PackDetInputs')
+]
+_test_pipeline = [
+    dict(type='LoadImageFromFile'),
+    dict(type='Resize', scale=(128, 128), keep_ratio=True),
+    dict(type='LoadAnnotations', with_bbox=True, with_mask=True),
+    dict(
+        type='PackDetInputs',
+        meta_keys=('img_id', 'img_path', 'ori_shape', 'img_shape',
+                   'scale_factor'))
+]
+_val_dataloader = dict(
+    batch_size=4,
+    num_workers=0,
+    persistent_workers=False,
+    dataset=dict(
+        data_root=_data_root,
+        metainfo=dict(classes=_classes),
+        ann_file='annotations/instances_val2017.json',
+        data_prefix=dict(img='val2017/'),
+        pipeline=_test_pipeline))
+_evaluator = dict(ann_file=_data_root + 'annotations/instances_val2017.json')
+_max_epochs = 6
+
+mini = dict(
+    data_root=_data_root,
+    train_pipeline=_train_pipeline,
+    test_pipeline=_test_pipeline,
+    model=dict(
+        backbone=dict(
+            depth=18,
+            base_channels=32,
+            frozen_stages=-1,
+            init_cfg=None),
+        neck=dict(in_channels=[32, 64, 128, 256], out_channels=_channels),
+        rpn_head=dict(in_channels=_channels, feat_channels=_channels),
+        roi_head=dict(
+            # A fixed 2x2 sampling grid per bin: the adaptive default makes
+            # mmcv's CPU RoIAlign backward the slowest op of the model.
+            bbox_roi_extractor=dict(
+                roi_layer=dict(sampling_ratio=2), out_channels=_channels),
+            bbox_head=dict(
+                in_channels=_channels,
+                conv_out_channels=_channels,
+                fc_out_channels=256,
+                num_classes=len(_classes)),
+            mask_roi_extractor=dict(
+                roi_layer=dict(sampling_ratio=2), out_channels=_channels),
+            mask_head=dict(
+                in_channels=_channels,
+                conv_out_channels=_channels,
+                num_classes=len(_classes))),
+        train_cfg=dict(
+            rpn_proposal=dict(nms_pre=500, max_per_img=200),
+            rcnn=dict(sampler=dict(num=64))),
+        test_cfg=dict(
+            rpn=dict(nms_pre=300, max_per_img=100),
+            rcnn=dict(max_per_img=50))),
+    train_dataloader=dict(
+        batch_size=4,
+        num_workers=0,
+        persistent_workers=False,
+        dataset=dict(
+            data_root=_data_root,
+            metainfo=dict(classes=_classes),
+            ann_file='annotations/instances_train2017.json',
+            data_prefix=dict(img='train2017/'),
+            pipeline=_train_pipeline)),
+    val_dataloader=_val_dataloader,
+    test_dataloader=_val_dataloader,
+    val_evaluator=_evaluator,
+    test_evaluator=_evaluator,
+    train_cfg=dict(max_epochs=_max_epochs, val_interval=_max_epochs),
+    param_scheduler=[
+        dict(
+            type='LinearLR',
+            start_factor=0.01,
+            by_epoch=False,
+            begin=0,
+            end=50),
+        dict(
+            type='MultiStepLR',
+            begin=0,
+            end=_max_epochs,
+            by_epoch=True,
+            milestones=[5],
+            gamma=0.1)
+    ],
+    optim_wrapper=dict(clip_grad=dict(max_norm=10.0)),
+    default_hooks=dict(
+        logger=dict(interval=10),
+        checkpoint=dict(interval=_max_epochs)),
+    log_processor=dict(window_size=10))
+del _data_root, _classes, _channels, _train_pipeline, _test_pipeline
+del _val_dataloader, _evaluator, _max_epochs

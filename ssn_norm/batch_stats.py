@@ -1,0 +1,288 @@
+"""Batch-average inference statistics for SN / SSN (the SN paper's §4).
+
+Instead of the moving averages collected during training, the running
+statistics of every SN layer are set to the exact average, over K batches
+fed through the frozen network, of the batch moments the layer computes in
+training: the BN mean and the BN second moment ``E[var_in + mean_in²]``
+(the released numerics: unbiased IN variance).  The variance written is
+``E[second moment] - E[mean]²``.
+
+Each batch is weighted by its number of samples, so the result is the
+average over all samples seen and does not depend on how they were split
+into batches (as long as the layer's input does not: upstream layers
+normalise with their own batch statistics, as in training).  In a
+multi-process run every process feeds its own K batches and the sums are
+all-reduced once at the end: plain SN layers then hold the average over all
+processes' samples; SyncSN/SyncSSN layers already see global moments per
+batch, each process weights them by its local sample count, and the sum
+over processes weights every global batch by its global size.  Both give
+the same statistics on every process.
+"""
+from typing import Any, Callable, Dict, Iterable, Optional
+
+import torch
+import torch.distributed as dist
+from torch import Tensor, nn
+
+from .distributed import get_world_size
+from .utils import switchable_norms, unwrap_model
+
+#: ``forward(model, batch)`` feeds one batch through ``model``.
+ForwardFn = Callable[[nn.Module, Any], Any]
+
+
+def default_forward(mode: str = 'loss') -> ForwardFn:
+    """Feeds a batch the way the model trains.
+
+    For an mmengine ``BaseModel`` the batch goes through the model's
+    ``data_preprocessor`` (``training=True``) and then
+    ``model(**data, mode=mode)``: ``'loss'`` sees exactly what training sees
+    (e.g. sampled RoIs in a Mask R-CNN head).  Any other module is called on
+    the batch, or on its first element when the batch is a tuple or list
+    (``(inputs, targets)``).
+    """
+
+    def forward(model: nn.Module, batch: Any) -> Any:
+        module = unwrap_model(model)
+        preprocessor = getattr(module, 'data_preprocessor', None)
+        if isinstance(preprocessor, nn.Module):
+            data = preprocessor(batch, True)
+            if isinstance(data, dict):
+                return module(**data, mode=mode)
+            return module(*data, mode=mode)
+        if isinstance(batch, (tuple, list)):
+            return model(batch[0])
+        if isinstance(batch, Tensor):
+            return model(batch)
+        raise TypeError(
+            f'cannot feed a batch of type {type(batch).__name__} to '
+            f'{type(module).__name__}; pass forward=callable(model, batch)')
+
+    return forward
+
+
+class _MomentSums:
+    """Sample-weighted sums of one layer's batch moments (float64)."""
+
+    def __init__(self, layer: nn.Module) -> None:
+        device = layer.running_mean.device
+        channels = layer.num_features
+        self.mean = torch.zeros(channels, dtype=torch.float64, device=device)
+        self.sqmean = torch.zeros_like(self.mean)
+        self.count = torch.zeros(1, dtype=torch.float64, device=device)
+        self.batch_size = None  # set by the pre-hook before each forward
+
+    def pre_hook(self, layer: nn.Module, args) -> None:
+        self.batch_size = args[0].shape[0]
+
+    def record(self, layer: nn.Module, mean_bn: Tensor,
+               sqmean_bn: Tensor) -> None:
+        weight = float(self.batch_size)
+        self.mean.add_(mean_bn.detach().double(), alpha=weight)
+        self.sqmean.add_(sqmean_bn.detach().double(), alpha=weight)
+        self.count.add_(weight)
+
+
+def _batches_available(data: Iterable) -> Optional[int]:
+    try:
+        return len(data)
+    except TypeError:
+        return None
+
+
+@torch.no_grad()
+def compute_batch_stats(model: nn.Module,
+                        data: Iterable,
+                        num_batches: int,
+                        forward: Optional[ForwardFn] = None,
+                        progress: bool = False) -> Dict[str, int]:
+    """Sets every SN-family layer's running statistics to batch averages.
+
+    Args:
+        model: the network (or its DDP wrapper).  Its parameters and all
+            other state are left untouched; only ``running_mean`` and
+            ``running_var`` of SN / SSN / SyncSN / SyncSSN layers with BN
+            statistics (``using_bn=True``) are written.
+        data: an iterable of batches (e.g. the training DataLoader); the
+            first ``num_batches`` are used.
+        num_batches: K ≥ 1.  In multi-process runs every process must pass
+            the same K (SyncSN layers communicate in every forward).
+        forward: ``forward(model, batch)``; default :func:`default_forward`.
+        progress: show an mmengine ProgressBar (on rank 0).
+
+    Returns:
+        ``{layer name: samples averaged over}`` (summed over processes).
+
+    Raises:
+        ValueError: bad ``num_batches``, or no layer with BN statistics.
+        RuntimeError: ``data`` ran out before ``num_batches`` batches, or a
+            layer received no batch (nothing is written then).
+
+    Note:
+        The model runs in eval mode except the switchable norms, which run
+        in training mode (batch statistics, as in training) with their
+        running-statistics update replaced by the recorder; gradients are
+        off, so SSN ratios do not freeze.  Every module's ``training`` flag
+        is restored afterwards, also on error.
+    """
+    if (not isinstance(num_batches, int) or isinstance(num_batches, bool)
+            or num_batches < 1):
+        raise ValueError(
+            f'num_batches must be a positive int, got {num_batches!r}')
+    layers = [(name, layer) for name, layer in switchable_norms(model)
+              if layer.using_bn]
+    if not layers:
+        raise ValueError(
+            f'{type(unwrap_model(model)).__name__} has no SN/SSN layer with '
+            'BN statistics (using_bn=True); nothing to average')
+    available = _batches_available(data)
+    if available is not None and available < num_batches:
+        raise RuntimeError(
+            f'the data has {available} batches per process, fewer than '
+            f'num_batches={num_batches}; lower num_batches')
+    forward = forward or default_forward()
+    sums = {name: _MomentSums(layer) for name, layer in layers}
+    modes = {module: module.training for module in model.modules()}
+    handles = []
+    bar = None
+    if progress and (not dist.is_initialized() or dist.get_rank() == 0):
+        from mmengine.utils import ProgressBar
+        bar = ProgressBar(num_batches)
+    try:
+        model.eval()
+        for name, layer in layers:
+            layer.train()
+            layer._moment_recorder = sums[name].record
+            handles.append(layer.register_forward_pre_hook(
+                sums[name].pre_hook))
+        batches = iter(data)
+        for index in range(num_batches):
+            try:
+                batch = next(batches)
+            except StopIteration:
+                raise RuntimeError(
+                    f'the data ran out after {index} batches; '
+                    f'num_batches={num_batches}') from None
+            forward(model, batch)
+            if bar is not None:
+                bar.update()
+    finally:
+        for handle in handles:
+            handle.remove()
+        for _, layer in layers:
+            layer._moment_recorder = None
+        # Set the flags back directly: calling train() again could run
+        # overrides with side effects (e.g. freezing stages).
+        for module, mode in modes.items():
+            module.training = mode
+        if bar is not None:
+            bar.file.write('\n')
+
+    # One collective for all layers: [means..., second moments..., counts].
+    packed = torch.cat([
+        torch.cat([s.mean, s.sqmean, s.count]) for s in sums.values()
+    ])
+    if get_world_size() > 1:
+        dist.all_reduce(packed, op=dist.ReduceOp.SUM)
+    results, unused, offset = {}, [], 0
+    for name, layer in layers:
+        channels = layer.num_features
+        mean = packed[offset:offset + channels]
+        sqmean = packed[offset + channels:offset + 2 * channels]
+        count = packed[offset + 2 * channels]
+        offset += 2 * channels + 1
+        if count == 0:
+            unused.append(name)
+        results[name] = (mean, sqmean, count)
+    if unused:
+        raise RuntimeError(
+            f'{len(unused)} SN layers saw no batch ({", ".join(unused[:8])}'
+            f'{", ..." if len(unused) > 8 else ""}); the forward does not '
+            'reach them (try another forward/mode)')
+    counts = {}
+    for name, layer in layers:
+        mean, sqmean, count = results[name]
+        mean = mean / count
+        var = (sqmean / count - mean.square()).clamp(min=0)
+        layer.running_mean.copy_(mean.to(layer.running_mean.dtype))
+        layer.running_var.copy_(var.to(layer.running_var.dtype))
+        counts[name] = int(count)
+    return counts
+
+
+def update_checkpoint_batch_stats(config: str,
+                                  checkpoint: str,
+                                  out: str,
+                                  num_batches: int = 200,
+                                  mode: str = 'loss',
+                                  cfg_options: Optional[dict] = None,
+                                  launcher: str = 'none',
+                                  work_dir: Optional[str] = None
+                                  ) -> Dict[str, int]:
+    """Batch-average statistics for a trained checkpoint, saved to ``out``.
+
+    Builds the model of ``config`` with mmengine's Runner (so
+    ``--launcher pytorch`` runs spread the batches over processes), loads
+    ``checkpoint``, feeds ``num_batches`` batches of the config's
+    ``train_dataloader`` per process (:func:`compute_batch_stats`) and
+    writes ``checkpoint`` with the new state dict (everything else kept,
+    ``meta['batch_stats']`` added) to ``out`` on rank 0.
+
+    Returns:
+        ``{layer name: samples averaged over}``.
+    """
+    import os.path as osp
+
+    from mmengine.config import Config
+    from mmengine.dist import get_rank
+    from mmengine.runner import Runner
+    from mmengine.runner.checkpoint import (_load_checkpoint,
+                                            get_state_dict, weights_to_cpu)
+
+    from .apis.launch import default_work_dir, setup_cpu_distributed
+    if osp.abspath(out) == osp.abspath(checkpoint):
+        raise ValueError(f'refusing to overwrite the input {checkpoint}; '
+                         'choose another output path')
+    cfg = Config.fromfile(config)
+    if cfg_options:
+        cfg.merge_from_dict(cfg_options)
+    loader_cfg = cfg.get('train_dataloader')
+    if loader_cfg is None:
+        raise ValueError(f'{config} has no train_dataloader to draw the '
+                         'batches from')
+    # A test-mode runner: the model, the environment and the checkpoint,
+    # without optimizer or training loop.
+    for key in ('train_dataloader', 'train_cfg', 'optim_wrapper',
+                'param_scheduler'):
+        cfg[key] = None
+    cfg.load_from = checkpoint
+    cfg.resume = False
+    cfg.launcher = launcher
+    cfg.work_dir = work_dir or cfg.get('work_dir') or default_work_dir(config)
+    setup_cpu_distributed(cfg, launcher)
+    runner = Runner.from_cfg(cfg)
+    runner.load_or_resume()
+    loader = runner.build_dataloader(loader_cfg, seed=runner.seed)
+    counts = compute_batch_stats(
+        runner.model,
+        loader,
+        num_batches,
+        forward=default_forward(mode),
+        progress=True)
+    if get_rank() == 0:
+        saved = _load_checkpoint(checkpoint, map_location='cpu')
+        if not isinstance(saved, dict) or 'state_dict' not in saved:
+            saved = {}
+        saved['state_dict'] = weights_to_cpu(get_state_dict(runner.model))
+        meta = dict(saved.get('meta') or {})
+        meta['batch_stats'] = dict(
+            num_batches=num_batches,
+            mode=mode,
+            samples=min(counts.values()),
+            source=osp.basename(checkpoint))
+        saved['meta'] = meta
+        torch.save(saved, out)
+        runner.logger.info(
+            f'batch-average statistics of {len(counts)} SN layers written '
+            f'to {out}')
+    return counts

@@ -1,0 +1,301 @@
+"""Cost of SN / SSN next to BN, GN, IN and LN: layers and whole models.
+
+The library behind ``tools/benchmark_norms.py``.  Timings are interleaved:
+each repeat runs every candidate once, in rotating order, and the median
+per-call time is reported, so slow drift of a shared machine (other jobs,
+frequency scaling) hits all candidates alike and ratios stay meaningful
+where absolute times do not.  Peak memory comes from the PyTorch profiler's
+allocator events (every allocation, including those of compiled code).
+
+Everything here is CPU/GPU agnostic but written for the CPU case: on a GPU
+pass tensors on that device and time with synchronisation added.
+"""
+import math
+import statistics
+import time
+from dataclasses import dataclass, field
+from typing import Callable, Dict, List, Mapping, Optional, Sequence, Tuple
+
+import torch
+from torch import Tensor, nn
+
+from .layers import SN, SSN
+
+__all__ = [
+    'LAYER_SHAPES', 'LayerCase', 'LayerResult', 'MODEL_TASKS', 'ModelResult',
+    'NORMS', 'Timing', 'benchmark_layers', 'benchmark_models', 'build_norm',
+    'frozen_ssn', 'layer_table', 'model_table', 'peak_memory_bytes',
+    'time_interleaved'
+]
+
+#: Normalisers compared, in table order.  LN is ``GroupNorm(1, C)`` (per
+#: sample over C and space, per-channel affine: the LN inside SN); IN has an
+#: affine transform; GN uses 32 groups.
+NORMS = ('BN', 'GN', 'IN', 'LN', 'SN', 'SSN')
+
+
+# ------------------------------------------------------------- measurement
+@dataclass
+class Timing:
+    """Seconds per call: median and quartiles over the repeats."""
+
+    median: float
+    low: float
+    high: float
+    repeats: int
+    first_call: float  # the first call alone: includes any compilation
+
+    @property
+    def spread(self) -> float:
+        """Inter-quartile range relative to the median."""
+        return (self.high - self.low) / self.median if self.median else 0.0
+
+
+def time_interleaved(cases: Mapping[str, Callable[[], object]],
+                     repeats: int = 7,
+                     min_sample_s: float = 0.02,
+                     warmup: int = 2) -> Dict[str, Timing]:
+    """Time ``cases`` side by side; per call seconds for each.
+
+    Each case is called ``warmup`` times first (the first call is timed on
+    its own and reported as ``first_call``).  A sample of a case is as many
+    back-to-back calls as fill ``min_sample_s`` (at least one).  Each of the
+    ``repeats`` rounds takes one sample of every case, starting at a
+    different case each round.
+    """
+    if repeats < 1 or warmup < 1:
+        raise ValueError(f'repeats and warmup must be >= 1, got {repeats} '
+                         f'and {warmup}')
+    names = list(cases)
+    first, calls = {}, {}
+    for name in names:
+        fn = cases[name]
+        start = time.perf_counter()
+        fn()
+        first[name] = time.perf_counter() - start
+        start = time.perf_counter()
+        for _ in range(warmup - 1):
+            fn()
+        single = ((time.perf_counter() - start) /
+                  (warmup - 1) if warmup > 1 else first[name])
+        calls[name] = max(1, math.ceil(min_sample_s / max(single, 1e-9)))
+    samples: Dict[str, List[float]] = {name: [] for name in names}
+    for round_ in range(repeats):
+        for k in range(len(names)):
+            name = names[(round_ + k) % len(names)]
+            fn, num = cases[name], calls[name]
+            start = time.perf_counter()
+            for _ in range(num):
+                fn()
+            samples[name].append((time.perf_counter() - start) / num)
+    result = {}
+    for name in names:
+        values = sorted(samples[name])
+        quart = statistics.quantiles(values, n=4) if len(values) > 1 else [
+            values[0]
+        ] * 3
+        result[name] = Timing(
+            median=statistics.median(values),
+            low=quart[0],
+            high=quart[2],
+            repeats=repeats,
+            first_call=first[name])
+    return result
+
+
+def peak_memory_bytes(fn: Callable[[], object]) -> Optional[int]:
+    """Peak of bytes allocated while ``fn()`` runs, above the start level.
+
+    Counts every allocation the PyTorch allocator reports to the profiler
+    (eager ops, autograd buffers, compiled kernels' buffers); tensors that
+    exist before the call are not counted.  None if this PyTorch build's
+    profiler does not expose allocation events.
+    """
+    from torch.profiler import ProfilerActivity, profile
+    try:
+        from torch._C._profiler import _EventType
+    except ImportError:  # pragma: no cover - older/newer private API
+        return None
+    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as p:
+        fn()
+    events = []
+    stack = list(p.profiler.kineto_results.experimental_event_tree())
+    while stack:
+        event = stack.pop()
+        if event.tag == _EventType.Allocation:
+            events.append((event.start_time_ns, event.extra_fields.alloc_size))
+        stack.extend(event.children)
+    if not events:
+        return None
+    current = peak = 0
+    for _, size in sorted(events):
+        current += size
+        peak = max(peak, current)
+    return peak
+
+
+# ------------------------------------------------------------ layer cases
+def build_norm(name: str, channels: int) -> nn.Module:
+    """A normaliser of :data:`NORMS` for (N, ``channels``, *) input."""
+    if name == 'BN':
+        return _AnyRankBatchNorm(channels)
+    if name == 'GN':
+        return nn.GroupNorm(min(32, channels), channels)
+    if name == 'IN':
+        return _AnyRankInstanceNorm(channels)
+    if name == 'LN':
+        return nn.GroupNorm(1, channels)
+    if name == 'SN':
+        return SN(channels)
+    if name == 'SSN':
+        return SSN(channels)
+    raise ValueError(f'unknown norm {name!r}; choose from {NORMS}')
+
+
+class _AnyRankBatchNorm(nn.BatchNorm2d):
+    """torch's BatchNorm for (N, C, *) input of any rank (same kernels)."""
+
+    def _check_input_dim(self, input: Tensor) -> None:
+        pass
+
+
+class _AnyRankInstanceNorm(nn.Module):
+    """torch's affine InstanceNorm for (N, C, *) input of any rank."""
+
+    def __init__(self, channels: int, eps: float = 1e-5) -> None:
+        super().__init__()
+        self.weight = nn.Parameter(torch.ones(channels))
+        self.bias = nn.Parameter(torch.zeros(channels))
+        self.eps = eps
+
+    def forward(self, x: Tensor) -> Tensor:
+        return nn.functional.instance_norm(
+            x, weight=self.weight, bias=self.bias, eps=self.eps)
+
+
+def frozen_ssn(channels: int, choice: str) -> SSN:
+    """An SSN layer in eval whose ratios are frozen one-hot on ``choice``.
+
+    ``choice`` is 'IN', 'LN' or 'BN' for both mean and variance; running
+    statistics are randomised so that BN is not an identity.
+    """
+    index = ('IN', 'LN', 'BN').index(choice)
+    layer = SSN(channels)
+    with torch.no_grad():
+        hot = nn.functional.one_hot(torch.tensor(index), 3).float()
+        layer.mean_weight.copy_(hot)
+        layer.var_weight.copy_(hot)
+        layer.mean_fixed.fill_(1)
+        layer.var_fixed.fill_(1)
+        layer.running_mean.normal_()
+        layer.running_var.uniform_(0.5, 2.0)
+    return layer.eval()
+
+
+@dataclass(frozen=True)
+class LayerCase:
+    """One input shape of a benchmark family."""
+
+    family: str  # 'ResNet-50', 'FPN', 'I3D'
+    name: str  # e.g. 'res2 (stage 1)'
+    shape: Tuple[int, ...]
+
+
+#: Default shapes: ResNet-50 stages (batch 8, 224²), FPN levels (batch 2,
+#: 800×1344, detection training size) and I3D R50 stages (batch 4, 8×224²
+#: clip after the stride-2 temporal stem).
+LAYER_SHAPES = (
+    LayerCase('ResNet-50', 'stem', (8, 64, 112, 112)),
+    LayerCase('ResNet-50', 'res2', (8, 256, 56, 56)),
+    LayerCase('ResNet-50', 'res3', (8, 512, 28, 28)),
+    LayerCase('ResNet-50', 'res4', (8, 1024, 14, 14)),
+    LayerCase('ResNet-50', 'res5', (8, 2048, 7, 7)),
+    LayerCase('FPN', 'P2', (2, 256, 200, 336)),
+    LayerCase('FPN', 'P4', (2, 256, 50, 84)),
+    LayerCase('FPN', 'P6', (2, 256, 13, 21)),
+    LayerCase('I3D', 'res2', (4, 256, 4, 56, 56)),
+    LayerCase('I3D', 'res3', (4, 512, 4, 28, 28)),
+    LayerCase('I3D', 'res5', (4, 2048, 2, 7, 7)),
+)
+
+
+@dataclass
+class LayerResult:
+    """Timings (s per call) and peak memory (bytes) of one shape."""
+
+    case: LayerCase
+    train: Dict[str, Timing] = field(default_factory=dict)
+    eval: Dict[str, Timing] = field(default_factory=dict)
+    frozen: Dict[str, Timing] = field(default_factory=dict)
+    peak: Dict[str, Optional[int]] = field(default_factory=dict)
+
+
+def _train_step(layer: nn.Module, x: Tensor,
+                grad: Tensor) -> Callable[[], object]:
+    inputs = [x] + [p for p in layer.parameters() if p.requires_grad]
+
+    def step():
+        # autograd.grad: no .grad accumulation pass to skew the timing.
+        return torch.autograd.grad(layer(x), inputs, grad)
+
+    return step
+
+
+def _eval_step(layer: nn.Module, x: Tensor) -> Callable[[], object]:
+
+    def step():
+        with torch.no_grad():
+            return layer(x)
+
+    return step
+
+
+def benchmark_layers(cases: Sequence[LayerCase] = LAYER_SHAPES,
+                     norms: Sequence[str] = NORMS,
+                     repeats: int = 7,
+                     memory: bool = True,
+                     frozen: bool = True,
+                     log: Optional[Callable[[str], None]] = None
+                     ) -> List[LayerResult]:
+    """Training fwd+bwd, eval, frozen-SSN eval and peak memory per shape.
+
+    Frozen rows compare an SSN frozen one-hot on IN/LN/BN (``SSN[IN]``…)
+    with the plain normaliser it selected, in eval.
+    """
+    results = []
+    for case in cases:
+        if log:
+            log(f'{case.family} {case.name} {case.shape}')
+        channels = case.shape[1]
+        x = torch.randn(case.shape).requires_grad_()
+        grad = torch.randn(case.shape)
+        layers = {name: build_norm(name, channels) for name in norms}
+        result = LayerResult(case)
+        result.train = time_interleaved(
+            {
+                name: _train_step(layer.train(), x, grad)
+                for name, layer in layers.items()
+            },
+            repeats=repeats)
+        if memory:
+            for name, layer in layers.items():
+                result.peak[name] = peak_memory_bytes(
+                    _train_step(layer.train(), x, grad))
+        result.eval = time_interleaved(
+            {
+                name: _eval_step(layer.eval(), x)
+                for name, layer in layers.items()
+            },
+            repeats=repeats)
+        if frozen:
+            plain = {'IN': 'IN', 'LN': 'LN', 'BN': 'BN'}
+            cases_ = {}
+            for choice, norm in plain.items():
+                cases_[norm] = _eval_step(
+                    layers[norm].eval() if norm in layers else build_norm(
+                        norm, channels).eval(), x)
+                cases_[f'SSN[{choice}]'] = _eval_step(
+                    frozen_ssn(channels, choice), x)
+            result.frozen = time_interleaved(cases_, repeats=repeats)
+        results.append(result)
+    return results

@@ -1,0 +1,414 @@
+"""Deployment: frozen SSN (and hardened SN) layers → plain PyTorch modules.
+
+Once every SSN layer has frozen its mean and variance ratios to one-hot
+vectors, each layer is one fixed normaliser and the switchable machinery is
+dead weight.  :func:`deploy_switchable_norms` replaces each such layer, in
+place, by
+
+* its BN choice (mean and variance from the running statistics): an affine
+  map, **folded into the preceding convolution** where the network's
+  structure guarantees that the convolution feeds only this norm
+  (``nn.Sequential`` neighbours, mmcv ``ConvModule`` with ``conv`` directly
+  before ``norm``, ResNet blocks' ``convK`` → ``normK``), otherwise an
+  eval-mode ``nn.BatchNorm{1,2,3}d``;
+* any other choice (IN, LN or a mixed pair such as mean IN / variance BN):
+  a small ``torch.fx.GraphModule`` that computes exactly the statistics the
+  layer selected.  torch's own ``InstanceNorm``/``LayerNorm`` do not fit:
+  SN's IN variance is unbiased (Bessel-corrected, 0 for a single element)
+  and its LN moments are derived from the IN moments, so they would differ
+  by up to ``L/(L-1)`` in the variance.  A GraphModule pickles as generated
+  code, so the deployed model loads with ``torch.load`` where ``ssn_norm``
+  is not installed.
+
+SN layers (softmax ratios, never one-hot) and SSN layers whose ratios are
+not one-hot are replaced only when hardening is requested: each takes the
+normaliser of its largest ratio, which changes the outputs.
+"""
+from dataclasses import dataclass
+from typing import Any, Callable, Dict, List, Optional, Tuple
+
+import torch
+import torch.fx as fx
+from torch import Tensor, nn
+
+from .layers.switchable_norm import NORMALIZERS, SSN, _SwitchableNormBase
+from .ops.sparsestmax import is_one_hot
+from .utils import switchable_norms, unwrap_model
+
+HARDEN_CHOICES = ('none', 'sn', 'all')
+_CONVS = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
+_BATCH_NORMS = {1: nn.BatchNorm1d, 2: nn.BatchNorm2d, 3: nn.BatchNorm3d}
+
+
+@dataclass
+class DeployedLayer:
+    """One replaced layer.
+
+    Attributes:
+        name: the layer's module path.
+        mean: normaliser of the mean (``'IN'``, ``'LN'`` or ``'BN'``).
+        var: normaliser of the variance.
+        replacement: what took its place, e.g. ``'folded into conv1'``,
+            ``'BatchNorm2d'`` or ``'SwitchedNorm(mean=IN, var=LN)'``.
+        hardened: True when the choice came from hardening (outputs change).
+    """
+    name: str
+    mean: str
+    var: str
+    replacement: str
+    hardened: bool
+
+
+class SwitchedNorm(nn.Module):
+    """The normaliser a one-hot SN layer computes, nothing else.
+
+    Statistics as in :class:`~ssn_norm.layers.SN` (unbiased IN variance, 0
+    for a single element; LN moments derived from IN moments; BN from the
+    running statistics), computed in ``promote_types(dtype, float32)``.
+    Meant to be traced with :func:`torch.fx.symbolic_trace`: the choice is
+    fixed at construction, so the forward has no data-dependent branch.
+
+    Args:
+        layer: the SN / SSN layer to copy ``weight``, ``bias``, ``eps`` and
+            (if a choice is BN) the running statistics from.
+        mean: ``'IN'``, ``'LN'`` or ``'BN'``.
+        var: ``'IN'``, ``'LN'`` or ``'BN'``.
+    """
+
+    def __init__(self, layer: _SwitchableNormBase, mean: str,
+                 var: str) -> None:
+        super().__init__()
+        for choice in (mean, var):
+            if choice not in NORMALIZERS:
+                raise ValueError(
+                    f'choice must be one of {NORMALIZERS}, got {choice!r}')
+        self.mean, self.var, self.eps = mean, var, layer.eps
+        self.weight = nn.Parameter(layer.weight.detach().clone())
+        self.bias = nn.Parameter(layer.bias.detach().clone())
+        if 'BN' in (mean, var):
+            self.register_buffer('running_mean',
+                                 layer.running_mean.detach().clone())
+            self.register_buffer('running_var',
+                                 layer.running_var.detach().clone())
+
+    def forward(self, x: Tensor) -> Tensor:
+        x3 = x.flatten(2)
+        dtype = torch.promote_types(x.dtype, torch.float32)
+        stats = {}
+        if 'IN' in (self.mean, self.var) or 'LN' in (self.mean, self.var):
+            var_in, mean_in = torch.var_mean(
+                x3.to(dtype), dim=-1, correction=x3.shape[-1] > 1)
+            stats['IN'] = (mean_in, var_in)
+            if 'LN' in (self.mean, self.var):
+                sqmean_in = var_in + mean_in.square()
+                mean_ln = mean_in.mean(1, keepdim=True)
+                var_ln = (sqmean_in.mean(1, keepdim=True) -
+                          mean_ln.square()).clamp(min=0)
+                stats['LN'] = (mean_ln, var_ln)
+        if 'BN' in (self.mean, self.var):
+            stats['BN'] = (self.running_mean.to(dtype).unsqueeze(0),
+                           self.running_var.to(dtype).unsqueeze(0))
+        mean = stats[self.mean][0]
+        var = stats[self.var][1]
+        scale = self.weight.to(dtype) * torch.rsqrt(var + self.eps)
+        shift = self.bias.to(dtype) - mean * scale
+        out = torch.addcmul(
+            shift.unsqueeze(-1).to(x.dtype), x3,
+            scale.unsqueeze(-1).to(x.dtype))
+        return out.view_as(x)
+
+
+def switched_norm(layer: _SwitchableNormBase, mean: str,
+                  var: str) -> fx.GraphModule:
+    """:class:`SwitchedNorm` traced into a GraphModule (pickles as code).
+
+    The module keeps ``mean``, ``var`` and ``eps`` as attributes.
+    """
+    module = SwitchedNorm(layer, mean, var)
+    graph = fx.Tracer().trace(module)
+    traced = fx.GraphModule(module, graph, class_name='SwitchedNorm')
+    traced.mean, traced.var, traced.eps = mean, var, module.eps
+    return traced
+
+
+def layer_choice(layer: _SwitchableNormBase,
+                 harden: bool = False) -> Optional[Tuple[int, int]]:
+    """``(mean_idx, var_idx)`` the layer computes, or None if not one-hot.
+
+    An SSN layer is one-hot when both ratios are frozen (``mean_fixed``,
+    ``var_fixed``; the choice is then the logits' argmax, as in the layer)
+    or its SparsestMax ratios are one-hot within
+    :data:`~ssn_norm.ops.ONE_HOT_TOL`.  With ``harden`` any layer yields the
+    argmax of its current ratios.
+    """
+    if isinstance(layer, SSN) and bool(layer.frozen.all()):
+        return (int(layer.mean_weight.argmax()),
+                int(layer.var_weight.argmax()))
+    mean_ratio, var_ratio = layer.ratios()
+    if isinstance(layer, SSN) and bool(is_one_hot(mean_ratio)) and bool(
+            is_one_hot(var_ratio)):
+        return int(mean_ratio.argmax()), int(var_ratio.argmax())
+    if harden:
+        return int(mean_ratio.argmax()), int(var_ratio.argmax())
+    return None
+
+
+def _conv_before_norm(model: nn.Module) -> Dict[str, Tuple[str, nn.Module]]:
+    """``{norm path: (conv path, conv)}`` where the conv feeds only it."""
+    pairs = {}
+
+    def add(norm_path: str, conv_path: str, conv: nn.Module,
+            norm: nn.Module) -> None:
+        if (isinstance(norm, _SwitchableNormBase) and isinstance(conv, _CONVS)
+                and conv.out_channels == norm.num_features):
+            pairs[norm_path] = (conv_path, conv)
+
+    for path, module in model.named_modules():
+        prefix = path + '.' if path else ''
+        if isinstance(module, nn.Sequential):
+            children = list(module.named_children())
+            for (conv_name, conv), (norm_name, norm) in zip(
+                    children, children[1:]):
+                add(prefix + norm_name, prefix + conv_name, conv, norm)
+        # mmcv ConvModule: forward applies the layers in ``order``.
+        order = getattr(module, 'order', None)
+        norm_name = getattr(module, 'norm_name', None)
+        if (isinstance(order, tuple) and isinstance(norm_name, str)
+                and 'conv' in order and 'norm' in order
+                and order.index('norm') == order.index('conv') + 1
+                and isinstance(getattr(module, 'conv', None), nn.Module)):
+            add(prefix + norm_name, prefix + 'conv', module.conv,
+                getattr(module, norm_name, None))
+        # OpenMMLab ResNet stems and blocks: convK → normK (``normK_name``).
+        for k in (1, 2, 3):
+            norm_name = getattr(module, f'norm{k}_name', None)
+            conv = getattr(module, f'conv{k}', None)
+            if isinstance(norm_name, str) and conv is not None:
+                add(prefix + norm_name, f'{prefix}conv{k}', conv,
+                    getattr(module, norm_name, None))
+    return pairs
+
+
+@torch.no_grad()
+def _fold(conv: nn.Module, scale: Tensor, shift: Tensor) -> None:
+    """conv ← scale · conv + shift, per output channel (float64 math)."""
+    weight = conv.weight.double()
+    view = (-1, ) + (1, ) * (weight.dim() - 1)
+    new_weight = weight * scale.view(view)
+    bias = conv.bias.double() if conv.bias is not None else 0
+    new_bias = bias * scale + shift
+    conv.weight.copy_(new_weight.to(conv.weight.dtype))
+    if conv.bias is None:
+        conv.bias = nn.Parameter(
+            new_bias.to(conv.weight.dtype), requires_grad=conv.weight
+            .requires_grad)
+    else:
+        conv.bias.copy_(new_bias.to(conv.bias.dtype))
+
+
+def _bn_affine(layer: _SwitchableNormBase) -> Tuple[Tensor, Tensor]:
+    """Eval BN of the layer as ``y = x * scale + shift`` (float64)."""
+    scale = layer.weight.double() * torch.rsqrt(layer.running_var.double() +
+                                                layer.eps)
+    shift = layer.bias.double() - layer.running_mean.double() * scale
+    return scale, shift
+
+
+def _batch_norm(layer: _SwitchableNormBase, spatial_dims: int) -> nn.Module:
+    bn = _BATCH_NORMS[spatial_dims](layer.num_features, eps=layer.eps)
+    with torch.no_grad():
+        bn.weight.copy_(layer.weight)
+        bn.bias.copy_(layer.bias)
+        bn.running_mean.copy_(layer.running_mean)
+        bn.running_var.copy_(layer.running_var)
+    bn.to(layer.weight.device)
+    return bn.eval()
+
+
+def _tensors(output: Any) -> List[Tensor]:
+    if isinstance(output, Tensor):
+        return [output]
+    if isinstance(output, dict):
+        output = list(output.values())
+    if isinstance(output, (list, tuple)):
+        return [t for item in output for t in _tensors(item)]
+    return []
+
+
+def _default_check_forward(model: nn.Module, inputs: Tensor) -> Any:
+    module = unwrap_model(model)
+    if hasattr(module, 'extract_feat'):
+        return module.extract_feat(inputs)
+    return model(inputs)
+
+
+@torch.no_grad()
+def deploy_switchable_norms(
+        model: nn.Module,
+        harden: str = 'none',
+        fold: bool = True,
+        spatial_dims: int = 2,
+        strict: bool = True,
+        check_input: Optional[Tensor] = None,
+        check_forward: Optional[Callable[[nn.Module, Tensor], Any]] = None,
+        atol: float = 1e-5) -> List[DeployedLayer]:
+    """Replaces one-hot SN-family layers of ``model`` by plain modules.
+
+    The model is put in eval mode and modified in place.
+
+    Args:
+        model: the trained network.
+        harden: ``'none'``: only SSN layers whose ratios are one-hot;
+            ``'sn'``: also SN / SyncSN layers, by the argmax of their
+            ratios; ``'all'``: also SSN layers that are not yet one-hot.
+        fold: fold BN choices into the preceding conv where that is exact.
+        spatial_dims: dimensions after (N, C) of the input of BN choices
+            that cannot be folded: 2 → ``BatchNorm2d`` (images), 3 →
+            ``BatchNorm3d`` (video), 1 → ``BatchNorm1d``.
+        strict: raise if a switchable layer would remain (the saved model
+            would then need ``ssn_norm``); False leaves such layers.
+        check_input: if given, the outputs of ``check_forward(model,
+            check_input)`` (default: ``extract_feat`` if the model has it,
+            else ``model(check_input)``) must not change by more than
+            ``atol`` (plus ``atol`` relative) for layers that were not
+            hardened; raises RuntimeError otherwise (the model is then
+            already modified).
+        atol: tolerance of the check.
+
+    Returns:
+        One :class:`DeployedLayer` per replaced layer.
+
+    Raises:
+        ValueError: bad arguments, or (``strict``) layers that are not
+            one-hot, listed with the fix.
+    """
+    if harden not in HARDEN_CHOICES:
+        raise ValueError(
+            f'harden must be one of {HARDEN_CHOICES}, got {harden!r}')
+    if spatial_dims not in _BATCH_NORMS:
+        raise ValueError(
+            f'spatial_dims must be 1, 2 or 3, got {spatial_dims!r}')
+    model.eval()
+    check_forward = check_forward or _default_check_forward
+    reference = None
+    if check_input is not None:
+        reference = _tensors(check_forward(model, check_input))
+
+    plan, remaining = [], []
+    for name, layer in switchable_norms(model):
+        wants_harden = harden == 'all' or (harden == 'sn'
+                                           and not isinstance(layer, SSN))
+        choice = layer_choice(layer, harden=wants_harden)
+        if choice is None:
+            remaining.append(name)
+            continue
+        exact = layer_choice(layer, harden=False) is not None
+        plan.append((name, layer, choice, not exact))
+    if remaining and strict:
+        listed = ', '.join(remaining[:8]) + (', ...'
+                                            if len(remaining) > 8 else '')
+        raise ValueError(
+            f'{len(remaining)} switchable layers are not one-hot ({listed}): '
+            'SN layers need harden="sn" (--harden sn), SSN layers that have '
+            'not frozen need more training at radius >= 0.8165 or '
+            'harden="all"; both change the outputs')
+
+    root = unwrap_model(model)
+    convs = _conv_before_norm(root) if fold else {}
+    used_convs = set()
+    deployed = []
+    for name, layer, (mean_idx, var_idx), hardened in plan:
+        mean, var = NORMALIZERS[mean_idx], NORMALIZERS[var_idx]
+        if (mean, var) == ('BN', 'BN'):
+            conv_path, conv = convs.get(name, (None, None))
+            if conv is not None and id(conv) not in used_convs:
+                used_convs.add(id(conv))
+                _fold(conv, *_bn_affine(layer))
+                replacement, description = nn.Identity(), (
+                    f'folded into {conv_path}')
+            else:
+                replacement = _batch_norm(layer, spatial_dims)
+                description = type(replacement).__name__
+        else:
+            replacement = switched_norm(layer, mean, var)
+            description = f'SwitchedNorm(mean={mean}, var={var})'
+        parent_path, _, attr = name.rpartition('.')
+        parent = root.get_submodule(parent_path) if parent_path else root
+        setattr(parent, attr, replacement)
+        deployed.append(
+            DeployedLayer(name, mean, var, description, hardened))
+    model.eval()
+
+    if reference is not None:
+        outputs = _tensors(check_forward(model, check_input))
+        exact = not any(d.hardened for d in deployed)
+        if exact:
+            for index, (ref, out) in enumerate(zip(reference, outputs)):
+                error = (out - ref).abs().max().item() if ref.numel() else 0
+                limit = atol + atol * ref.abs().max().item()
+                if not error <= limit:
+                    raise RuntimeError(
+                        f'deployed output {index} differs by {error:.3g} '
+                        f'(> {limit:.3g}); retry with fold=False '
+                        '(--no-fold) and report the model')
+    return deployed
+
+
+def assert_plain(model: nn.Module) -> None:
+    """Raises ValueError if ``model`` still holds ``ssn_norm`` modules (it
+    would then not load where ``ssn_norm`` is not installed)."""
+    left = [
+        name for name, module in model.named_modules()
+        if type(module).__module__.split('.')[0] == 'ssn_norm'
+    ]
+    if left:
+        raise ValueError(
+            f'{len(left)} modules still need ssn_norm: '
+            f'{", ".join(left[:8])}{", ..." if len(left) > 8 else ""}')
+
+
+def save_deployed(model: nn.Module, path: str) -> None:
+    """``torch.save`` of the whole module, after :func:`assert_plain`.
+
+    Load it with ``torch.load(path, weights_only=False)`` (it is a pickle:
+    only load files you trust); the model's own classes (e.g. mmdet's) must
+    be importable, ``ssn_norm`` need not be.
+    """
+    assert_plain(unwrap_model(model))
+    torch.save(unwrap_model(model), path)
+
+
+def deploy_checkpoint(config: str,
+                      checkpoint: str,
+                      out: str,
+                      harden: str = 'none',
+                      fold: bool = True,
+                      spatial_dims: int = 2,
+                      check_shape: Optional[Tuple[int, ...]] = None,
+                      cfg_options: Optional[dict] = None
+                      ) -> List[DeployedLayer]:
+    """Builds ``config``'s model, loads ``checkpoint`` strictly, deploys it
+    (:func:`deploy_switchable_norms`) and saves the whole module to ``out``
+    (:func:`save_deployed`).  ``check_shape`` runs the output check on a
+    random input of that shape."""
+    from mmengine.config import Config
+    from mmengine.registry import MODELS, init_default_scope
+    from mmengine.runner import load_checkpoint
+
+    import ssn_norm  # noqa: F401  registers SN/SSN, applies compat fixes
+    cfg = Config.fromfile(config)
+    if cfg_options:
+        cfg.merge_from_dict(cfg_options)
+    init_default_scope(cfg.get('default_scope') or 'mmengine')
+    model = MODELS.build(cfg.model)
+    load_checkpoint(model, checkpoint, map_location='cpu', strict=True)
+    check_input = (torch.randn(*check_shape)
+                   if check_shape is not None else None)
+    deployed = deploy_switchable_norms(
+        model,
+        harden=harden,
+        fold=fold,
+        spatial_dims=spatial_dims,
+        check_input=check_input)
+    save_deployed(model, out)
+    return deployed

@@ -1,0 +1,469 @@
+"""Fast forward and backward of switchable normalisation.
+
+Written with plain autograd ops, SN costs several times BatchNorm: the
+backward of ``var_mean`` and of the fused multiply-add each materialise a few
+full-size temporaries.  Here everything that touches all ``N×C×L`` elements
+is one of four kernels over the rows ``r = (n, c)`` of ``x`` viewed as
+``(N·C, L)``:
+
+1. per-row mean and unbiased variance (one read of ``x``);
+2. ``y = x * scale + shift`` (one read, one write);
+3. backward: per-row sums of ``g`` and ``g * x`` (one read of each);
+4. backward: ``dx = g * scale + (x - mean) * coef + const`` (one read of
+   each, one write).
+
+Everything of size ``O(N×C)`` (mixing IN/LN/BN moments, ratios, the SyncSN
+all-reduce, running statistics) stays ordinary autograd code supplied by the
+layer as a ``mix`` callable.  :class:`SwitchableNormFunction` records that
+small graph in its forward and differentiates it inside its backward with
+:func:`torch.autograd.grad`, so the layer keeps a single definition of it.
+
+Backends, chosen with the environment variable ``SSN_NORM_BACKEND`` (read at
+import) or :func:`set_backend` / :func:`use_backend`:
+
+* ``compiled`` (default): the four kernels go through
+  ``torch.compile(dynamic=True)``, compiled once per input dtype; sizes are
+  symbolic, so new image or batch sizes reuse the code.  Tensors below
+  :data:`MIN_COMPILED_NUMEL` elements and 1×1 maps use the eager kernels.
+  If compilation fails (no C++ compiler, unsupported Python) a warning is
+  issued once and the eager kernels are used from then on.
+* ``eager``: the same autograd Function with kernels made of ATen ops; no
+  warm-up, no compiler needed.
+* ``autograd``: plain differentiable ops, the reference the others are
+  tested against and the only backend that supports double backward.  It is
+  used automatically while ``torch.compile``, ``torch.jit`` or ONNX export
+  trace the model, so an outer compiler sees ordinary ops.
+"""
+import contextlib
+import os
+import warnings
+from typing import Callable, Dict, Iterator, List, Optional, Tuple
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+from torch.autograd.function import once_differentiable
+
+__all__ = [
+    'BACKENDS', 'MIN_COMPILED_NUMEL', 'MixFn', 'SwitchableNormFunction',
+    'batch_norm_inference', 'get_backend', 'set_backend', 'switchable_norm',
+    'use_backend'
+]
+
+#: Valid values of ``SSN_NORM_BACKEND`` / :func:`set_backend`.
+BACKENDS = ('compiled', 'eager', 'autograd')
+
+#: Inputs smaller than this run the eager kernels under ``compiled``: the
+#: call overhead of compiled code would dominate.
+MIN_COMPILED_NUMEL = 1 << 15
+
+_ENV_VAR = 'SSN_NORM_BACKEND'
+
+#: ``mix(var_mean_in, mean_ratio, var_ratio) -> (mean, var)``.
+#: ``var_mean_in()`` returns the per-sample (IN) unbiased variance and mean,
+#: each ``(N, C)`` in the statistics dtype (fp32; fp64 for fp64 input);
+#: ``mix`` calls it only if it needs them.  ``mean`` and ``var`` are in the
+#: same dtype and broadcast to ``(N, C)``.
+MixFn = Callable[[Callable[[], Tuple[Tensor, Tensor]], Optional[Tensor],
+                  Optional[Tensor]], Tuple[Tensor, Tensor]]
+
+
+def _stat_dtype(dtype: torch.dtype) -> torch.dtype:
+    # fp16/bf16/fp32 -> fp32, fp64 -> fp64.
+    return torch.promote_types(dtype, torch.float32)
+
+
+# ----------------------------------------------------------------- formulas
+# Plain expressions over (R, L) rows and (R,) factors: torch.compile turns
+# each into a single loop nest.  They also define the ``autograd`` backend.
+def _var_mean_formula(x: Tensor) -> Tuple[Tensor, Tensor]:
+    xs = x.to(_stat_dtype(x.dtype))
+    # Released numerics: unbiased IN variance; one element has variance 0.
+    return torch.var_mean(xs, dim=-1, correction=int(x.shape[-1] > 1))
+
+
+def _affine_formula(x: Tensor, scale: Tensor, shift: Tensor) -> Tensor:
+    out = x.to(scale.dtype) * scale.unsqueeze(-1) + shift.unsqueeze(-1)
+    return out.to(x.dtype)
+
+
+def _grad_sums_formula(grad: Tensor, x: Tensor) -> Tuple[Tensor, Tensor]:
+    dtype = _stat_dtype(x.dtype)
+    grad = grad.to(dtype)
+    return grad.sum(-1), (grad * x.to(dtype)).sum(-1)
+
+
+def _grad_input_formula(grad: Tensor, x: Tensor, scale: Tensor,
+                        centre: Tensor, coef: Tensor,
+                        const: Tensor) -> Tensor:
+    dtype = scale.dtype
+    # Centred: where the variance is ~0 (a constant row) ``coef`` is huge
+    # and meaningless, but ``x - centre`` is 0.
+    out = (grad.to(dtype) * scale.unsqueeze(-1) +
+           (x.to(dtype) - centre.unsqueeze(-1)) * coef.unsqueeze(-1) +
+           const.unsqueeze(-1))
+    return out.to(x.dtype)
+
+
+# ------------------------------------------------------------ eager kernels
+def _eager_var_mean(x: Tensor) -> Tuple[Tensor, Tensor]:
+    if x.dtype != _stat_dtype(x.dtype) or x.shape[-1] == 1:
+        return _var_mean_formula(x)
+    # Two passes: torch.var_mean's Welford loop divides per element and is
+    # several times slower than BatchNorm's statistics on CPU.  The squared
+    # deviations are summed as a batched dot product.
+    mean = x.mean(-1)
+    dev = x - mean.unsqueeze(-1)
+    var = torch.linalg.vecdot(dev, dev).div_(x.shape[-1] - 1)
+    return var, mean
+
+
+def _eager_affine(x: Tensor, scale: Tensor, shift: Tensor) -> Tensor:
+    if x.dtype != scale.dtype:
+        return _affine_formula(x, scale, shift)
+    return torch.addcmul(shift.unsqueeze(-1), x, scale.unsqueeze(-1))
+
+
+def _eager_grad_sums(grad: Tensor, x: Tensor) -> Tuple[Tensor, Tensor]:
+    dtype = _stat_dtype(x.dtype)
+    grad, x = grad.to(dtype), x.to(dtype)
+    return grad.sum(-1), torch.linalg.vecdot(grad, x)
+
+
+def _eager_grad_input(grad: Tensor, x: Tensor, scale: Tensor,
+                      centre: Tensor, coef: Tensor, const: Tensor) -> Tensor:
+    if x.dtype != scale.dtype:
+        return _grad_input_formula(grad, x, scale, centre, coef, const)
+    out = x - centre.unsqueeze(-1)
+    out.mul_(coef.unsqueeze(-1)).add_(const.unsqueeze(-1))
+    return out.addcmul_(grad, scale.unsqueeze(-1))
+
+
+_KERNEL_NAMES = ('var_mean', 'affine', 'grad_sums', 'grad_input')
+_FORMULAS = dict(
+    zip(_KERNEL_NAMES, (_var_mean_formula, _affine_formula,
+                        _grad_sums_formula, _grad_input_formula)))
+_EAGER = dict(
+    zip(_KERNEL_NAMES,
+        (_eager_var_mean, _eager_affine, _eager_grad_sums, _eager_grad_input)))
+
+
+def _alias(t: Tensor, shape: Optional[torch.Size] = None) -> Tensor:
+    """Contiguous ``t`` (as ``shape``) as a tensor of its own, not a view.
+
+    Compiled code guards on the sizes of a view's base: for a (N·C, L) view
+    of a (N, C, H, W) input that would mean a graph per number of
+    dimensions and one for N = 1.  A custom Function may not return a view
+    either.  An alias that shares the storage has no base.
+    """
+    if shape is None:
+        if t._base is None and not t.requires_grad:
+            return t
+        shape = t.shape
+    strides, step = [], 1
+    for size in reversed(shape):
+        strides.insert(0, step)
+        step *= max(size, 1)
+    with torch.no_grad():
+        return t.new_empty(0).set_(t.untyped_storage(), t.storage_offset(),
+                                   shape, strides)
+
+
+class _CompiledKernels:
+    """``torch.compile``d formulas; on a compiler failure, eager for good.
+
+    A compiled kernel that raises is re-run eagerly: if that succeeds the
+    failure was the compiler's, which is reported once and disables
+    compilation in this process; otherwise the eager error propagates.
+    """
+
+    def __init__(self) -> None:
+        self._compiled: Optional[Dict[str, Callable]] = None
+        self.failed = False
+        self._kernels = {name: self._make(name) for name in _KERNEL_NAMES}
+
+    def __getitem__(self, name: str) -> Callable:
+        return self._kernels[name]
+
+    def _make(self, name: str) -> Callable:
+        eager = _EAGER[name]
+
+        def kernel(x_or_grad: Tensor, *args):
+            if (self.failed or x_or_grad.shape[-1] == 1
+                    or x_or_grad.numel() < MIN_COMPILED_NUMEL):
+                return eager(x_or_grad, *args)
+            try:
+                if self._compiled is None:
+                    self._compiled = {
+                        key: torch.compile(fn, dynamic=True)
+                        for key, fn in _FORMULAS.items()
+                    }
+                # Always without autograd: one compiled graph per dtype.
+                with torch.no_grad():
+                    return self._compiled[name](
+                        *(_alias(t) for t in (x_or_grad, ) + args))
+            except Exception as err:  # noqa: B902 - see class docstring
+                out = eager(x_or_grad, *args)
+                self.failed = True
+                warnings.warn(
+                    'ssn_norm: torch.compile of the switchable-norm kernels '
+                    f'failed ({type(err).__name__}: {err}); using the eager '
+                    f'kernels from now on (set {_ENV_VAR}=eager to skip the '
+                    'attempt)', RuntimeWarning)
+                return out
+
+        return kernel
+
+
+_COMPILED = _CompiledKernels()
+
+
+def _backend_from_env() -> str:
+    value = os.environ.get(_ENV_VAR, 'compiled').strip().lower()
+    if value not in BACKENDS:
+        raise ValueError(f'{_ENV_VAR}={value!r} is not one of {BACKENDS}')
+    return value
+
+
+_backend = _backend_from_env()
+
+
+def get_backend() -> str:
+    """The backend in use: one of :data:`BACKENDS`."""
+    return _backend
+
+
+def set_backend(name: str) -> None:
+    """Select the backend of every switchable-norm layer (process-wide)."""
+    global _backend
+    if name not in BACKENDS:
+        raise ValueError(f'unknown switchable-norm backend {name!r}; choose '
+                         f'one of {BACKENDS}')
+    _backend = name
+
+
+@contextlib.contextmanager
+def use_backend(name: str) -> Iterator[None]:
+    """:func:`set_backend` for the duration of a ``with`` block."""
+    previous = get_backend()
+    set_backend(name)
+    try:
+        yield
+    finally:
+        set_backend(previous)
+
+
+def _kernels():
+    return _COMPILED if _backend == 'compiled' else _EAGER
+
+
+def _tracing() -> bool:
+    # Outer tracers must see plain ops, not an opaque Function with Python
+    # side effects inside.
+    return bool(torch.compiler.is_compiling() or torch.jit.is_tracing()
+                or torch.jit.is_scripting()
+                or torch.onnx.is_in_onnx_export())
+
+
+# ------------------------------------------------------------------ helpers
+def batch_norm_inference(x: Tensor, running_mean: Tensor, running_var: Tensor,
+                         weight: Tensor, bias: Tensor, eps: float) -> Tensor:
+    """``weight * (x - running_mean) / sqrt(running_var + eps) + bias``.
+
+    One native BatchNorm-inference pass (foldable into a preceding conv)
+    when the statistics and parameters are in the statistics dtype of ``x``
+    (fp32 for fp16/bf16/fp32 input); otherwise the same formula in that
+    dtype.  The output has ``x``'s dtype; differentiable.
+    """
+    dtype = _stat_dtype(x.dtype)
+    if all(t.dtype == dtype
+           for t in (running_mean, running_var, weight, bias)):
+        return F.batch_norm(x, running_mean, running_var, weight, bias, False,
+                            0.0, eps)
+    scale = weight.to(dtype) * torch.rsqrt(running_var.to(dtype) + eps)
+    shift = bias.to(dtype) - running_mean.to(dtype) * scale
+    view = (1, -1) + (1, ) * (x.dim() - 2)
+    return (x.to(dtype) * scale.view(view) + shift.view(view)).to(x.dtype)
+
+
+def _scale_shift(mean: Tensor, var: Tensor, weight: Tensor, bias: Tensor,
+                 eps: float) -> Tuple[Tensor, Tensor]:
+    """Factors of ``y = x * scale + shift``; each (N, C) or (1, C)."""
+    dtype = var.dtype
+    # A frozen SSN may mix a per-sample mean with a per-channel variance:
+    # scale is then (1, C) and shift (N, C).
+    scale = torch.atleast_2d(weight.to(dtype) * torch.rsqrt(var + eps))
+    shift = torch.atleast_2d(bias.to(dtype) - mean * scale)
+    return scale, shift
+
+
+def _rows(t: Tensor, shape: torch.Size) -> Tensor:
+    """(N, C) or (1, C) factor as a contiguous (N·C,) vector."""
+    return t.expand(shape).reshape(-1)
+
+
+def _sum_to(total: Tensor, like: Tensor) -> Tensor:
+    """(N, C) per-row sums reduced to the shape of a factor."""
+    if like.shape[0] == total.shape[0]:
+        return total
+    return total.sum(0, keepdim=True)
+
+
+def _leaf(t: Optional[Tensor]) -> Optional[Tensor]:
+    return None if t is None else t.detach().requires_grad_(t.requires_grad)
+
+
+def _autograd_switchable_norm(x3: Tensor, weight: Tensor, bias: Tensor,
+                              mean_ratio: Optional[Tensor],
+                              var_ratio: Optional[Tensor], mix: MixFn,
+                              eps: float) -> Tensor:
+    """The reference: plain differentiable ops on ``x3`` (N, C, L)."""
+
+    def var_mean_in():
+        return _var_mean_formula(x3)
+
+    mean, var = mix(var_mean_in, mean_ratio, var_ratio)
+    scale, shift = _scale_shift(mean, var, weight, bias, eps)
+    scale, shift = torch.broadcast_tensors(scale, shift)
+    return _affine_formula(x3, scale, shift)
+
+
+class SwitchableNormFunction(torch.autograd.Function):
+    """SN of ``x`` (N, C, *) with a hand-derived backward for the big part.
+
+    Forward: the kernels compute the per-row (IN) moments of ``x``; ``mix``
+    (recorded under autograd on detached leaves) turns them into the mixed
+    moments; then ``y = x * scale + shift``.  Only ``x`` is saved at full
+    size, as in BatchNorm.  Backward: the row sums ``Σ g`` and ``Σ g·x`` are
+    the gradients of ``shift`` and ``scale``; the recorded small graph turns
+    them into the gradients of the parameters and of the IN mean ``m`` and
+    variance ``v``; the input gradient is
+    ``g·scale + ∂v·2(x - m)/(L - 1) + ∂m/L``, one fused kernel.
+
+    Not twice differentiable (the ``autograd`` backend is).
+    """
+
+    @staticmethod
+    def forward(ctx, x_in: Tensor, weight: Tensor, bias: Tensor,
+                mean_ratio: Optional[Tensor], var_ratio: Optional[Tensor],
+                mix: MixFn, eps: float, kernels) -> Tensor:
+        num, channels = x_in.shape[:2]
+        x = x_in.detach().reshape(num * channels, -1).contiguous()
+        params = [_leaf(t) for t in (weight, bias, mean_ratio, var_ratio)]
+        moments: List[Tensor] = []
+
+        def var_mean_in():
+            with torch.no_grad():
+                var, mean = kernels['var_mean'](x)
+            var = var.view(num, channels).requires_grad_(
+                ctx.needs_input_grad[0])
+            mean = mean.view(num, channels).requires_grad_(
+                ctx.needs_input_grad[0])
+            moments[:] = [var, mean]
+            return var, mean
+
+        with torch.enable_grad():
+            mean, var = mix(var_mean_in, params[2], params[3])
+            scale, shift = _scale_shift(mean, var, params[0], params[1], eps)
+        rows = torch.Size((num, channels))
+        out = kernels['affine'](x, _rows(scale.detach(), rows),
+                                _rows(shift.detach(), rows))
+        ctx.save_for_backward(x)
+        ctx.small_graph = (scale, shift, params, moments)
+        ctx.kernels = kernels
+        ctx.rows = rows
+        # Not a view: in-place ops on the output (ReLU(inplace=True)) must
+        # stay allowed.
+        return _alias(out, x_in.shape)
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad_out: Tensor):
+        x, = ctx.saved_tensors
+        scale, shift, params, moments = ctx.small_graph
+        kernels, rows = ctx.kernels, ctx.rows
+        grad = grad_out.reshape(x.shape).contiguous()
+        sum_g, sum_gx = (s.view(rows) for s in kernels['grad_sums'](grad, x))
+        wrt = [t for t in params + moments if t is not None and t.requires_grad]
+        grads = {}
+        if wrt:
+            # Kept for a second backward (retain_graph=True outside); the
+            # small graph goes with this node.
+            with torch.enable_grad():
+                found = torch.autograd.grad(
+                    (scale, shift),
+                    wrt, (_sum_to(sum_gx, scale), _sum_to(sum_g, shift)),
+                    retain_graph=True,
+                    allow_unused=True)
+            grads = {id(t): g for t, g in zip(wrt, found)}
+
+        def grad_of(t: Optional[Tensor]) -> Optional[Tensor]:
+            return None if t is None else grads.get(id(t))
+
+        grad_x = None
+        if ctx.needs_input_grad[0]:
+            length = x.shape[-1]
+            centre = coef = const = sum_g.new_zeros(rows)
+            if moments:
+                grad_var, grad_mean = (grad_of(t) for t in moments)
+                centre = moments[1].detach()
+                if grad_var is not None and length > 1:
+                    coef = grad_var * (2.0 / (length - 1))  # ∂v/∂x · (x - m)
+                if grad_mean is not None:
+                    const = grad_mean / length  # ∂m/∂x = 1/L
+            grad_x = kernels['grad_input'](grad, x,
+                                           _rows(scale.detach(), rows),
+                                           _rows(centre, rows),
+                                           _rows(coef, rows),
+                                           _rows(const, rows))
+            grad_x = grad_x.view(grad_out.shape)
+        return (grad_x, *(grad_of(t) for t in params), None, None, None)
+
+
+def switchable_norm(x: Tensor,
+                    weight: Tensor,
+                    bias: Tensor,
+                    mean_ratio: Optional[Tensor],
+                    var_ratio: Optional[Tensor],
+                    mix: MixFn,
+                    eps: float = 1e-5) -> Tensor:
+    """Switchable normalisation of ``x`` (N, C, *) with the current backend.
+
+    Args:
+        x: input; statistics are taken over every dimension after C.
+        weight, bias: per-channel affine parameters (C,).
+        mean_ratio, var_ratio: handed to ``mix`` as they are (None if
+            unused); their gradients flow back through ``mix``.
+        mix: the layer's mixing of moments, see :data:`MixFn`.  It is called
+            exactly once per call, so its side effects (running statistics)
+            happen once.
+        eps: added to the mixed variance.
+
+    Returns:
+        ``(x - mean) * weight / sqrt(var + eps) + bias``, contiguous, in
+        ``x``'s dtype and shape; statistics and factors are computed and
+        applied in fp32 (fp64 for fp64 input).  All backends agree up to
+        rounding; only ``autograd`` is twice differentiable.
+    """
+    if _backend == 'autograd' or _tracing():
+        return _autograd_switchable_norm(x.flatten(2), weight, bias,
+                                         mean_ratio, var_ratio, mix,
+                                         eps).view(x.shape)
+    kernels = _kernels()
+    if torch.is_grad_enabled() and any(
+            t is not None and t.requires_grad
+            for t in (x, weight, bias, mean_ratio, var_ratio)):
+        return SwitchableNormFunction.apply(x, weight, bias, mean_ratio,
+                                            var_ratio, mix, eps, kernels)
+    num, channels = x.shape[:2]
+    x2 = x.detach().reshape(num * channels, -1).contiguous()
+
+    def var_mean_in():
+        var, mean = kernels['var_mean'](x2)
+        return var.view(num, channels), mean.view(num, channels)
+
+    mean, var = mix(var_mean_in, mean_ratio, var_ratio)
+    scale, shift = _scale_shift(mean, var, weight, bias, eps)
+    rows = torch.Size((num, channels))
+    out = kernels['affine'](x2, _rows(scale, rows), _rows(shift, rows))
+    return out.view(x.shape)

@@ -1,0 +1,269 @@
+"""End to end: 2-process CPU training of a tiny SyncSN config.
+
+``tools/dist_train.sh`` (``python -m torch.distributed.run
+--nproc_per_node 2 tools/train.py ... --launcher pytorch``) trains the mini
+DeepLabV3 of ``tests/configs/`` for 4 iterations on tiny Cityscapes-layout
+data made here, validates and saves ``iter_4.pth``.
+
+How the checkpoint's running statistics are checked: a probe hook (defined
+below, imported by the processes through ``custom_imports``) records, on
+each rank, every input that reached a SyncSN layer in training mode, the
+layers' starting buffers, and the per-rank running statistics just before
+``SyncNormStatsHook`` runs at the last iteration.  Here we then
+
+* replay each SyncSN layer as a plain SN fed with both ranks' inputs
+  concatenated, iteration by iteration: its running statistics are the
+  statistics of the all-reduced batches, and the checkpoint must hold them;
+* merge the auxiliary head's plain SN statistics of the two ranks (mean of
+  the means; mean of variance + mean² minus mean²): the checkpoint must hold
+  that merge, not rank 0's statistics, and both ranks must end identical.
+"""
+import glob
+import json
+import os
+import os.path as osp
+import socket
+import subprocess
+from functools import partial
+
+import pytest
+import torch
+import torch.distributed as dist
+from mmengine.hooks import Hook
+from mmengine.registry import HOOKS
+
+from ssn_norm import SN, SyncSN
+from ssn_norm.layers.switchable_norm import _SwitchableNormBase
+from ssn_norm.utils import unwrap_model
+
+pytestmark = pytest.mark.skipif(
+    not (dist.is_available() and dist.is_gloo_available()),
+    reason='torch.distributed with the gloo backend is not available')
+
+REPO = osp.dirname(osp.dirname(osp.abspath(__file__)))
+CONFIG = osp.join(
+    REPO, 'tests', 'configs',
+    'deeplabv3_r18-w32-d8-syncsn_2xb2-4_tiny-cityscapes-64x64.py')
+ITERS = 4
+STATS = ('running_mean', 'running_var')
+
+
+def running_buffers(module: torch.nn.Module) -> dict:
+    return {k: getattr(module, k).detach().clone() for k in STATS}
+
+
+@HOOKS.register_module(force=True)
+class DistTrainProbeHook(Hook):
+    """Records what the test needs to recompute the running statistics.
+
+    Priority HIGH: runs before SyncNormStatsHook (ABOVE_NORMAL).
+    """
+
+    priority = 'HIGH'
+
+    def __init__(self, out_dir: str) -> None:
+        self.out_dir = out_dir
+        self.inputs, self.initial, self.kwargs = {}, {}, {}
+        self.before_sync = {}
+
+    def before_train(self, runner) -> None:
+        for name, module in unwrap_model(runner.model).named_modules():
+            if isinstance(module, SyncSN):
+                self.inputs[name] = []
+                self.initial[name] = running_buffers(module)
+                self.kwargs[name] = dict(
+                    num_features=module.num_features,
+                    eps=module.eps,
+                    momentum=module.momentum,
+                    using_moving_average=module.using_moving_average)
+                module.register_forward_pre_hook(partial(self._record, name))
+
+    def _record(self, name, module, args) -> None:
+        if module.training:
+            self.inputs[name].append(args[0].detach().clone())
+
+    def after_train_iter(self,
+                         runner,
+                         batch_idx: int,
+                         data_batch=None,
+                         outputs=None) -> None:
+        if self.is_last_train_iter(runner):
+            self.before_sync = self._all_stats(runner)
+
+    def after_train(self, runner) -> None:
+        torch.save(
+            dict(
+                inputs=self.inputs,
+                initial=self.initial,
+                kwargs=self.kwargs,
+                before_sync=self.before_sync,
+                final=self._all_stats(runner)),
+            osp.join(self.out_dir, f'probe_rank{runner.rank}.pt'))
+
+    @staticmethod
+    def _all_stats(runner) -> dict:
+        return {
+            name: running_buffers(module)
+            for name, module in unwrap_model(runner.model).named_modules()
+            if isinstance(module, _SwitchableNormBase)
+        }
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(('127.0.0.1', 0))
+        return sock.getsockname()[1]
+
+
+@pytest.fixture(scope='module')
+def run(tmp_path_factory):
+    """Trains once; returns the work dir, the probes of ranks 0 and 1, the
+    config and the environment."""
+    from ssn_norm.datasets.tiny_cityscapes import make_tiny_cityscapes
+    tmp = tmp_path_factory.mktemp('dist_train')
+    data_root = tmp / 'tiny_cityscapes'
+    make_tiny_cityscapes(
+        str(data_root), num_train=8, num_val=2, size=(128, 64))
+    config = tmp / 'probed_config.py'
+    probe = dict(type='DistTrainProbeHook', out_dir=str(tmp))
+    config.write_text('\n'.join([
+        f'_base_ = {CONFIG!r}',
+        "custom_imports = dict(imports=['ssn_norm', 'test_dist_train'])",
+        f"custom_hooks = [dict(type='SyncNormStatsHook'), {probe!r}]", ''
+    ]))
+    work_dir = tmp / 'work_dir'
+    env = dict(
+        os.environ,
+        PYTHONPATH=os.pathsep.join(
+            filter(None,
+                   [osp.join(REPO, 'tests'),
+                    os.environ.get('PYTHONPATH')])),
+        SSN_TINY_CITYSCAPES=str(data_root) + '/',
+        OMP_NUM_THREADS='1',
+        CUDA_VISIBLE_DEVICES='')
+    run_script(
+        'dist_train.sh', config, 2, '--work-dir', work_dir, env=env, cwd=tmp)
+    probes = [
+        torch.load(tmp / f'probe_rank{r}.pt', weights_only=False)
+        for r in range(2)
+    ]
+    return work_dir, probes, config, env
+
+
+def run_script(script: str, *args, env: dict, cwd) -> None:
+    """Runs ``tools/<script> args`` on a free port; fails with its output."""
+    env = dict(env, PORT=str(free_port()))
+    proc = subprocess.run(
+        ['bash', osp.join(REPO, 'tools', script)] + [str(arg) for arg in args],
+        env=env,
+        cwd=str(cwd),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        timeout=300)
+    # The root cause is in the first traceback, not in torchrun's summary.
+    start = max(proc.stdout.find('Traceback'), 0)
+    assert proc.returncode == 0, proc.stdout[start:start + 8000]
+
+
+def load_checkpoint(work_dir) -> dict:
+    ckpt = torch.load(
+        osp.join(work_dir, f'iter_{ITERS}.pth'),
+        map_location='cpu',
+        weights_only=False)
+    assert ckpt['meta']['iter'] == ITERS
+    return ckpt['state_dict']
+
+
+def train_records(work_dir) -> list:
+    scalars = glob.glob(osp.join(work_dir, '*', 'vis_data', 'scalars.json'))
+    assert len(scalars) == 1
+    with open(scalars[0]) as f:
+        return [json.loads(line) for line in f]
+
+
+def test_trains_validates_and_checkpoints(run):
+    work_dir, probes = run[:2]
+    state = load_checkpoint(work_dir)
+    assert any(k.endswith('mean_weight') for k in state)
+    records = train_records(work_dir)
+    assert [r['iter'] for r in records if 'loss' in r] == [1, 2, 3, 4]
+    assert len([r for r in records if 'mIoU' in r]) == 1
+    for probe in probes:
+        assert len(probe['inputs']) > 20  # SyncSN in backbone + decode head
+        for name, inputs in probe['inputs'].items():
+            assert len(inputs) == ITERS, name
+
+
+def test_checkpoint_sync_sn_statistics_are_the_all_reduced_ones(run):
+    work_dir, (rank0, rank1) = run[:2]
+    state = load_checkpoint(work_dir)
+    for name, kwargs in rank0['kwargs'].items():
+        ref = SN(**kwargs)
+        for key, value in rank0['initial'][name].items():
+            getattr(ref, key).copy_(value)
+        with torch.no_grad():
+            for x0, x1 in zip(rank0['inputs'][name], rank1['inputs'][name]):
+                ref(torch.cat([x0, x1]))
+        for key in STATS:
+            torch.testing.assert_close(
+                state[f'{name}.{key}'],
+                getattr(ref, key),
+                rtol=1e-5,
+                atol=1e-6,
+                msg=lambda m: f'{name}.{key}: {m}')
+            # The processes agree with each other and with the checkpoint.
+            assert torch.equal(rank0['final'][name][key],
+                               rank1['final'][name][key])
+            assert torch.equal(rank0['final'][name][key],
+                               state[f'{name}.{key}'])
+
+
+def test_checkpoint_plain_sn_statistics_are_merged_over_ranks(run):
+    work_dir, (rank0, rank1) = run[:2]
+    state = load_checkpoint(work_dir)
+    plain = [n for n in rank0['final'] if n not in rank0['kwargs']]
+    assert plain and all(n.startswith('auxiliary_head.') for n in plain)
+    for name in plain:
+        stats = [p['before_sync'][name] for p in (rank0, rank1)]
+        # Each rank saw other images: their statistics differ before the sync.
+        assert not torch.allclose(stats[0]['running_mean'],
+                                  stats[1]['running_mean'])
+        means = torch.stack([s['running_mean'].double() for s in stats])
+        var = torch.stack([s['running_var'].double() for s in stats])
+        mean = means.mean(0)
+        merged_var = (var + means.square()).mean(0) - mean.square()
+        torch.testing.assert_close(
+            state[f'{name}.running_mean'].double(), mean, rtol=1e-6, atol=1e-7)
+        torch.testing.assert_close(
+            state[f'{name}.running_var'].double(),
+            merged_var,
+            rtol=1e-6,
+            atol=1e-7)
+        for key in STATS:
+            assert torch.equal(rank0['final'][name][key],
+                               rank1['final'][name][key])
+            assert torch.equal(rank0['final'][name][key],
+                               state[f'{name}.{key}'])
+
+
+def test_dist_test_reproduces_the_validation_of_the_checkpoint(run, tmp_path):
+    """``tools/dist_test.sh`` on 2 CPU processes evaluates the checkpoint
+    with the statistics validation used after the last iteration."""
+    work_dir, _, config, env = run
+    checkpoint = osp.join(work_dir, f'iter_{ITERS}.pth')
+    run_script(
+        'dist_test.sh',
+        config,
+        checkpoint,
+        2,
+        '--work-dir',
+        tmp_path,
+        env=env,
+        cwd=tmp_path)
+    (result_file, ) = glob.glob(osp.join(tmp_path, '*', '*.json'))
+    with open(result_file) as f:
+        metrics = json.load(f)
+    (val, ) = [r for r in train_records(work_dir) if 'mIoU' in r]
+    for key in ('aAcc', 'mIoU', 'mAcc'):
+        assert metrics[key] == val[key], key

@@ -1,0 +1,355 @@
+"""tools/gather_results.py on fabricated mmengine work directories."""
+import csv
+import io
+import json
+import os.path as osp
+import re
+import runpy
+import sys
+
+import pytest
+
+from ssn_norm.analysis import (DETECTION, SEGMENTATION, VIDEO, ResultWarning,
+                               find_runs, gather, load_model_entries,
+                               recognise_task)
+
+TOOL = osp.join(
+    osp.dirname(osp.dirname(osp.abspath(__file__))), 'tools',
+    'gather_results.py')
+
+MASK_SN = 'mask-rcnn_r50-sn_fpn_sn-head_2x_coco'
+DEEPLAB_SN = 'deeplabv3_r50b-d8-sn_8xb2-40k_cityscapes-769x769'
+DEEPLAB_SN_MS = DEEPLAB_SN + '_ms-flip-test'
+I3D_SN = 'i3d_r50-sn_8xb8-32x2x1-100e_kinetics400-rgb'
+MINI_SN = 'mask-rcnn_r50-sn_fpn_sn-head_mini'
+MINI_SSN = 'mask-rcnn_r50-ssn_fpn_ssn-head_mini'
+MINI_BN = 'mask-rcnn_r18_fpn_mini_tiny-coco'  # frozen-BN baseline
+MINI_SEG = 'deeplabv3_r18-sn_1xb4-200_tiny-cityscapes'
+TITLE = 'Differentiable Learning-to-Normalize via Switchable Normalization'
+
+
+def _write(path, text):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text)
+
+
+def _test_result(run, timestamp, metrics):
+    _write(run / timestamp / f'{timestamp}.json', json.dumps(metrics))
+
+
+def _scalars(run, timestamp, lines):
+    _write(run / timestamp / 'vis_data' / 'scalars.json',
+           '\n'.join(lines) + '\n')
+
+
+def _train_line(step):
+    return json.dumps(dict(lr=0.02, loss=1.5, iter=step, step=step))
+
+
+def _val_line(step, metrics):
+    return json.dumps(dict(metrics, step=step))
+
+
+def _det(box, mask=None):
+    offsets = dict(_50=.2, _75=.05, _s=-.1, _m=.01, _l=.1)
+    metrics = {'coco/bbox_mAP': box, 'data_time': .01, 'time': .2}
+    for suffix, offset in offsets.items():
+        metrics[f'coco/bbox_mAP{suffix}'] = box + offset
+    if mask is not None:
+        metrics['coco/segm_mAP'] = mask
+    return metrics
+
+
+def _seg(miou, aacc, macc):
+    return dict(aAcc=aacc, mIoU=miou, mAcc=macc)
+
+
+@pytest.fixture
+def work_dirs(tmp_path):
+    """Both layouts, several evaluations, and broken runs."""
+    root = tmp_path / 'work_dirs'
+    # Detection: validation during training, then tested twice.
+    run = root / MASK_SN
+    _scalars(run, '20240101_000000', [
+        _train_line(50),
+        _val_line(50, _det(0.30, 0.28)),
+        _train_line(100),
+    ])
+    _test_result(run, '20240102_000000', _det(0.40, 0.35))
+    _test_result(run, '20240103_000000', _det(0.4123, 0.3661))
+    # Segmentation, validation layout only; the last line was cut off.
+    run = root / 'seg' / DEEPLAB_SN
+    _scalars(run, '20240101_000000', [
+        _train_line(10),
+        _val_line(10, _seg(60.0, 90.0, 70.0)),
+        _train_line(20),
+        _val_line(20, _seg(72.34, 95.5, 80.2)),
+        '{"loss": 1.0, "st',
+    ])
+    # Its multi-scale + flip test: joins the same row.
+    _test_result(root / 'seg' / DEEPLAB_SN_MS, '20240104_000000',
+                 _seg(75.01, 96.0, 81.0))
+    # Video: fractions, tested.
+    video = {'acc/top1': 0.7361, 'acc/top5': 0.9104, 'acc/mean1': 0.7}
+    _test_result(root / I3D_SN, '20240105_000000', video)
+    # Mini suite, both layouts; paper references in the metafile.
+    _scalars(root / 'mini' / MINI_SN, '20240106_000000',
+             [_val_line(8, _det(0.12))])
+    _scalars(root / 'mini' / MINI_SSN, '20240106_000000',
+             [_val_line(8, _det(0.004))])
+    _test_result(root / 'mini' / MINI_BN, '20240107_000000', _det(0.05))
+    _test_result(root / 'mini' / MINI_SEG, '20240107_000000',
+                 _seg(40.0, 80.0, 50.0))
+    # Broken runs.
+    _write(root / 'bad_json' / '20240101_000000' / '20240101_000000.json',
+           '{"coco/bbox_mAP": 0.3')
+    _write(root / 'bad_list' / '20240101_000000' / '20240101_000000.json',
+           '[0.3]')
+    _test_result(root / 'unknown_metric', '20240101_000000',
+                 {'pascal_voc/mAP': 0.5})
+    (root / 'no_results' / '20240101_000000').mkdir(parents=True)
+    _write(root / 'no_results' / '20240101_000000' / '20240101_000000.log',
+           'training crashed')
+    return root
+
+
+@pytest.fixture
+def metafiles(tmp_path):
+    _write(
+        tmp_path / 'configs' / 'mask_rcnn' / 'metafile.yml', f"""
+Collections:
+  - Name: Mask R-CNN SN
+Models:
+  - Name: {MASK_SN}
+    In Collection: Mask R-CNN SN
+    Config: configs/mask_rcnn/{MASK_SN}.py
+    Metadata: {{Training Data: COCO, Batch Size: 16, Epochs: 24}}
+    Results: []
+    Paper:
+      Title: '{TITLE}'
+      Table: 'VI'
+      Setting: 'SN+SN'
+      Metrics: {{box AP: 41.0, mask AP: 36.5, AP50: n/a}}
+  - Name: {MINI_SN}
+    Metadata: {{Normalization: SN}}
+    Paper Reference: {MASK_SN}
+  - Name: mask-rcnn_r50-ssn_fpn_ssn-head_mini
+    Paper Reference: mask-rcnn_r50-ssn_fpn_ssn-head_2x_coco
+  - Name: mask-rcnn_r50_fpn_2x_coco
+    Paper:
+      Title: '{TITLE}'
+      Table: 'VI'
+      Setting: 'BN†'
+      Metrics: {{box AP: 38.6, mask AP: 34.2}}
+  - Name: {MINI_BN}
+    Paper Reference: mask-rcnn_r50_fpn_2x_coco
+""")
+    _write(
+        tmp_path / 'configs' / 'deeplabv3' / 'metafile.yml', f"""
+Models:
+  - Name: {DEEPLAB_SN}
+    Paper:
+      Title: '{TITLE}'
+      Table: 'VII'
+      Setting: 'SN(8,32)'
+      Metrics: {{mIoU: 72.2, mIoU(ms+flip): 75.8}}
+  - Name: {I3D_SN}
+    Paper:
+      Title: '{TITLE}'
+      Table: 'X'
+      Setting: 'SN, batch 8'
+      Metrics: {{Top 1 Accuracy: 73.5, Top 5 Accuracy: 91.2}}
+""")
+    _write(tmp_path / 'configs' / 'pspnet' / 'metafile.yml', 'Models: [oops')
+    _write(
+        tmp_path / 'model-index.yml', 'Import:\n'
+        '  - configs/mask_rcnn/metafile.yml\n'
+        '  - configs/deeplabv3/metafile.yml\n'
+        '  - configs/pspnet/metafile.yml\n'
+        '  - configs/i3d/metafile.yml\n')
+    return str(tmp_path / 'model-index.yml')
+
+
+def _gather(work_dirs, metafiles):
+    with pytest.warns(ResultWarning) as record:
+        board = gather(
+            [str(work_dirs), str(work_dirs / 'nowhere')], [metafiles])
+    return board, [str(w.message) for w in record]
+
+
+def _rows(board, task, suite='full'):
+    for table in board.tables:
+        if table.task is task and table.suite == suite:
+            return {row.label: row for row in table.rows}
+    raise AssertionError(f'no {task.name}/{suite} table')
+
+
+def test_tasks_are_recognised_by_metric_keys():
+    assert recognise_task({'coco/segm_mAP': 0.1}) is DETECTION
+    assert recognise_task({'mIoU': 50., 'aAcc': 90.}) is SEGMENTATION
+    assert recognise_task({'acc/top1': .5, 'acc/top5': .9}) is VIDEO
+    assert recognise_task({'aAcc': 90., 'loss': 1.}) is None
+
+
+def test_every_broken_input_is_warned_about_and_skipped(work_dirs, metafiles):
+    board, messages = _gather(work_dirs, metafiles)
+    text = '\n'.join(messages)
+    for expected in [
+            r'bad_json/20240101_000000/20240101_000000\.json: unreadable '
+            r'test result',
+            r'bad_list/.*: expected one JSON object, got list',
+            r'unknown_metric/.*: no known metric key \(found pascal_voc/mAP',
+            r'no_results: no usable evaluation \(a test result',
+            r'scalars\.json:5: malformed line',
+            r'nowhere: no such directory',
+            r'configs/i3d/metafile\.yml .*: no such file',
+            r'configs/pspnet/metafile\.yml: unreadable',
+            r"Paper\.Metrics\['AP50'\] = 'n/a' is not a number",
+            r'has Paper Reference mask-rcnn_r50-ssn_fpn_ssn-head_2x_coco, '
+            r'which is not defined in any metafile',
+    ]:
+        assert re.search(expected, text), expected
+    names = {
+        run.name
+        for table in board.tables
+        for row in table.rows
+        for run in row.runs
+    }
+    assert names == {
+        MASK_SN, DEEPLAB_SN, DEEPLAB_SN_MS, I3D_SN, MINI_SN, MINI_SSN, MINI_BN,
+        MINI_SEG
+    }
+    assert board.warnings == messages
+
+
+def test_latest_test_result_wins_and_says_which(work_dirs):
+    with pytest.warns(ResultWarning):
+        runs = {run.name: run for run in find_runs([str(work_dirs)])}
+    det = runs[MASK_SN]
+    assert det.evaluation.kind == 'test'
+    assert det.evaluation.timestamp == '20240103_000000'
+    assert det.num_evaluations == 3
+    assert det.describe() == 'test 20240103_000000 (latest of 3)'
+    seg = runs[DEEPLAB_SN]  # never tested: the last validation entry
+    assert seg.describe() == 'val step 20 (20240101_000000) (latest of 2)'
+    assert seg.evaluation.metrics['mIoU'] == 72.34
+
+
+def test_tables_in_paper_layout_with_paper_numbers(work_dirs, metafiles):
+    board, _ = _gather(work_dirs, metafiles)
+    det = _rows(board, DETECTION)[MASK_SN]
+    assert det.values['box AP'] == pytest.approx(41.23)
+    assert det.values['AP50'] == pytest.approx(61.23)
+    assert det.values['mask AP'] == pytest.approx(36.61)
+    assert det.setting == 'SN+SN' and det.same_setting
+    assert det.deltas == pytest.approx({'box AP': 0.23, 'mask AP': 0.11})
+    seg = _rows(board, SEGMENTATION)[DEEPLAB_SN]
+    assert [run.name for run in seg.runs] == [DEEPLAB_SN, DEEPLAB_SN_MS]
+    assert seg.values == pytest.approx({
+        'mIoU': 72.34,
+        'aAcc': 95.5,
+        'mAcc': 80.2,
+        'mIoU(ms+flip)': 75.01
+    })
+    assert seg.deltas == pytest.approx({'mIoU': 0.14, 'mIoU(ms+flip)': -0.79})
+    video = _rows(board, VIDEO)[I3D_SN]
+    assert video.values['Top 1 Accuracy'] == pytest.approx(73.61)
+    assert video.deltas == pytest.approx({
+        'Top 1 Accuracy': 0.11,
+        'Top 5 Accuracy': -0.16
+    })
+
+    md = board.to_markdown()
+    assert ('| Config | Setting | box AP | paper | Δ | AP50 | AP75 | APs | '
+            'APm | APl | mask AP | paper | Δ | Evaluation |') in md
+    assert (f'| {MASK_SN} | SN+SN (Table VI) | 41.2 | 41.0 | +0.2 | 61.2 | '
+            '46.2 | 31.2 | 42.2 | 51.2 | 36.6 | 36.5 | +0.1 | '
+            'test 20240103_000000 (latest of 3) |') in md
+    assert ('| 72.3 | 72.2 | +0.1 | 75.0 | 75.8 | -0.8 | 95.5 | 80.2 | '
+            'ss: val step 20 (20240101_000000) (latest of 2); ms+flip: test '
+            '20240104_000000 |') in md
+
+
+def test_mini_runs_are_rows_per_normaliser_with_marked_parent(
+        work_dirs, metafiles):
+    board, _ = _gather(work_dirs, metafiles)
+    mini = _rows(board, DETECTION, 'mini')
+    # Normaliser order; the baseline's name states none: its parent's
+    # setting is its label.
+    assert list(mini) == ['BN†', 'SN', 'SSN+SSN']  # SN: from Metadata
+    assert mini['BN†'].paper.metrics['box AP'] == 38.6
+    assert not mini['BN†'].same_setting
+    assert list(_rows(board, SEGMENTATION, 'mini')) == ['SN']
+    sn = mini['SN']
+    assert sn.paper.metrics['box AP'] == 41.0
+    assert not sn.same_setting and sn.paper_config == MASK_SN
+    assert sn.deltas == {}
+    assert mini['SSN+SSN'].paper is None
+    md = board.to_markdown()
+    assert '## Detection (COCO) — mini suite' in md
+    assert ('| SN | 12.0 | 41.0* | 32.0 | 17.0 | 2.0 | 13.0 | 22.0 | '
+            'mask-rcnn_r50-sn_fpn_sn-head_mini | Table VI, SN+SN '
+            f'({MASK_SN}) | val step 8 (20240106_000000) |') in md
+    # A small number is not rounded to a zero, no paper number is a '—',
+    # COCO's -1 (no small objects) is 'n/a'; no mask AP column as no mini
+    # run has one.
+    assert '| SSN+SSN | 0.4 | — | 20.4 | 5.4 | n/a | 1.4 | 10.4 |' in md
+    assert mini['SSN+SSN'].values['APs'] is None
+    assert 'a different setting' in md and 'n/a: COCO reports -1' in md
+
+
+def test_tool_writes_markdown_csv_and_json(tmp_path, work_dirs, metafiles,
+                                           capsys):
+    for ext in ('md', 'csv', 'json'):
+        out = tmp_path / 'out' / f'board.{ext}'
+        _run_tool(work_dirs, '--metafiles', metafiles, '--out', out)
+        assert out.is_file()
+    captured = capsys.readouterr()
+    assert f'| {MASK_SN} | SN+SN (Table VI) |' in captured.out
+    assert 'warning: ' in captured.err and 'bad_list' in captured.err
+    assert (tmp_path / 'out' / 'board.md').read_text() in captured.out
+
+    rows = list(
+        csv.DictReader(
+            io.StringIO((tmp_path / 'out' / 'board.csv').read_text())))
+    det = next(r for r in rows if r['configs'] == MASK_SN)
+    assert float(det['box AP']) == pytest.approx(41.23)
+    assert float(det['box AP paper']) == 41.0
+    assert det['box AP delta'] == '0.23'  # rounded, no float noise
+    assert det['mIoU'] == '' and det['paper row'] == 'Table VI, SN+SN'
+
+    data = json.loads((tmp_path / 'out' / 'board.json').read_text())
+    video = next(r for r in data['rows'] if r['task'] == 'video')
+    assert video['metrics']['Top 5 Accuracy'] == pytest.approx(91.04)
+    assert video['paper']['same_setting'] is True
+    assert video['evaluations'][0]['raw_metrics']['acc/top1'] == 0.7361
+    assert any('bad_json' in w for w in data['warnings'])
+
+
+def test_tool_fails_loudly_when_nothing_is_found(tmp_path, metafiles):
+    (tmp_path / 'empty').mkdir()
+    with pytest.raises(SystemExit, match='no run with a usable result'):
+        _run_tool(tmp_path / 'empty', '--metafiles', metafiles)
+    with pytest.raises(SystemExit, match=r'unknown format; use one of \.md'):
+        _run_tool(tmp_path / 'empty', '--out', tmp_path / 'board.txt')
+
+
+def test_metafile_entries_and_duplicates(tmp_path, metafiles):
+    duplicate = tmp_path / 'dup.yml'
+    _write(duplicate, f'Models:\n  - Name: {MASK_SN}\n  - {{Config: x.py}}\n')
+    with pytest.warns(ResultWarning) as record:
+        entries = load_model_entries([metafiles, str(duplicate)])
+    text = '\n'.join(str(w.message) for w in record)
+    assert f'model {MASK_SN} is already defined' in text
+    assert 'Models[1] has no Name' in text
+    assert entries[MASK_SN].paper.metrics == {'box AP': 41.0, 'mask AP': 36.5}
+    assert entries[MASK_SN].paper.cite() == 'Table VI, SN+SN'
+
+
+def _run_tool(*argv):
+    old = sys.argv
+    sys.argv = [TOOL, *map(str, argv)]
+    try:
+        runpy.run_path(TOOL, run_name='__main__')
+    finally:
+        sys.argv = old

@@ -1,0 +1,202 @@
+"""SparsestMax and sparsemax against a slow, independent reference.
+
+The reference follows the paper's recursion literally, one vector at a time
+in numpy float64, and finds the sparsemax threshold by bisection instead of
+sorting, so it shares no code path with ``ssn_norm.ops``.
+"""
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from ssn_norm import max_radius
+from ssn_norm.ops import ONE_HOT_TOL, is_one_hot, sparsemax, sparsestmax
+
+
+def ref_sparsemax(z: np.ndarray) -> np.ndarray:
+    """Projection onto the simplex: threshold tau by bisection."""
+    lo, hi = z.max() - 1.0, z.max()
+    for _ in range(100):
+        mid = (lo + hi) / 2
+        if np.maximum(z - mid, 0).sum() > 1:
+            lo = mid
+        else:
+            hi = mid
+    return np.maximum(z - (lo + hi) / 2, 0)
+
+
+def ref_sparsestmax(z: np.ndarray, radius: float, prev_centre=None):
+    """The paper's recursion for one generic vector (no ties at a centre)."""
+    point = ref_sparsemax(z)
+    support = point > 0
+    if support.sum() == 1:
+        return point
+    centre = support / support.sum()
+    if prev_centre is not None:
+        radius = math.sqrt(
+            max(radius**2 - ((centre - prev_centre)**2).sum(), 0.0))
+    dist = np.linalg.norm(point - centre)
+    if dist >= radius:
+        return point
+    pushed = centre + radius * (point - centre) / dist
+    if pushed.min() < 0:
+        return ref_sparsestmax(pushed, radius, centre)
+    return pushed
+
+
+def assert_on_simplex(p: torch.Tensor, atol: float) -> None:
+    assert torch.isfinite(p).all()
+    assert (p >= 0).all() and (p <= 1).all()
+    torch.testing.assert_close(
+        p.sum(-1), torch.ones(p.shape[:-1], dtype=p.dtype), atol=atol, rtol=0)
+
+
+def adversarial_logits(num: int) -> torch.Tensor:
+    """Ties, faces, huge and tiny gaps: inputs where naive code breaks."""
+    rows = [
+        [0.0] * num,
+        [1.0] * num,
+        [-1e4] * num,
+        [1.0, 1.0] + [0.0] * (num - 2),
+        [0.0, 1.0, 1.0] + [0.0] * (num - 3),
+        [1.0 + 1e-7] + [1.0] * (num - 1),
+        [1.0] + [1.0 - 1e-7] * (num - 1),
+        [1e6] + [-1e6] * (num - 1),
+        [3.0, 0.5] + [-2.0] * (num - 2),
+        [0.5, 0.5 - 1e-3] + [0.5 - 2e-3] * (num - 2),
+        list(range(num)),
+        [1.0 / 3] * (num - 1) + [0.0],
+    ]
+    return torch.tensor([r[:num] for r in rows], dtype=torch.float64)
+
+
+@pytest.mark.parametrize('num', [2, 3, 4])
+def test_sparsemax_matches_bisection(num):
+    z = torch.randn(200, num, dtype=torch.float64) * 2
+    out = sparsemax(z)
+    ref = np.stack([ref_sparsemax(row) for row in z.numpy()])
+    torch.testing.assert_close(out, torch.from_numpy(ref), atol=1e-12, rtol=0)
+    # Exact zeros outside the support.
+    assert torch.equal(out == 0, torch.from_numpy(ref) == 0)
+
+
+@pytest.mark.parametrize('num', [2, 3, 4])
+@pytest.mark.parametrize('radius', [0.0, 0.1, 0.3, 0.5, 0.7, 0.8, 0.9])
+def test_sparsestmax_matches_paper_recursion(num, radius):
+    z = torch.randn(
+        150, num, dtype=torch.float64) * torch.tensor(
+            [0.05, 0.5, 3.0], dtype=torch.float64).repeat(50).unsqueeze(-1)
+    out = sparsestmax(z, radius)
+    ref = np.stack([ref_sparsestmax(row, radius) for row in z.numpy()])
+    torch.testing.assert_close(out, torch.from_numpy(ref), atol=1e-9, rtol=0)
+    assert_on_simplex(out, atol=1e-12)
+
+
+@pytest.mark.parametrize('dtype', [torch.float32, torch.float64])
+@pytest.mark.parametrize('num', [2, 3, 4])
+def test_radius_zero_is_sparsemax(dtype, num):
+    z = torch.cat([torch.randn(100, num), adversarial_logits(num).float()])
+    z = z.to(dtype)
+    assert torch.equal(sparsestmax(z, 0.0), sparsemax(z))
+
+
+@pytest.mark.parametrize('dtype', [torch.float32, torch.float64])
+@pytest.mark.parametrize('num', [2, 3, 4])
+def test_one_hot_for_every_input_beyond_max_radius(dtype, num):
+    assert max_radius(num) == pytest.approx(math.sqrt((num - 1) / num))
+    assert max_radius() == pytest.approx(0.816496580927726)
+    z = torch.cat([
+        torch.randn(2000, num, dtype=torch.float64) *
+        torch.logspace(-6, 3, 2000, dtype=torch.float64).unsqueeze(-1),
+        adversarial_logits(num)
+    ]).to(dtype)
+    for radius in (max_radius(num), 0.9, 1.0, 5.0):
+        out = sparsestmax(z, radius)
+        assert_on_simplex(out, atol=1e-6)
+        assert is_one_hot(out).all(), (radius, z[~is_one_hot(out)])
+
+
+def test_not_one_hot_just_below_max_radius():
+    # The centre of the simplex is the point that needs the full radius.
+    out = sparsestmax(torch.zeros(1, 3, dtype=torch.float64), 0.8)
+    assert not is_one_hot(out).any()
+
+
+@pytest.mark.parametrize('dtype', [torch.float32, torch.float64])
+def test_equal_logits_are_finite_and_defined(dtype):
+    z = torch.full((4, 3), 2.5, dtype=dtype)
+    torch.testing.assert_close(
+        sparsestmax(z, 0.0), torch.full((4, 3), 1 / 3, dtype=dtype))
+    # Pushed from the centre towards the first largest coordinate by r.
+    out = sparsestmax(z, 0.3)
+    step = 0.3 / math.sqrt(6)
+    expected = torch.tensor([1 / 3 + 2 * step, 1 / 3 - step, 1 / 3 - step],
+                            dtype=dtype).expand(4, 3)
+    torch.testing.assert_close(out, expected)
+    # A tie on an edge: the projection is the edge's centre.
+    out = sparsestmax(torch.tensor([[2., 2., 1.]], dtype=dtype), 0.3)
+    torch.testing.assert_close(
+        out,
+        torch.tensor(
+            [[0.5 + 0.3 / math.sqrt(2), 0.5 - 0.3 / math.sqrt(2), 0.]],
+            dtype=dtype))
+    z = torch.ones(1, 3, dtype=dtype, requires_grad=True)
+    sparsestmax(z, 0.3).square().sum().backward()
+    assert torch.isfinite(z.grad).all()
+
+
+def test_near_vertex_rounding_counts_as_one_hot():
+    # Pushed points reach a vertex only up to rounding; they must be clamped
+    # onto the simplex and count as one-hot within the tolerance.
+    z = torch.ones(1, 3)
+    just_short = sparsestmax(z, max_radius() - 1e-7)
+    assert_on_simplex(just_short, atol=1e-6)
+    assert just_short.max() < 1 and just_short.max() > 1 - ONE_HOT_TOL
+    assert is_one_hot(just_short).all()
+    exact = sparsestmax(torch.ones(1, 3), torch.tensor(max_radius()))
+    assert_on_simplex(exact, atol=1e-6)
+    assert is_one_hot(exact).all()
+    # The tolerance itself.
+    vec = torch.tensor([[1 - ONE_HOT_TOL / 2, ONE_HOT_TOL / 2, 0.]])
+    assert is_one_hot(vec).all()
+    vec = torch.tensor([[1 - 2 * ONE_HOT_TOL, 2 * ONE_HOT_TOL, 0.]])
+    assert not is_one_hot(vec).any()
+
+
+@pytest.mark.parametrize(
+    'logits, radius',
+    [
+        ([0.3, 0.1, -0.2], 0.1),  # interior, already beyond r: sparsemax
+        ([0.3, 0.1, -0.2], 0.3),  # pushed, stays inside the simplex
+        ([0.3, 0.1, -0.2], 0.5),  # pushed out, recursion onto an edge
+        ([0.9, 0.4, -1.0], 0.2),  # sparsemax on an edge, pushed along it
+        ([0.2, -0.1, 0.05, -0.3], 0.4),  # K = 4
+    ])
+def test_gradcheck_away_from_kinks(logits, radius):
+    z = torch.tensor([logits], dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(
+        lambda t: sparsestmax(t, radius), (z, ), eps=1e-6, atol=1e-8)
+
+
+def test_gradcheck_sparsemax():
+    z = torch.tensor([[0.3, 0.1, -0.2], [0.9, 0.4, -1.0]],
+                     dtype=torch.float64,
+                     requires_grad=True)
+    assert torch.autograd.gradcheck(sparsemax, (z, ), eps=1e-6, atol=1e-8)
+
+
+def test_batched_input_equals_row_by_row():
+    z = torch.randn(5, 7, 3, dtype=torch.float64)
+    out = sparsestmax(z, 0.45)
+    rows = torch.stack([sparsestmax(row, 0.45) for row in z.view(-1, 3)])
+    assert out.shape == (5, 7, 3)
+    torch.testing.assert_close(out.view(-1, 3), rows, atol=1e-15, rtol=0)
+    # One radius per vector.
+    radii = torch.rand(5, 7, dtype=torch.float64)
+    out = sparsestmax(z, radii)
+    rows = torch.stack([
+        sparsestmax(row, float(r))
+        for row, r in zip(z.view(-1, 3), radii.view(-1))
+    ])
+    torch.testing.assert_close(out.view(-1, 3), rows, atol=1e-15, rtol=0)

@@ -1,0 +1,61 @@
+"""Batch-average inference statistics for a trained SN / SSN checkpoint.
+
+Feeds K training batches through the frozen model and writes the exact
+average of every SN layer's batch moments into its running statistics (the
+SN paper's evaluation setting).  Works under ``--launcher pytorch``.
+"""
+import argparse
+import os
+
+from mmengine.config import DictAction
+
+from ssn_norm.batch_stats import update_checkpoint_batch_stats
+
+
+def parse_args(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument('config', help='the training config')
+    parser.add_argument('checkpoint', help='trained checkpoint')
+    parser.add_argument('out', help='checkpoint to write')
+    parser.add_argument(
+        '--num-batches',
+        type=int,
+        default=200,
+        help='training batches per process (default 200)')
+    parser.add_argument(
+        '--mode',
+        choices=['loss', 'tensor'],
+        default='loss',
+        help='forward mode; "loss" reproduces the training forward')
+    parser.add_argument('--work-dir', help='where the runner writes logs')
+    parser.add_argument(
+        '--cfg-options',
+        nargs='+',
+        action=DictAction,
+        help='override config settings, key=value')
+    parser.add_argument(
+        '--launcher',
+        choices=['none', 'pytorch', 'slurm', 'mpi'],
+        default='none',
+        help='job launcher')
+    parser.add_argument('--local_rank', '--local-rank', type=int, default=0)
+    args = parser.parse_args(argv)
+    os.environ.setdefault('LOCAL_RANK', str(args.local_rank))
+    return args
+
+
+def main(argv=None) -> None:
+    args = parse_args(argv)
+    update_checkpoint_batch_stats(
+        args.config,
+        args.checkpoint,
+        args.out,
+        num_batches=args.num_batches,
+        mode=args.mode,
+        cfg_options=args.cfg_options,
+        launcher=args.launcher,
+        work_dir=args.work_dir)
+
+
+if __name__ == '__main__':
+    main()

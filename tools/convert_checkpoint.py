@@ -1,0 +1,47 @@
+"""Convert an ImageNet ResNet checkpoint for SN / SSN backbones.
+
+Sources: the SN/SSN authors' released ResNet v1 checkpoints, and BN ResNets
+from torchvision, mmpretrain or open-mmlab:// (see docs/checkpoints.md).
+"""
+import argparse
+import sys
+
+from ssn_norm.convert import (FILE_TARGETS, ConversionError,
+                              convert_checkpoint_file)
+
+
+def parse_args(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument('src', help='source checkpoint')
+    parser.add_argument('dst', help='converted checkpoint to write')
+    parser.add_argument(
+        '--to',
+        choices=FILE_TARGETS,
+        help='target norm; default: the source\'s own (SN for BN sources). '
+        '"i3d" inflates into the I3D backbone of --config')
+    parser.add_argument(
+        '--config',
+        help='check that the result loads strictly into this config\'s '
+        'backbone before writing (required with --to i3d)')
+    parser.add_argument(
+        '--trust-pickle',
+        action='store_true',
+        help='allow a full unpickle when weights_only loading refuses the '
+        'file (only for files you trust)')
+    return parser.parse_args(argv)
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    try:
+        summary = convert_checkpoint_file(args.src, args.dst, args.to,
+                                          args.config, args.trust_pickle)
+    except ConversionError as error:
+        print(f'error: {error}\nnothing written.', file=sys.stderr)
+        return 1
+    print(summary)
+    return 0
+
+
+if __name__ == '__main__':
+    sys.exit(main())

@@ -1,0 +1,76 @@
+"""Deploy a trained SSN (or hardened SN) model as plain PyTorch modules.
+
+Every SSN layer whose ratios have frozen to one-hot becomes the normaliser
+it selected (BN folded into the preceding conv or an eval BatchNorm; IN, LN
+and mixed choices a small exact module), and the whole model is saved with
+torch.save; it loads with torch.load(OUT, weights_only=False) without
+ssn_norm.
+"""
+import argparse
+
+from mmengine.config import DictAction
+
+from ssn_norm.deploy import HARDEN_CHOICES, deploy_checkpoint
+
+
+def parse_args(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument('config', help='the model config')
+    parser.add_argument('checkpoint', help='trained checkpoint')
+    parser.add_argument('out', help='file for the deployed model')
+    parser.add_argument(
+        '--harden',
+        choices=HARDEN_CHOICES,
+        default='none',
+        help='also replace SN layers ("sn") or every layer ("all") by the '
+        'argmax of its ratios; this changes the outputs')
+    parser.add_argument(
+        '--no-fold',
+        action='store_true',
+        help='keep BN choices as BatchNorm instead of folding them into the '
+        'preceding conv')
+    parser.add_argument(
+        '--spatial-dims',
+        type=int,
+        choices=[1, 2, 3],
+        default=2,
+        help='input dims after (N, C) of unfolded BN choices: 2 for images '
+        '(BatchNorm2d), 3 for video (BatchNorm3d)')
+    parser.add_argument(
+        '--check-shape',
+        type=int,
+        nargs='+',
+        help='check on a random input of this shape (e.g. 1 3 224 224) that '
+        'the features do not change')
+    parser.add_argument(
+        '--cfg-options',
+        nargs='+',
+        action=DictAction,
+        help='override config settings, key=value')
+    return parser.parse_args(argv)
+
+
+def main(argv=None) -> None:
+    args = parse_args(argv)
+    deployed = deploy_checkpoint(
+        args.config,
+        args.checkpoint,
+        args.out,
+        harden=args.harden,
+        fold=not args.no_fold,
+        spatial_dims=args.spatial_dims,
+        check_shape=args.check_shape,
+        cfg_options=args.cfg_options)
+    kinds = {}
+    for layer in deployed:
+        key = (f'{layer.mean}/{layer.var}', layer.replacement.split(' ')[0])
+        kinds[key] = kinds.get(key, 0) + 1
+    print(f'replaced {len(deployed)} layers '
+          f'({sum(d.hardened for d in deployed)} hardened):')
+    for (choice, how), count in sorted(kinds.items()):
+        print(f'  {count:4d} x mean/var {choice}: {how}')
+    print(f'wrote {args.out}; load with torch.load(path, weights_only=False)')
+
+
+if __name__ == '__main__':
+    main()
