@@ -153,16 +153,15 @@ def compute_batch_stats(model: nn.Module,
         for name, layer in layers:
             layer.train()
             layer._moment_recorder = sums[name].record
-            handles.append(layer.register_forward_pre_hook(
-                sums[name].pre_hook))
+            handles.append(
+                layer.register_forward_pre_hook(sums[name].pre_hook))
         batches = iter(data)
         for index in range(num_batches):
             try:
                 batch = next(batches)
             except StopIteration:
-                raise RuntimeError(
-                    f'the data ran out after {index} batches; '
-                    f'num_batches={num_batches}') from None
+                raise RuntimeError(f'the data ran out after {index} batches; '
+                                   f'num_batches={num_batches}') from None
             forward(model, batch)
             if bar is not None:
                 bar.update()
@@ -179,9 +178,8 @@ def compute_batch_stats(model: nn.Module,
             bar.file.write('\n')
 
     # One collective for all layers: [means..., second moments..., counts].
-    packed = torch.cat([
-        torch.cat([s.mean, s.sqmean, s.count]) for s in sums.values()
-    ])
+    packed = torch.cat(
+        [torch.cat([s.mean, s.sqmean, s.count]) for s in sums.values()])
     if get_world_size() > 1:
         dist.all_reduce(packed, op=dist.ReduceOp.SUM)
     results, unused, offset = {}, [], 0
@@ -210,15 +208,15 @@ def compute_batch_stats(model: nn.Module,
     return counts
 
 
-def update_checkpoint_batch_stats(config: str,
-                                  checkpoint: str,
-                                  out: str,
-                                  num_batches: int = 200,
-                                  mode: str = 'loss',
-                                  cfg_options: Optional[dict] = None,
-                                  launcher: str = 'none',
-                                  work_dir: Optional[str] = None
-                                  ) -> Dict[str, int]:
+def update_checkpoint_batch_stats(
+        config: str,
+        checkpoint: str,
+        out: str,
+        num_batches: int = 200,
+        mode: str = 'loss',
+        cfg_options: Optional[dict] = None,
+        launcher: str = 'none',
+        work_dir: Optional[str] = None) -> Dict[str, int]:
     """Batch-average statistics for a trained checkpoint, saved to ``out``.
 
     Builds the model of ``config`` with mmengine's Runner (so
@@ -236,8 +234,8 @@ def update_checkpoint_batch_stats(config: str,
     from mmengine.config import Config
     from mmengine.dist import get_rank
     from mmengine.runner import Runner
-    from mmengine.runner.checkpoint import (_load_checkpoint,
-                                            get_state_dict, weights_to_cpu)
+    from mmengine.runner.checkpoint import (_load_checkpoint, get_state_dict,
+                                            weights_to_cpu)
 
     from .apis.launch import default_work_dir, setup_cpu_distributed
     if osp.abspath(out) == osp.abspath(checkpoint):

@@ -51,32 +51,43 @@ class Timing:
         return (self.high - self.low) / self.median if self.median else 0.0
 
 
+#: Clocks for :func:`time_interleaved`: wall time, or CPU time of this
+#: process (all its threads), which time slices lost to other processes do
+#: not inflate.  Use 'cpu' with one thread on a shared machine.
+CLOCKS = {'wall': time.perf_counter, 'cpu': time.process_time}
+
+
 def time_interleaved(cases: Mapping[str, Callable[[], object]],
                      repeats: int = 7,
                      min_sample_s: float = 0.02,
-                     warmup: int = 2) -> Dict[str, Timing]:
+                     warmup: int = 2,
+                     clock: str = 'wall') -> Dict[str, Timing]:
     """Time ``cases`` side by side; per call seconds for each.
 
     Each case is called ``warmup`` times first (the first call is timed on
     its own and reported as ``first_call``).  A sample of a case is as many
     back-to-back calls as fill ``min_sample_s`` (at least one).  Each of the
     ``repeats`` rounds takes one sample of every case, starting at a
-    different case each round.
+    different case each round.  ``clock`` is a key of :data:`CLOCKS`.
     """
     if repeats < 1 or warmup < 1:
         raise ValueError(f'repeats and warmup must be >= 1, got {repeats} '
                          f'and {warmup}')
+    if clock not in CLOCKS:
+        raise ValueError(f'unknown clock {clock!r}; choose from '
+                         f'{sorted(CLOCKS)}')
+    now = CLOCKS[clock]
     names = list(cases)
     first, calls = {}, {}
     for name in names:
         fn = cases[name]
-        start = time.perf_counter()
+        start = now()
         fn()
-        first[name] = time.perf_counter() - start
-        start = time.perf_counter()
+        first[name] = now() - start
+        start = now()
         for _ in range(warmup - 1):
             fn()
-        single = ((time.perf_counter() - start) /
+        single = ((now() - start) /
                   (warmup - 1) if warmup > 1 else first[name])
         calls[name] = max(1, math.ceil(min_sample_s / max(single, 1e-9)))
     samples: Dict[str, List[float]] = {name: [] for name in names}
@@ -84,10 +95,10 @@ def time_interleaved(cases: Mapping[str, Callable[[], object]],
         for k in range(len(names)):
             name = names[(round_ + k) % len(names)]
             fn, num = cases[name], calls[name]
-            start = time.perf_counter()
+            start = now()
             for _ in range(num):
                 fn()
-            samples[name].append((time.perf_counter() - start) / num)
+            samples[name].append((now() - start) / num)
     result = {}
     for name in names:
         values = sorted(samples[name])
@@ -255,6 +266,7 @@ def benchmark_layers(cases: Sequence[LayerCase] = LAYER_SHAPES,
                      repeats: int = 7,
                      memory: bool = True,
                      frozen: bool = True,
+                     clock: str = 'wall',
                      log: Optional[Callable[[str], None]] = None
                      ) -> List[LayerResult]:
     """Training fwd+bwd, eval, frozen-SSN eval and peak memory per shape.
@@ -276,7 +288,8 @@ def benchmark_layers(cases: Sequence[LayerCase] = LAYER_SHAPES,
                 name: _train_step(layer.train(), x, grad)
                 for name, layer in layers.items()
             },
-            repeats=repeats)
+            repeats=repeats,
+            clock=clock)
         if memory:
             for name, layer in layers.items():
                 result.peak[name] = peak_memory_bytes(
@@ -286,7 +299,8 @@ def benchmark_layers(cases: Sequence[LayerCase] = LAYER_SHAPES,
                 name: _eval_step(layer.eval(), x)
                 for name, layer in layers.items()
             },
-            repeats=repeats)
+            repeats=repeats,
+            clock=clock)
         if frozen:
             plain = {'IN': 'IN', 'LN': 'LN', 'BN': 'BN'}
             cases_ = {}
@@ -296,6 +310,7 @@ def benchmark_layers(cases: Sequence[LayerCase] = LAYER_SHAPES,
                         norm, channels).eval(), x)
                 cases_[f'SSN[{choice}]'] = _eval_step(
                     frozen_ssn(channels, choice), x)
-            result.frozen = time_interleaved(cases_, repeats=repeats)
+            result.frozen = time_interleaved(
+                cases_, repeats=repeats, clock=clock)
         results.append(result)
     return results

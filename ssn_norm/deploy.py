@@ -92,28 +92,44 @@ class SwitchedNorm(nn.Module):
                                  layer.running_var.detach().clone())
 
     def forward(self, x: Tensor) -> Tensor:
-        x3 = x.flatten(2)
         dtype = torch.promote_types(x.dtype, torch.float32)
+        xs = x.to(dtype)
+        length = x[0, 0].numel()
+        # Unbiased variance = biased * L / (L - 1); a single element has
+        # variance 0 and any factor keeps it 0 (the denominator avoids /0).
+        bessel = length / (length - 1 + (length == 1))
+        if self.mean == 'IN' and self.var == 'IN':
+            # One fused call: IN with the biased variance equals SN's IN
+            # (unbiased variance) with eps / bessel and weight / √bessel.
+            out = torch.instance_norm(xs, self.weight.to(dtype) / bessel**0.5,
+                                      self.bias.to(dtype), None, None, True,
+                                      0.0, self.eps / bessel, False)
+            return out.to(x.dtype)
+        x3 = xs.flatten(2)
         stats = {}
-        if 'IN' in (self.mean, self.var) or 'LN' in (self.mean, self.var):
-            var_in, mean_in = torch.var_mean(
-                x3.to(dtype), dim=-1, correction=x3.shape[-1] > 1)
-            stats['IN'] = (mean_in, var_in)
-            if 'LN' in (self.mean, self.var):
-                sqmean_in = var_in + mean_in.square()
-                mean_ln = mean_in.mean(1, keepdim=True)
-                var_ln = (sqmean_in.mean(1, keepdim=True) -
-                          mean_ln.square()).clamp(min=0)
-                stats['LN'] = (mean_ln, var_ln)
         if 'BN' in (self.mean, self.var):
             stats['BN'] = (self.running_mean.to(dtype).unsqueeze(0),
                            self.running_var.to(dtype).unsqueeze(0))
+        if self.mean != 'BN' or self.var != 'BN':
+            # Per-(n, c) mean and biased variance with BatchNorm's kernel
+            # (several times faster than var_mean on CPU), rows as channels.
+            rows = x3.reshape(1, -1, x3.shape[-1])
+            mean_in, var_in = torch.batch_norm_update_stats(
+                rows, None, None, 0.0)
+            mean_in = mean_in.view(x3.shape[:2])
+            var_in = var_in.view(x3.shape[:2]) * bessel
+            stats['IN'] = (mean_in, var_in)
+            sqmean_in = var_in + mean_in.square()
+            mean_ln = mean_in.mean(1, keepdim=True)
+            var_ln = (sqmean_in.mean(1, keepdim=True) -
+                      mean_ln.square()).clamp(min=0)
+            stats['LN'] = (mean_ln, var_ln)
         mean = stats[self.mean][0]
         var = stats[self.var][1]
         scale = self.weight.to(dtype) * torch.rsqrt(var + self.eps)
         shift = self.bias.to(dtype) - mean * scale
         out = torch.addcmul(
-            shift.unsqueeze(-1).to(x.dtype), x3,
+            shift.unsqueeze(-1).to(x.dtype), x.flatten(2),
             scale.unsqueeze(-1).to(x.dtype))
         return out.view_as(x)
 
@@ -128,6 +144,8 @@ def switched_norm(layer: _SwitchableNormBase, mean: str,
     graph = fx.Tracer().trace(module)
     traced = fx.GraphModule(module, graph, class_name='SwitchedNorm')
     traced.mean, traced.var, traced.eps = mean, var, module.eps
+    # torch.fx reads this entry back when unpickling; keeps the name.
+    traced._graphmodule_cls_name = 'SwitchedNorm'
     return traced
 
 
@@ -167,8 +185,8 @@ def _conv_before_norm(model: nn.Module) -> Dict[str, Tuple[str, nn.Module]]:
         prefix = path + '.' if path else ''
         if isinstance(module, nn.Sequential):
             children = list(module.named_children())
-            for (conv_name, conv), (norm_name, norm) in zip(
-                    children, children[1:]):
+            for (conv_name, conv), (norm_name,
+                                    norm) in zip(children, children[1:]):
                 add(prefix + norm_name, prefix + conv_name, conv, norm)
         # mmcv ConvModule: forward applies the layers in ``order``.
         order = getattr(module, 'order', None)
@@ -200,8 +218,8 @@ def _fold(conv: nn.Module, scale: Tensor, shift: Tensor) -> None:
     conv.weight.copy_(new_weight.to(conv.weight.dtype))
     if conv.bias is None:
         conv.bias = nn.Parameter(
-            new_bias.to(conv.weight.dtype), requires_grad=conv.weight
-            .requires_grad)
+            new_bias.to(conv.weight.dtype),
+            requires_grad=conv.weight.requires_grad)
     else:
         conv.bias.copy_(new_bias.to(conv.bias.dtype))
 
@@ -221,7 +239,7 @@ def _batch_norm(layer: _SwitchableNormBase, spatial_dims: int) -> nn.Module:
         bn.bias.copy_(layer.bias)
         bn.running_mean.copy_(layer.running_mean)
         bn.running_var.copy_(layer.running_var)
-    bn.to(layer.weight.device)
+    bn.to(device=layer.weight.device, dtype=layer.weight.dtype)
     return bn.eval()
 
 
@@ -243,15 +261,15 @@ def _default_check_forward(model: nn.Module, inputs: Tensor) -> Any:
 
 
 @torch.no_grad()
-def deploy_switchable_norms(
-        model: nn.Module,
-        harden: str = 'none',
-        fold: bool = True,
-        spatial_dims: int = 2,
-        strict: bool = True,
-        check_input: Optional[Tensor] = None,
-        check_forward: Optional[Callable[[nn.Module, Tensor], Any]] = None,
-        atol: float = 1e-5) -> List[DeployedLayer]:
+def deploy_switchable_norms(model: nn.Module,
+                            harden: str = 'none',
+                            fold: bool = True,
+                            spatial_dims: int = 2,
+                            strict: bool = True,
+                            check_input: Optional[Tensor] = None,
+                            check_forward: Optional[Callable[
+                                [nn.Module, Tensor], Any]] = None,
+                            atol: float = 1e-5) -> List[DeployedLayer]:
     """Replaces one-hot SN-family layers of ``model`` by plain modules.
 
     The model is put in eval mode and modified in place.
@@ -305,8 +323,8 @@ def deploy_switchable_norms(
         exact = layer_choice(layer, harden=False) is not None
         plan.append((name, layer, choice, not exact))
     if remaining and strict:
-        listed = ', '.join(remaining[:8]) + (', ...'
-                                            if len(remaining) > 8 else '')
+        listed = ', '.join(
+            remaining[:8]) + (', ...' if len(remaining) > 8 else '')
         raise ValueError(
             f'{len(remaining)} switchable layers are not one-hot ({listed}): '
             'SN layers need harden="sn" (--harden sn), SSN layers that have '
@@ -335,8 +353,7 @@ def deploy_switchable_norms(
         parent_path, _, attr = name.rpartition('.')
         parent = root.get_submodule(parent_path) if parent_path else root
         setattr(parent, attr, replacement)
-        deployed.append(
-            DeployedLayer(name, mean, var, description, hardened))
+        deployed.append(DeployedLayer(name, mean, var, description, hardened))
     model.eval()
 
     if reference is not None:
@@ -378,15 +395,15 @@ def save_deployed(model: nn.Module, path: str) -> None:
     torch.save(unwrap_model(model), path)
 
 
-def deploy_checkpoint(config: str,
-                      checkpoint: str,
-                      out: str,
-                      harden: str = 'none',
-                      fold: bool = True,
-                      spatial_dims: int = 2,
-                      check_shape: Optional[Tuple[int, ...]] = None,
-                      cfg_options: Optional[dict] = None
-                      ) -> List[DeployedLayer]:
+def deploy_checkpoint(
+        config: str,
+        checkpoint: str,
+        out: str,
+        harden: str = 'none',
+        fold: bool = True,
+        spatial_dims: int = 2,
+        check_shape: Optional[Tuple[int, ...]] = None,
+        cfg_options: Optional[dict] = None) -> List[DeployedLayer]:
     """Builds ``config``'s model, loads ``checkpoint`` strictly, deploys it
     (:func:`deploy_switchable_norms`) and saves the whole module to ``out``
     (:func:`save_deployed`).  ``check_shape`` runs the output check on a
@@ -402,8 +419,8 @@ def deploy_checkpoint(config: str,
     init_default_scope(cfg.get('default_scope') or 'mmengine')
     model = MODELS.build(cfg.model)
     load_checkpoint(model, checkpoint, map_location='cpu', strict=True)
-    check_input = (torch.randn(*check_shape)
-                   if check_shape is not None else None)
+    check_input = (
+        torch.randn(*check_shape) if check_shape is not None else None)
     deployed = deploy_switchable_norms(
         model,
         harden=harden,

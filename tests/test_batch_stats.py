@@ -79,9 +79,9 @@ def test_equals_the_exact_average_and_ignores_the_batch_split():
             torch.testing.assert_close(layer.running_mean, expected[0], **TOL)
             torch.testing.assert_close(layer.running_var, expected[1], **TOL)
         after = model.state_dict()
+        stats = ('running_mean', 'running_var')
         for key, value in before.items():
-            if not key.endswith(('running_mean', 'running_var')) or (
-                    key.startswith('bn.')):
+            if key.startswith('bn.') or not key.endswith(stats):
                 torch.testing.assert_close(after[key], value, msg=key)
         assert int(model['ssn'].mean_fixed) == 0  # no ratio froze
         results.append(model['sn'].running_var.clone())
@@ -125,8 +125,10 @@ def test_errors_leave_the_model_untouched():
     model.eval()
     before = copy.deepcopy(model.state_dict())
     data = [torch.randn(2, C, 3, 3, dtype=torch.float64)] * 2
-    with pytest.raises(RuntimeError, match='data has 2 batches per process, '
-                       'fewer than num_batches=3'):
+    with pytest.raises(
+            RuntimeError,
+            match='data has 2 batches per process, '
+            'fewer than num_batches=3'):
         compute_batch_stats(model, data, 3, forward=run_all)
     with pytest.raises(RuntimeError, match='the data ran out after 2 batches'):
         compute_batch_stats(model, iter(data), 3, forward=run_all)
@@ -134,8 +136,10 @@ def test_errors_leave_the_model_untouched():
     def forward_sn_only(m, batch):
         m['sn'](batch)
 
-    with pytest.raises(RuntimeError, match=r'4 SN layers saw no batch \(ssn, '
-                       'sync_sn, sync_ssn, cumulative\)'):
+    with pytest.raises(
+            RuntimeError,
+            match=r'4 SN layers saw no batch \(ssn, '
+            r'sync_sn, sync_ssn, cumulative\)'):
         compute_batch_stats(model, data, 2, forward=forward_sn_only)
 
     def failing(m, batch):
@@ -149,8 +153,9 @@ def test_errors_leave_the_model_untouched():
                if hasattr(m, '_moment_recorder'))
     for key, value in model.state_dict().items():
         torch.testing.assert_close(value, before[key], msg=key)
-    with pytest.raises(ValueError, match='num_batches must be a positive '
-                       'int, got 0'):
+    with pytest.raises(
+            ValueError, match='num_batches must be a positive '
+            'int, got 0'):
         compute_batch_stats(model, data, 0, forward=run_all)
     with pytest.raises(ValueError, match='Sequential has no SN/SSN layer'):
         compute_batch_stats(nn.Sequential(nn.BatchNorm2d(C)), data, 1)
@@ -204,8 +209,8 @@ def test_two_processes_average_over_all_samples(tmp_path):
         saved = torch.load(tmp_path / f'rank{rank}.pth', weights_only=True)
         assert saved['counts'] == {'sn': 10, 'sync_sn': 10, 'sync_ssn': 10}
         for name in ('sn', 'sync_sn', 'sync_ssn'):
-            torch.testing.assert_close(
-                saved['state'][f'{name}.running_mean'], expected[0], **TOL)
+            torch.testing.assert_close(saved['state'][f'{name}.running_mean'],
+                                       expected[0], **TOL)
             torch.testing.assert_close(saved['state'][f'{name}.running_var'],
                                        expected[1], **TOL)
 
@@ -271,37 +276,41 @@ def expected_for(model, num_samples):
 def test_hook_before_validation(tmp_path):
     # As tools/train.py builds it: from a config (the hook reads its
     # train_dataloader entry).
-    runner = Runner.from_cfg(Config(dict(
-        model=dict(type='BatchStatsToyModel'),
-        work_dir=str(tmp_path),
-        train_dataloader=loader_cfg(),
-        train_cfg=dict(by_epoch=False, max_iters=2, val_interval=2),
-        optim_wrapper=dict(optimizer=dict(type='SGD', lr=0.1)),
-        val_dataloader=loader_cfg(4),
-        val_cfg=dict(),
-        val_evaluator=dict(type='BatchStatsToyMetric'),
-        custom_hooks=[
-            dict(type='BatchStatsHook', num_batches=2, progress=False)
-        ],
-        default_hooks=dict(checkpoint=None),
-        default_scope='mmengine')))
+    runner = Runner.from_cfg(
+        Config(
+            dict(
+                model=dict(type='BatchStatsToyModel'),
+                work_dir=str(tmp_path),
+                train_dataloader=loader_cfg(),
+                train_cfg=dict(by_epoch=False, max_iters=2, val_interval=2),
+                optim_wrapper=dict(optimizer=dict(type='SGD', lr=0.1)),
+                val_dataloader=loader_cfg(4),
+                val_cfg=dict(),
+                val_evaluator=dict(type='BatchStatsToyMetric'),
+                custom_hooks=[
+                    dict(type='BatchStatsHook', num_batches=2, progress=False)
+                ],
+                default_hooks=dict(checkpoint=None),
+                default_scope='mmengine')))
     runner.train()
     model = runner.model
     mean, var = expected_for(model, 6)  # two batches of 3, in order
-    torch.testing.assert_close(model.norm.running_mean.double(), mean,
-                               rtol=1e-5, atol=1e-6)
-    torch.testing.assert_close(model.norm.running_var.double(), var,
-                               rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(
+        model.norm.running_mean.double(), mean, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(
+        model.norm.running_var.double(), var, rtol=1e-5, atol=1e-6)
 
 
 def test_hook_arguments_are_validated():
-    with pytest.raises(ValueError, match='num_batches must be a positive '
-                       'int, got -1'):
+    with pytest.raises(
+            ValueError, match='num_batches must be a positive '
+            'int, got -1'):
         BatchStatsHook(num_batches=-1)
     with pytest.raises(ValueError, match="mode must be .* got 'train'"):
         BatchStatsHook(mode='train')
-    with pytest.raises(ValueError, match=r"subset of \('val', 'test'\), got "
-                       r"\('train',\)"):
+    with pytest.raises(
+            ValueError, match=r"subset of \('val', 'test'\), got "
+            r"\('train',\)"):
         BatchStatsHook(stages='train')
 
 
@@ -314,8 +323,12 @@ def test_tool_writes_a_checkpoint_with_batch_averages(tmp_path):
         "optim_wrapper = dict(optimizer=dict(type='SGD', lr=0.1))\n")
     model = BatchStatsToyModel()
     checkpoint, out = tmp_path / 'trained.pth', tmp_path / 'averaged.pth'
-    torch.save({'state_dict': model.state_dict(), 'meta': {'epoch': 3}},
-               checkpoint)
+    torch.save({
+        'state_dict': model.state_dict(),
+        'meta': {
+            'epoch': 3
+        }
+    }, checkpoint)
     spec = importlib.util.spec_from_file_location(
         'compute_batch_stats', osp.join(ROOT, 'tools',
                                         'compute_batch_stats.py'))
@@ -332,9 +345,15 @@ def test_tool_writes_a_checkpoint_with_batch_averages(tmp_path):
     assert saved['meta']['batch_stats'] == dict(
         num_batches=3, mode='loss', samples=6, source='trained.pth')
     mean, var = expected_for(model, 6)
-    torch.testing.assert_close(saved['state_dict']['norm.running_mean'].double(),
-                               mean, rtol=1e-5, atol=1e-6)
-    torch.testing.assert_close(saved['state_dict']['norm.running_var'].double(),
-                               var, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(
+        saved['state_dict']['norm.running_mean'].double(),
+        mean,
+        rtol=1e-5,
+        atol=1e-6)
+    torch.testing.assert_close(
+        saved['state_dict']['norm.running_var'].double(),
+        var,
+        rtol=1e-5,
+        atol=1e-6)
     torch.testing.assert_close(saved['state_dict']['conv.weight'],
                                model.conv.weight)

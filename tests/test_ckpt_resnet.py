@@ -17,9 +17,8 @@ from mmseg.models.backbones import ResNetV1c
 from torch import nn
 
 import ssn_norm  # noqa: F401  registers SN / SSN
-from ssn_norm.convert import (ConversionError, check_loadable,
-                              convert_resnet, detect_format,
-                              extract_state_dict)
+from ssn_norm.convert import (ConversionError, check_loadable, convert_resnet,
+                              detect_format, extract_state_dict)
 
 
 # ------------------------------------------- independent reimplementation
@@ -52,10 +51,12 @@ class RefSwitchNorm2d(nn.Module):
         else:
             mean_w = F.softmax(self.mean_weight, 0)
             var_w = F.softmax(self.var_weight, 0)
-        mean = (mean_w[0] * mean_in + mean_w[1] * mean_ln +
-                mean_w[2] * self.running_mean)
-        var = (var_w[0] * var_in + var_w[1] * var_ln +
-               var_w[2] * self.running_var)
+        mean = (
+            mean_w[0] * mean_in + mean_w[1] * mean_ln +
+            mean_w[2] * self.running_mean)
+        var = (
+            var_w[0] * var_in + var_w[1] * var_ln +
+            var_w[2] * self.running_var)
         flat = (flat - mean) / (var + 1e-5).sqrt()
         return flat.reshape(n, c, h, w) * self.weight + self.bias
 
@@ -92,14 +93,14 @@ class RefResNetV1(nn.Module):
         self.conv1 = nn.Conv2d(3, 64, 7, 2, 3, bias=False)
         self.sn1 = RefSwitchNorm2d(64, sparse)
         inplanes = 64
-        for index, (count, planes) in enumerate(zip(blocks,
-                                                    (64, 128, 256, 512))):
+        for index, (count,
+                    planes) in enumerate(zip(blocks, (64, 128, 256, 512))):
             stride = 1 if index == 0 else 2
             layers = []
             for block in range(count):
                 layers.append(
-                    RefBottleneck(inplanes, planes, stride if block == 0 else
-                                  1, sparse))
+                    RefBottleneck(inplanes, planes,
+                                  stride if block == 0 else 1, sparse))
                 inplanes = planes * 4
             setattr(self, f'layer{index + 1}', nn.Sequential(*layers))
         self.fc = nn.Linear(2048, 1000)
@@ -150,8 +151,8 @@ def released(sparse=False, prefix='module.', blocks=(3, 4, 6, 3)):
 def test_released_resnet50_converts_and_reproduces_features(sparse):
     ref, checkpoint = released(sparse)
     state = extract_state_dict(checkpoint)
-    assert detect_format(state) == ('released-ssn' if sparse else
-                                    'released-sn')
+    assert detect_format(state) == ('released-ssn'
+                                    if sparse else 'released-sn')
     converted, report = convert_resnet(state)
     norm = 'SSN' if sparse else 'SN'
     assert report.target == norm and report.depth == 50
@@ -185,8 +186,9 @@ def test_released_without_prefix_and_resnet101():
     converted, report = convert_resnet(extract_state_dict(checkpoint))
     assert report.depth == 101
     assert report.arch == 'ResNet-101 (Bottleneck, 7x7 stem)'
-    ResNet(depth=101, norm_cfg=dict(type='SN')).load_state_dict(
-        converted, strict=True)
+    ResNet(
+        depth=101, norm_cfg=dict(type='SN')).load_state_dict(
+            converted, strict=True)
 
 
 def test_released_sn_to_ssn_is_an_initialisation_with_a_note():
@@ -278,8 +280,9 @@ def test_mmpretrain_layout_plain_and_deep_stem():
     converted, report = convert_resnet(state)
     assert report.source_flavour == 'mmpretrain'
     assert ('head.fc.bias', 'ImageNet classifier') in report.dropped
-    ResNet(depth=50, norm_cfg=dict(type='SN')).load_state_dict(
-        converted, strict=True)
+    ResNet(
+        depth=50, norm_cfg=dict(type='SN')).load_state_dict(
+            converted, strict=True)
 
     # mmpretrain's ResNetV1d stem: three ConvModules (stem.i.conv/.bn).
     deep = bn_resnet(50, ResNetV1d).state_dict()
@@ -303,15 +306,17 @@ def test_openmmlab_v1c_layout_initialises_mmseg_resnetv1c():
     state = bn_resnet(50, ResNetV1c).state_dict()
     converted, report = convert_resnet(state)
     assert report.source_flavour == 'openmmlab' and report.deep_stem
-    ResNetV1c(depth=50, norm_cfg=dict(type='SN')).load_state_dict(
-        converted, strict=True)
+    ResNetV1c(
+        depth=50, norm_cfg=dict(type='SN')).load_state_dict(
+            converted, strict=True)
 
 
 def test_v1_checkpoint_against_deep_stem_backbone_is_explained():
     _, checkpoint = released()
     converted, _ = convert_resnet(extract_state_dict(checkpoint))
-    with pytest.raises(ConversionError,
-                       match=r'(?s)missing 21: stem\.0\.weight.*deep 3x3 stem'):
+    with pytest.raises(
+            ConversionError,
+            match=r'(?s)missing 21: stem\.0\.weight.*deep 3x3 stem'):
         check_loadable(converted,
                        ResNetV1c(depth=50, norm_cfg=dict(type='SN')))
     check_loadable(converted, ResNet(depth=50, norm_cfg=dict(type='SN')))
@@ -350,11 +355,13 @@ def test_foreign_checkpoints_are_refused():
     vgg = OrderedDict([('features.0.weight', torch.ones(64, 3, 3, 3)),
                        ('features.1.running_mean', torch.zeros(64)),
                        ('classifier.0.weight', torch.ones(10, 10))])
-    with pytest.raises(ConversionError,
-                       match=r'3 keys are not part of a ResNet backbone'):
+    with pytest.raises(
+            ConversionError,
+            match=r'3 keys are not part of a ResNet backbone'):
         convert_resnet(vgg)
-    with pytest.raises(ConversionError,
-                       match='not a ResNet checkpoint with BN, SN or SSN'):
+    with pytest.raises(
+            ConversionError,
+            match='not a ResNet checkpoint with BN, SN or SSN'):
         convert_resnet({'encoder.weight': torch.ones(3)})
     with pytest.raises(ConversionError, match='expected a checkpoint dict'):
         extract_state_dict([torch.ones(1)])

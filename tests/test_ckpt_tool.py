@@ -49,8 +49,8 @@ def test_released_sn_file_converts_and_loads_through_init_cfg(
     torch.testing.assert_close(backbone.layer4[2].bn3.mean_weight,
                                source['module.layer4.2.sn3.mean_weight'])
     # No missing or unexpected key: a strict load passes.
-    load_checkpoint(ResNet(depth=50, norm_cfg=dict(type='SN')), str(dst),
-                    strict=True)
+    load_checkpoint(
+        ResNet(depth=50, norm_cfg=dict(type='SN')), str(dst), strict=True)
 
 
 def test_foreign_and_unreadable_files_exit_nonzero(tmp_path, capsys):
@@ -58,8 +58,8 @@ def test_foreign_and_unreadable_files_exit_nonzero(tmp_path, capsys):
     text = tmp_path / 'notes.txt'
     text.write_text('hello')
     detector = tmp_path / 'mask_rcnn.pth'
-    state = OrderedDict(('backbone.' + k, v)
-                        for k, v in bn_resnet(18).state_dict().items())
+    state = OrderedDict(
+        ('backbone.' + k, v) for k, v in bn_resnet(18).state_dict().items())
     state['neck.lateral_convs.0.conv.weight'] = torch.ones(256, 64, 1, 1)
     torch.save({'state_dict': state, 'meta': {}}, detector)
     cases = {
@@ -96,14 +96,16 @@ def test_config_check_refuses_v1_weights_for_a_deep_stem(tmp_path, capsys):
         "model = dict(backbone=dict(type='ResNetV1d', depth=50,\n"
         "    norm_cfg=dict(type='SN'),\n"
         "    init_cfg=dict(type='Pretrained', checkpoint='x.pth')))\n")
-    assert convert_tool.main([str(src), str(dst), '--config',
+    assert convert_tool.main([str(src),
+                              str(dst), '--config',
                               str(config)]) == 1
     err = capsys.readouterr().err
     assert 'does not fit ResNetV1d' in err and 'deep 3x3 stem' in err
     assert not dst.exists()
 
     config.write_text(config.read_text().replace('ResNetV1d', 'ResNet'))
-    assert convert_tool.main([str(src), str(dst), '--config',
+    assert convert_tool.main([str(src),
+                              str(dst), '--config',
                               str(config)]) == 0
     assert 'checked: loads strictly into ResNet' in capsys.readouterr().out
 

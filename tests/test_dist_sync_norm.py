@@ -7,8 +7,12 @@ computed here from the same inputs: SN / SSN on the concatenated batch, or
 per-rank layers run in this process.  float64 keeps the tolerances tight.
 """
 import datetime
+import fcntl
+import os
 import os.path as osp
+import shutil
 import socket
+from pathlib import Path
 
 import pytest
 import torch
@@ -191,6 +195,27 @@ def _worker(rank: int, port: int, case_file: str, out_dir: str) -> None:
 
 
 # ---------------------------------------------------------------- fixtures
+def once_per_session(tmp_path_factory, name: str, produce) -> Path:
+    """Runs ``produce(folder)`` once per test session and returns the folder.
+
+    Under pytest-xdist each worker has its own module fixtures; the workers
+    share one folder (and a lock) so the processes are started only once.
+    """
+    if 'PYTEST_XDIST_WORKER' not in os.environ:
+        folder = tmp_path_factory.mktemp(name)
+        produce(folder)
+        return folder
+    folder = tmp_path_factory.getbasetemp().parent / name
+    with open(f'{folder}.lock', 'w') as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if not (folder / 'done').exists():
+            shutil.rmtree(folder, ignore_errors=True)  # a failed attempt
+            folder.mkdir()
+            produce(folder)
+            (folder / 'done').touch()
+    return folder
+
+
 def make_case() -> dict:
     gen = torch.Generator().manual_seed(1)
 
@@ -245,14 +270,17 @@ def case():
 @pytest.fixture(scope='module')
 def ranks(case, tmp_path_factory):
     """Results of the two processes, ``[rank0, rank1]``."""
-    tmp = tmp_path_factory.mktemp('dist')
-    case_file = str(tmp / 'case.pt')
-    torch.save(case, case_file)
-    mp.spawn(
-        _worker,
-        args=(free_port(), case_file, str(tmp)),
-        nprocs=WORLD_SIZE,
-        join=True)
+
+    def produce(folder):
+        case_file = str(folder / 'case.pt')
+        torch.save(case, case_file)
+        mp.spawn(
+            _worker,
+            args=(free_port(), case_file, str(folder)),
+            nprocs=WORLD_SIZE,
+            join=True)
+
+    tmp = once_per_session(tmp_path_factory, 'dist_sync_norm', produce)
     return [
         torch.load(tmp / f'rank{r}.pt', weights_only=False)
         for r in range(WORLD_SIZE)

@@ -18,13 +18,16 @@ layers' starting buffers, and the per-rank running statistics just before
   the means; mean of variance + mean² minus mean²): the checkpoint must hold
   that merge, not rank 0's statistics, and both ranks must end identical.
 """
+import fcntl
 import glob
 import json
 import os
 import os.path as osp
+import shutil
 import socket
 import subprocess
 from functools import partial
+from pathlib import Path
 
 import pytest
 import torch
@@ -43,7 +46,7 @@ pytestmark = pytest.mark.skipif(
 REPO = osp.dirname(osp.dirname(osp.abspath(__file__)))
 CONFIG = osp.join(
     REPO, 'tests', 'configs',
-    'deeplabv3_r18-w32-d8-syncsn_2xb2-4_tiny-cityscapes-64x64.py')
+    'deeplabv3_r18-w16-d8-syncsn_2xb2-4_tiny-cityscapes-64x64.py')
 ITERS = 4
 STATS = ('running_mean', 'running_var')
 
@@ -115,39 +118,69 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-@pytest.fixture(scope='module')
-def run(tmp_path_factory):
-    """Trains once; returns the work dir, the probes of ranks 0 and 1, the
-    config and the environment."""
-    from ssn_norm.datasets.tiny_cityscapes import make_tiny_cityscapes
-    tmp = tmp_path_factory.mktemp('dist_train')
-    data_root = tmp / 'tiny_cityscapes'
-    make_tiny_cityscapes(
-        str(data_root), num_train=8, num_val=2, size=(128, 64))
-    config = tmp / 'probed_config.py'
-    probe = dict(type='DistTrainProbeHook', out_dir=str(tmp))
-    config.write_text('\n'.join([
-        f'_base_ = {CONFIG!r}',
-        "custom_imports = dict(imports=['ssn_norm', 'test_dist_train'])",
-        f"custom_hooks = [dict(type='SyncNormStatsHook'), {probe!r}]", ''
-    ]))
-    work_dir = tmp / 'work_dir'
-    env = dict(
+def train_env(data_root) -> dict:
+    return dict(
         os.environ,
         PYTHONPATH=os.pathsep.join(
             filter(None,
                    [osp.join(REPO, 'tests'),
                     os.environ.get('PYTHONPATH')])),
-        SSN_TINY_CITYSCAPES=str(data_root) + '/',
+        SSN_TINY_CITYSCAPES=f'{data_root}/',
         OMP_NUM_THREADS='1',
         CUDA_VISIBLE_DEVICES='')
+
+
+def train(folder: Path) -> None:
+    from ssn_norm.datasets.tiny_cityscapes import make_tiny_cityscapes
+    make_tiny_cityscapes(
+        str(folder / 'data'), num_train=8, num_val=2, size=(128, 64))
+    probe = dict(type='DistTrainProbeHook', out_dir=str(folder))
+    (folder / 'config.py').write_text('\n'.join([
+        f'_base_ = {CONFIG!r}',
+        "custom_imports = dict(imports=['ssn_norm', 'test_dist_train'])",
+        f"custom_hooks = [dict(type='SyncNormStatsHook'), {probe!r}]", ''
+    ]))
     run_script(
-        'dist_train.sh', config, 2, '--work-dir', work_dir, env=env, cwd=tmp)
+        'dist_train.sh',
+        folder / 'config.py',
+        2,
+        '--work-dir',
+        folder / 'work_dir',
+        env=train_env(folder / 'data'),
+        cwd=folder)
+
+
+@pytest.fixture(scope='module')
+def run(tmp_path_factory):
+    """Trains once; returns the run's folder (``config.py``, ``data``,
+    ``work_dir``) and the probes of ranks 0 and 1."""
+    folder = once_per_session(tmp_path_factory, 'dist_train', train)
     probes = [
-        torch.load(tmp / f'probe_rank{r}.pt', weights_only=False)
+        torch.load(folder / f'probe_rank{r}.pt', weights_only=False)
         for r in range(2)
     ]
-    return work_dir, probes, config, env
+    return folder, probes
+
+
+def once_per_session(tmp_path_factory, name: str, produce) -> Path:
+    """Runs ``produce(folder)`` once per test session and returns the folder.
+
+    Under pytest-xdist each worker has its own module fixtures; the workers
+    share one folder (and a lock) so the processes are started only once.
+    """
+    if 'PYTEST_XDIST_WORKER' not in os.environ:
+        folder = tmp_path_factory.mktemp(name)
+        produce(folder)
+        return folder
+    folder = tmp_path_factory.getbasetemp().parent / name
+    with open(f'{folder}.lock', 'w') as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if not (folder / 'done').exists():
+            shutil.rmtree(folder, ignore_errors=True)  # a failed attempt
+            folder.mkdir()
+            produce(folder)
+            (folder / 'done').touch()
+    return folder
 
 
 def run_script(script: str, *args, env: dict, cwd) -> None:
@@ -183,7 +216,7 @@ def train_records(work_dir) -> list:
 
 
 def test_trains_validates_and_checkpoints(run):
-    work_dir, probes = run[:2]
+    work_dir, probes = run[0] / 'work_dir', run[1]
     state = load_checkpoint(work_dir)
     assert any(k.endswith('mean_weight') for k in state)
     records = train_records(work_dir)
@@ -196,7 +229,7 @@ def test_trains_validates_and_checkpoints(run):
 
 
 def test_checkpoint_sync_sn_statistics_are_the_all_reduced_ones(run):
-    work_dir, (rank0, rank1) = run[:2]
+    work_dir, (rank0, rank1) = run[0] / 'work_dir', run[1]
     state = load_checkpoint(work_dir)
     for name, kwargs in rank0['kwargs'].items():
         ref = SN(**kwargs)
@@ -220,7 +253,7 @@ def test_checkpoint_sync_sn_statistics_are_the_all_reduced_ones(run):
 
 
 def test_checkpoint_plain_sn_statistics_are_merged_over_ranks(run):
-    work_dir, (rank0, rank1) = run[:2]
+    work_dir, (rank0, rank1) = run[0] / 'work_dir', run[1]
     state = load_checkpoint(work_dir)
     plain = [n for n in rank0['final'] if n not in rank0['kwargs']]
     assert plain and all(n.startswith('auxiliary_head.') for n in plain)
@@ -250,16 +283,16 @@ def test_checkpoint_plain_sn_statistics_are_merged_over_ranks(run):
 def test_dist_test_reproduces_the_validation_of_the_checkpoint(run, tmp_path):
     """``tools/dist_test.sh`` on 2 CPU processes evaluates the checkpoint
     with the statistics validation used after the last iteration."""
-    work_dir, _, config, env = run
-    checkpoint = osp.join(work_dir, f'iter_{ITERS}.pth')
+    folder = run[0]
+    work_dir = folder / 'work_dir'
     run_script(
         'dist_test.sh',
-        config,
-        checkpoint,
+        folder / 'config.py',
+        work_dir / f'iter_{ITERS}.pth',
         2,
         '--work-dir',
         tmp_path,
-        env=env,
+        env=train_env(folder / 'data'),
         cwd=tmp_path)
     (result_file, ) = glob.glob(osp.join(tmp_path, '*', '*.json'))
     with open(result_file) as f:

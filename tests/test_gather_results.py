@@ -129,7 +129,7 @@ Models:
       Title: '{TITLE}'
       Table: 'VI'
       Setting: 'SN+SN'
-      Metrics: {{box AP: 41.0, mask AP: 36.5, AP50: n/a}}
+      Metrics: {{box AP: 41.0, mask AP: 36.5, AP50: n/a, box mAP: 41}}
   - Name: {MINI_SN}
     Metadata: {{Normalization: SN}}
     Paper Reference: {MASK_SN}
@@ -205,6 +205,7 @@ def test_every_broken_input_is_warned_about_and_skipped(work_dirs, metafiles):
             r'configs/i3d/metafile\.yml .*: no such file',
             r'configs/pspnet/metafile\.yml: unreadable',
             r"Paper\.Metrics\['AP50'\] = 'n/a' is not a number",
+            r"Paper\.Metrics has unknown metric 'box mAP'; known: box AP, ",
             r'has Paper Reference mask-rcnn_r50-ssn_fpn_ssn-head_2x_coco, '
             r'which is not defined in any metafile',
     ]:

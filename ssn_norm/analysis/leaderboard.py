@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from typing import Dict, Iterable, List, Optional, Sequence
 
 from .paper import ModelEntry, PaperRow, load_model_entries
-from .runs import ResultWarning, Run, find_runs
+from .runs import Run, find_runs
 from .tasks import (NORM_ORDER, SEGMENTATION, TASKS, Task, is_mini,
                     is_multi_scale, normalizers_in_name, scaled_metrics,
                     single_scale_name)
@@ -141,8 +141,7 @@ def _row_key(run: Run) -> str:
     return run.name
 
 
-def _attach_paper(row: Row, entries: Dict[str, ModelEntry],
-                  task: Task) -> None:
+def _attach_paper(row: Row, entries: Dict[str, ModelEntry]) -> None:
     names = [_row_key(row.runs[0])] + [run.name for run in row.runs]
     own: Optional[PaperRow] = None
     reference: Optional[str] = None
@@ -165,16 +164,6 @@ def _attach_paper(row: Row, entries: Dict[str, ModelEntry],
     elif reference is not None and entries[reference].paper is not None:
         row.paper = entries[reference].paper
         row.paper_config, row.same_setting = reference, False
-    if row.paper is not None:
-        columns = {c.name for c in task.columns}
-        for name in row.paper.metrics:
-            if name not in columns:
-                warnings.warn(
-                    f'{entries[row.paper_config].source}: paper metric '
-                    f'{name!r} of {row.paper_config} is not a {task.name} '
-                    f'column ({", ".join(sorted(columns))}); not shown',
-                    ResultWarning,
-                    stacklevel=3)
 
 
 def _setting(row: Row) -> Optional[str]:
@@ -203,6 +192,7 @@ def build_leaderboard(runs: Iterable[Run],
     See the module docstring for the layout.  Nothing is dropped: a run
     whose numbers cannot share a row gets a row of its own.
     """
+    runs = list(runs)
     tables = []
     for task in TASKS:
         for suite in ('full', 'mini'):
@@ -226,10 +216,12 @@ def build_leaderboard(runs: Iterable[Run],
                 row.runs.append(run)
                 row.values.update(values)
             for row in rows:
-                _attach_paper(row, entries, task)
+                _attach_paper(row, entries)
                 row.setting = _setting(row)
                 if suite == 'mini':
                     row.label = row.setting or row.label
+                elif len(row.runs) == 1:  # e.g. a lone ms+flip test
+                    row.label = row.runs[0].name
             if suite == 'mini':
                 rows.sort(key=lambda r: _norm_rank(r.label))
             tables.append(Table(task, suite, rows))

@@ -27,6 +27,11 @@ from typing import Dict, Iterable, List, Optional
 import yaml
 
 from .runs import ResultWarning
+from .tasks import TASKS
+
+#: Every metric name a ``Paper: Metrics`` mapping may use.
+METRIC_NAMES = tuple(
+    dict.fromkeys(column.name for task in TASKS for column in task.columns))
 
 
 def _warn(message: str) -> None:
@@ -79,7 +84,10 @@ def _paper_row(raw, where: str) -> Optional[PaperRow]:
         return None
     numbers = {}
     for name, value in metrics.items():
-        if isinstance(value, (int, float)) and not isinstance(value, bool):
+        if name not in METRIC_NAMES:
+            _warn(f'{where}: Paper.Metrics has unknown metric {name!r}; '
+                  f'known: {", ".join(METRIC_NAMES)}; ignored')
+        elif isinstance(value, (int, float)) and not isinstance(value, bool):
             numbers[str(name)] = float(value)
         else:
             _warn(f'{where}: Paper.Metrics[{name!r}] = {value!r} is not a '

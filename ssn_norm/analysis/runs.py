@@ -19,7 +19,7 @@ import os.path as osp
 import re
 import warnings
 from dataclasses import dataclass, field
-from typing import Dict, Iterable, List, Optional, Tuple
+from typing import Dict, Iterable, List, Optional
 
 from .tasks import TASKS, Task, recognise_task
 
@@ -257,11 +257,3 @@ def find_runs(paths: Iterable[str]) -> List[Run]:
         if run is not None:
             runs.append(run)
     return runs
-
-
-def split_by_task(runs: Iterable[Run]) -> Dict[str, Tuple[Task, List[Run]]]:
-    """Runs grouped by task name, tasks in :data:`TASKS` order."""
-    groups = {task.name: (task, []) for task in TASKS}
-    for run in runs:
-        groups[run.task.name][1].append(run)
-    return {name: group for name, group in groups.items() if group[1]}

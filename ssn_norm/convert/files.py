@@ -5,7 +5,7 @@ import os
 import os.path as osp
 import pickle
 from collections import OrderedDict
-from typing import Dict, Mapping, Optional, Tuple
+from typing import Dict, Mapping, Optional
 
 import torch
 from torch import Tensor, nn
@@ -45,9 +45,9 @@ def load_source(path: str,
             checkpoint = torch.load(
                 path, map_location='cpu', weights_only=False)
         except Exception as error2:  # reported with the path
-            raise ConversionError(f'{path}: not a PyTorch checkpoint '
-                                  f'({type(error2).__name__}: {error2})'
-                                  ) from error2
+            raise ConversionError(
+                f'{path}: not a PyTorch checkpoint '
+                f'({type(error2).__name__}: {error2})') from error2
     except Exception as error:  # reported with the path
         raise ConversionError(f'{path}: not a PyTorch checkpoint '
                               f'({type(error).__name__}: {error})') from error

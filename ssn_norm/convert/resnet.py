@@ -235,9 +235,8 @@ def _norm_vector(key: str, value: Tensor) -> Tensor:
         f'(1, C, 1, 1), got {tuple(value.shape)}')
 
 
-def _convert_norm(source: str, entries: Dict[str, Tensor],
-                  source_format: str, ssn_source: bool, to_ssn: bool,
-                  report: ConversionReport,
+def _convert_norm(source: str, entries: Dict[str, Tensor], source_format: str,
+                  ssn_source: bool, to_ssn: bool, report: ConversionReport,
                   target: str) -> 'OrderedDict[str, Tensor]':
     from_bn = source_format == BN
     if from_bn:
@@ -273,8 +272,8 @@ def _convert_norm(source: str, entries: Dict[str, Tensor],
                     f'{source}.weight has {channels}')
             out[name] = value
     if 'num_batches_tracked' in entries:
-        report.dropped.append((f'{source}.num_batches_tracked',
-                               'BN batch counter, SN has none'))
+        report.dropped.append(
+            (f'{source}.num_batches_tracked', 'BN batch counter, SN has none'))
     if from_bn:
         for name in ('mean_weight', 'var_weight'):
             out[name] = torch.ones(3, dtype=out['weight'].dtype)
@@ -305,8 +304,9 @@ def _convert_norm(source: str, entries: Dict[str, Tensor],
     return OrderedDict((n, out[n]) for n in order if n in out)
 
 
-def _group_modules(state_dict: Mapping[str, Tensor]
-                   ) -> 'OrderedDict[str, Dict[str, Tensor]]':
+def _group_modules(
+        state_dict: Mapping[str,
+                            Tensor]) -> 'OrderedDict[str, Dict[str, Tensor]]':
     groups = OrderedDict()
     for key, value in state_dict.items():
         module, _, name = key.rpartition('.')
@@ -324,26 +324,34 @@ def _check_architecture(modules: Mapping[str, str],
             'the checkpoint has both a 7x7 stem (conv1/bn1) and a deep stem '
             '(stem.*); it is no single ResNet')
     if deep:
-        stem = {'stem.0': 'conv', 'stem.1': 'norm', 'stem.3': 'conv',
-                'stem.4': 'norm', 'stem.6': 'conv', 'stem.7': 'norm'}
+        stem = {
+            'stem.0': 'conv',
+            'stem.1': 'norm',
+            'stem.3': 'conv',
+            'stem.4': 'norm',
+            'stem.6': 'conv',
+            'stem.7': 'norm'
+        }
     else:
         stem = {'conv1': 'conv', 'bn1': 'norm'}
-    extra_stem = sorted(m for m in modules
-                        if m.startswith('stem.') and m not in stem)
+    extra_stem = sorted(
+        m for m in modules if m.startswith('stem.') and m not in stem)
     if extra_stem:
         raise ConversionError(f'unexpected deep-stem modules {extra_stem}; '
                               'a deep stem has stem.{0,1,3,4,6,7}')
-    problems = [f'{m} (stem {kind})' for m, kind in stem.items()
-                if modules.get(m) != kind]
+    problems = [
+        f'{m} (stem {kind})' for m, kind in stem.items()
+        if modules.get(m) != kind
+    ]
 
     blocks = defaultdict(dict)
     for module, kind in modules.items():
         match = re.fullmatch(r'layer([1-4])\.(\d+)\.(.+)', module)
         if match:
-            blocks[(int(match.group(1)), int(match.group(2)))][
-                match.group(3)] = kind
-    block_type = ('bottleneck' if any('conv3' in b for b in blocks.values())
-                  else 'basic')
+            blocks[(int(match.group(1)),
+                    int(match.group(2)))][match.group(3)] = kind
+    block_type = ('bottleneck' if any('conv3' in b
+                                      for b in blocks.values()) else 'basic')
     width = 3 if block_type == 'bottleneck' else 2
     counts = []
     for stage in range(1, 5):
@@ -360,13 +368,17 @@ def _check_architecture(modules: Mapping[str, str],
                         problems.append(f'layer{stage}.{index}.{name} '
                                         f'({kind})')
             extra = sorted(
-                set(parts) -
-                {f'{p}{k}'
-                 for p in ('conv', 'bn') for k in range(1, width + 1)} -
-                {p for p in parts if p.startswith('downsample.')})
+                set(parts) - {
+                    f'{p}{k}'
+                    for p in ('conv', 'bn')
+                    for k in range(1, width + 1)
+                } - {p
+                     for p in parts if p.startswith('downsample.')})
             if extra:
-                problems += [f'layer{stage}.{index}.{e} (not in a '
-                             f'{block_type} block)' for e in extra]
+                problems += [
+                    f'layer{stage}.{index}.{e} (not in a '
+                    f'{block_type} block)' for e in extra
+                ]
     if problems:
         raise ConversionError(
             f'incomplete ResNet: missing or wrong-kind modules '
@@ -383,9 +395,10 @@ def _check_architecture(modules: Mapping[str, str],
     report.arch = f'ResNet-{depth} ({block_name}, {stem_name})'
 
 
-def convert_resnet(state_dict: Mapping[str, Tensor],
-                   to: Optional[str] = None
-                   ) -> Tuple['OrderedDict[str, Tensor]', ConversionReport]:
+def convert_resnet(
+    state_dict: Mapping[str, Tensor],
+    to: Optional[str] = None
+) -> Tuple['OrderedDict[str, Tensor]', ConversionReport]:
     """Converts a ResNet state dict into the SN / SSN target layout.
 
     Args:
@@ -424,8 +437,8 @@ def convert_resnet(state_dict: Mapping[str, Tensor],
         else:
             flavour = 'torchvision'
     is_ssn_source = source_format == RELEASED_SSN or (
-        source_format == SSN_NORM and any(
-            k.endswith('.mean_fixed') for k in keys))
+        source_format == SSN_NORM
+        and any(k.endswith('.mean_fixed') for k in keys))
     if to is None:
         to = 'ssn' if is_ssn_source else 'sn'
     if is_ssn_source and to == 'sn':

@@ -90,8 +90,8 @@ def paint_street_scene(rng: np.random.Generator, width: int,
     # Cars: boxes on the road; people: thin upright boxes.
     for name, count, box_w, box_h in (('car', (1, 3), (0.12, 0.22),
                                        (0.1, 0.16)),
-                                      ('person', (1, 3), (0.02, 0.04),
-                                       (0.15, 0.25))):
+                                      ('person', (2, 4), (0.05, 0.08),
+                                       (0.2, 0.3))):
         for _ in range(rng.integers(*count, endpoint=True)):
             w = max(2, int(rng.uniform(*box_w) * width))
             h = max(2, int(rng.uniform(*box_h) * height))

@@ -6,6 +6,7 @@ from mmengine.registry import HOOKS
 
 from ..analysis.ratios import (STAGE_PREFIXES, grouped, mean_shares,
                                model_ratios)
+from ..utils import switchable_norms
 
 
 @HOOKS.register_module()
@@ -78,7 +79,7 @@ class RatioLoggerHook(Hook):
                     'RatioLoggerHook: no LoggerHook in the runner, so '
                     'nothing writes the scalars; logging every '
                     f'{self._interval} iterations anyway')
-        self._enabled = bool(model_ratios(runner.model))
+        self._enabled = any(True for _ in switchable_norms(runner.model))
         if not self._enabled:
             runner.logger.warning(
                 'RatioLoggerHook: the model has no SN/SSN layer; the hook '

@@ -12,6 +12,9 @@ tiny_iters = 200
 # Stage widths 16, 32, 64, 128 (the heads read the last two).
 tiny_backbone = dict(
     depth=18, stem_channels=16, base_channels=16, init_cfg=None)
+# GN minis: 16 groups, as the 16-channel first stage admits no 32.
+tiny_gn_norm_cfg = dict(num_groups=16)
+tiny_gn_backbone = dict(tiny_backbone, norm_cfg=tiny_gn_norm_cfg)
 tiny_train_pipeline = [
     dict(type='LoadImageFromFile'),
     dict(type='LoadAnnotations'),

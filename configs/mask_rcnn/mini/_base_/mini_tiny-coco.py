@@ -37,7 +37,7 @@ _val_dataloader = dict(
         data_prefix=dict(img='val2017/'),
         pipeline=_test_pipeline))
 _evaluator = dict(ann_file=_data_root + 'annotations/instances_val2017.json')
-_max_epochs = 6
+_max_epochs = 4
 
 mini = dict(
     data_root=_data_root,
@@ -100,7 +100,7 @@ mini = dict(
             begin=0,
             end=_max_epochs,
             by_epoch=True,
-            milestones=[5],
+            milestones=[3],
             gamma=0.1)
     ],
     optim_wrapper=dict(clip_grad=dict(max_norm=10.0)),

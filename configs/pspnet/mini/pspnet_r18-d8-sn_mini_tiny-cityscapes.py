@@ -1,10 +1,12 @@
-# Mini DeepLabV3 with GN: the real GN config shrunk by _base_/tiny_cityscapes
-# (quarter-width ResNet-18 D8, 128x128 crops, 200 iterations on one process).
-# Data: ssn_norm.datasets.tiny_cityscapes.make_tiny_cityscapes(root) under
+# Mini PSPNet with SN: the real SN config shrunk by the DeepLabV3 minis'
+# _base_/tiny_cityscapes.py (quarter-width ResNet-18 D8, 128x128 crops, 200
+# iterations, one process x 4 images, no pretrained weights).  The pool
+# scales stay (1, 2, 3, 6), so the scale-1 branch still normalises 1x1 maps.
+# Data: ssn_norm.datasets.tiny_cityscapes.make_tiny_cityscapes(root) in
 # data/tiny_cityscapes/, or wherever $SSN_TINY_CITYSCAPES points.
 _base_ = [
-    '../deeplabv3_r50b-d8-gn_8xb2-40k_cityscapes-769x769.py',
-    './_base_/tiny_cityscapes.py'
+    '../pspnet_r50b-d8-sn_8xb2-40k_cityscapes-713x713.py',
+    '../../deeplabv3/mini/_base_/tiny_cityscapes.py'
 ]
 # Top-level names too, so the dumped config reads consistently.
 data_root = {{_base_.tiny_data_root}}
@@ -14,8 +16,7 @@ test_pipeline = {{_base_.tiny_test_pipeline}}
 model = dict(
     data_preprocessor=dict(size={{_base_.tiny_crop_size}}),
     backbone={{_base_.tiny_backbone}},
-    # ASPP dilations scaled to the 16x16 feature map of a 128x128 crop.
-    decode_head=dict(in_channels=128, channels=32, dilations=(1, 2, 4, 6)),
+    decode_head=dict(in_channels=128, channels=32),
     auxiliary_head=dict(in_channels=64, channels=16),
     test_cfg={{_base_.tiny_test_cfg}})
 train_dataloader = {{_base_.tiny_train_dataloader}}

@@ -1,6 +1,8 @@
-# Mini DeepLabV3 with SYNCBN: the real SYNCBN config shrunk by _base_/tiny_cityscapes
-# (quarter-width ResNet-18 D8, 128x128 crops, 200 iterations on one process).
-# Data: ssn_norm.datasets.tiny_cityscapes.make_tiny_cityscapes(root) under
+# Mini DeepLabV3 with SyncBN, which mmengine reverts to BN on one process
+# (the single-GPU baseline): the real SyncBN config shrunk by
+# _base_/tiny_cityscapes.py (quarter-width ResNet-18 D8, 128x128 crops, 200
+# iterations, one process x 4 images, no pretrained weights).
+# Data: ssn_norm.datasets.tiny_cityscapes.make_tiny_cityscapes(root) in
 # data/tiny_cityscapes/, or wherever $SSN_TINY_CITYSCAPES points.
 _base_ = [
     '../deeplabv3_r50b-d8-syncbn_8xb2-40k_cityscapes-769x769.py',
@@ -15,7 +17,8 @@ model = dict(
     data_preprocessor=dict(size={{_base_.tiny_crop_size}}),
     backbone={{_base_.tiny_backbone}},
     # ASPP dilations scaled to the 16x16 feature map of a 128x128 crop.
-    decode_head=dict(in_channels=128, channels=32, dilations=(1, 2, 4, 6)),
+    decode_head=dict(
+        in_channels=128, channels=32, dilations=(1, 2, 4, 6)),
     auxiliary_head=dict(in_channels=64, channels=16),
     test_cfg={{_base_.tiny_test_cfg}})
 train_dataloader = {{_base_.tiny_train_dataloader}}
