@@ -94,14 +94,15 @@ class SwitchedNorm(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         dtype = torch.promote_types(x.dtype, torch.float32)
         xs = x.to(dtype)
-        length = x[0, 0].numel()
+        length = x.flatten(2).shape[-1]
         # Unbiased variance = biased * L / (L - 1); a single element has
         # variance 0 and any factor keeps it 0 (the denominator avoids /0).
         bessel = length / (length - 1 + (length == 1))
         if self.mean == 'IN' and self.var == 'IN':
             # One fused call: IN with the biased variance equals SN's IN
             # (unbiased variance) with eps / bessel and weight / √bessel.
-            out = torch.instance_norm(xs, self.weight.to(dtype) / bessel**0.5,
+            out = torch.instance_norm(xs,
+                                      self.weight.to(dtype) / bessel**0.5,
                                       self.bias.to(dtype), None, None, True,
                                       0.0, self.eps / bessel, False)
             return out.to(x.dtype)

@@ -4,79 +4,313 @@ normaliser) pair, then tabulate the results and draw the learned ratios.
 Presets:
 
 * ``mini``: tiny generated datasets in the real layouts (COCO instances,
-  Cityscapes, Kinetics videos) and shrunk child configs of the real benchmark
-  configs, so every code path of a full run is exercised on one CPU.
-* ``smoke``: ``mini`` with far fewer iterations, for the test suite.
-* ``full``: the real benchmark configs on the real datasets (paths as in the
-  upstream configs, e.g. ``data/coco``, ``data/cityscapes``,
-  ``data/kinetics400``), launched with ``torch.distributed.run`` on
-  ``--gpus`` GPUs.
+  Cityscapes, Kinetics videos) and shrunk child configs of the real
+  benchmark configs (``configs/*/mini/``), so every code path of a full run
+  is exercised on one CPU machine.
+* ``smoke``: ``mini`` with a tenth of the schedule, for the test suite.
+* ``full``: the real benchmark configs on the real datasets (the upstream
+  layouts under ``data/coco``, ``data/cityscapes``, ``data/kinetics400``),
+  trained and tested with ``torch.distributed.run`` on ``gpus`` GPUs.
 
-Each run gets ``<work_root>/<config name>``.  A run is done once its
-``suite_result.json`` exists; an interrupted run resumes from its last
-checkpoint, so re-running the same command continues where it stopped.
+Every run gets ``<root>/work_dirs/suite-<preset>/<config name>``.  A run is
+done once its ``suite_result.json`` exists; an interrupted run resumes from
+its last checkpoint, so the same command continues where it stopped.
 """
+import glob
 import json
 import os
 import os.path as osp
 import subprocess
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass, field
+from importlib import import_module
 from typing import Dict, List, Optional, Sequence
+
+from .apis.train_test import RESULT_FILE
 
 REPO_ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
 TASKS = ('det', 'seg', 'video')
 NORMS = ('baseline', 'gn', 'sn', 'ssn')
-DONE_FILE = 'suite_result.json'
+PRESETS = ('mini', 'smoke', 'full')
+# Metric shown in the one-line progress report of each task.
+HEADLINE = {'det': 'coco/bbox_mAP', 'seg': 'mIoU', 'video': 'acc/top1'}
 
 
 @dataclass
-class Task:
-    """One task of a preset: its configs per normaliser and its data."""
-    name: str
+class TaskSpec:
+    """One task of a preset: a config per normaliser, and how to get data."""
     configs: Dict[str, str]
-    data_root: Optional[str] = None
-    generator: Optional[str] = None  # 'module:function'
+    data_dir: Optional[str] = None  # relative to the suite root
+    generator: Optional[str] = None  # 'module:function(root)'
     generator_kwargs: dict = field(default_factory=dict)
-    cfg_options: Dict[str, object] = field(default_factory=dict)
 
 
-def _mini_tasks() -> Dict[str, Task]:
-    return {
-        'det':
-        Task(
-            'det',
-            configs={
-                'baseline':
-                'configs/mask_rcnn/mini/TODO-bn.py',
-                'gn': 'configs/mask_rcnn/mini/TODO-gn.py',
-                'sn': 'configs/mask_rcnn/mini/TODO-sn.py',
-                'ssn': 'configs/mask_rcnn/mini/TODO-ssn.py',
-            },
-            data_root='data/tiny_coco/',
-            generator='ssn_norm.datasets.tiny_coco:make_tiny_coco'),
-        'seg':
-        Task(
-            'seg',
-            configs={
-                'baseline': 'configs/deeplabv3/mini/TODO-syncbn.py',
-                'gn': 'configs/deeplabv3/mini/TODO-gn.py',
-                'sn': 'configs/deeplabv3/mini/TODO-sn.py',
-                'ssn': 'configs/deeplabv3/mini/TODO-ssn.py',
-            },
-            data_root='data/tiny_cityscapes/',
-            generator='ssn_norm.datasets.tiny_cityscapes:make_tiny_cityscapes'
-        ),
-        'video':
-        Task(
-            'video',
-            configs={
-                'baseline': 'configs/i3d/mini/TODO-bn.py',
-                'gn': 'configs/i3d/mini/TODO-gn.py',
-                'sn': 'configs/i3d/mini/TODO-sn.py',
-                'ssn': 'configs/i3d/mini/TODO-ssn.py',
-            },
-            data_root='data/tiny_kinetics/',
-            generator='ssn_norm.datasets.tiny_kinetics:make_tiny_kinetics'),
-    }
+MINI = {
+    'det':
+    TaskSpec(
+        configs={
+            'baseline': 'configs/mask_rcnn/mini/mask-rcnn_r18_fpn_mini_tiny-coco.py',
+            'gn': 'configs/mask_rcnn/mini/mask-rcnn_r18-gn_fpn_gn-head_mini_tiny-coco.py',
+            'sn': 'configs/mask_rcnn/mini/mask-rcnn_r18-sn_fpn_sn-head_mini_tiny-coco.py',
+            'ssn': 'configs/mask_rcnn/mini/mask-rcnn_r18-ssn_fpn_ssn-head_mini_tiny-coco.py',
+        },
+        data_dir='data/tiny_coco',
+        generator='ssn_norm.datasets.tiny_coco:make_tiny_coco'),
+    'seg':
+    TaskSpec(
+        configs={
+            'baseline': 'configs/deeplabv3/mini/deeplabv3_r18-d8-syncbn_mini_tiny-cityscapes.py',
+            'gn': 'configs/deeplabv3/mini/deeplabv3_r18-d8-gn_mini_tiny-cityscapes.py',
+            'sn': 'configs/deeplabv3/mini/deeplabv3_r18-d8-sn_mini_tiny-cityscapes.py',
+            'ssn': 'configs/deeplabv3/mini/deeplabv3_r18-d8-ssn_mini_tiny-cityscapes.py',
+        },
+        data_dir='data/tiny_cityscapes',
+        generator='ssn_norm.datasets.tiny_cityscapes:make_tiny_cityscapes'),
+    'video':
+    TaskSpec(
+        configs={
+            'baseline': 'configs/i3d/mini/i3d_r18-bn_mini_tiny-kinetics.py',
+            'gn': 'configs/i3d/mini/i3d_r18-gn_mini_tiny-kinetics.py',
+            'sn': 'configs/i3d/mini/i3d_r18-sn_mini_tiny-kinetics.py',
+            'ssn': 'configs/i3d/mini/i3d_r18-ssn_mini_tiny-kinetics.py',
+        },
+        data_dir='data/tiny_kinetics',
+        generator='ssn_norm.datasets.tiny_kinetics:make_tiny_kinetics'),
+}
+
+FULL = {
+    'det':
+    TaskSpec(
+        configs={
+            'baseline': 'configs/mask_rcnn/mask-rcnn_r50_fpn_2x_coco.py',
+            'gn': 'configs/mask_rcnn/mask-rcnn_r50-gn_fpn_gn-head_2x_coco.py',
+            'sn': 'configs/mask_rcnn/mask-rcnn_r50-sn_fpn_sn-head_2x_coco.py',
+            'ssn': 'configs/mask_rcnn/mask-rcnn_r50-ssn_fpn_ssn-head_2x_coco.py',
+        }),
+    'seg':
+    TaskSpec(
+        configs={
+            'baseline': 'configs/deeplabv3/deeplabv3_r50b-d8-syncbn_8xb2-40k_cityscapes-769x769.py',
+            'gn': 'configs/deeplabv3/deeplabv3_r50b-d8-gn_8xb2-40k_cityscapes-769x769.py',
+            'sn': 'configs/deeplabv3/deeplabv3_r50b-d8-sn_8xb2-40k_cityscapes-769x769.py',
+            'ssn': 'configs/deeplabv3/deeplabv3_r50b-d8-ssn_8xb2-40k_cityscapes-769x769.py',
+        }),
+    'video':
+    TaskSpec(
+        configs={
+            'baseline': 'configs/i3d/i3d_imagenet-pretrained-r50-bn_8xb8-32x2x1-100e_kinetics400-rgb.py',
+            'gn': 'configs/i3d/i3d_imagenet-pretrained-r50-gn_8xb8-32x2x1-100e_kinetics400-rgb.py',
+            'sn': 'configs/i3d/i3d_imagenet-pretrained-r50-sn_8xb8-32x2x1-100e_kinetics400-rgb.py',
+            'ssn': 'configs/i3d/i3d_imagenet-pretrained-r50-ssn_8xb8-32x2x1-100e_kinetics400-rgb.py',
+        }),
+}
+
+SCHEDULE = {'mini': 1.0, 'smoke': 0.1, 'full': 1.0}
+
+
+@dataclass
+class RunSpec:
+    task: str
+    norm: str
+    config: str  # absolute path
+
+    @property
+    def name(self) -> str:
+        return osp.splitext(osp.basename(self.config))[0]
+
+
+def select_runs(preset: str,
+                tasks: Sequence[str] = TASKS,
+                norms: Sequence[str] = NORMS) -> List[RunSpec]:
+    """The (task, normaliser) runs of ``preset``, detection first."""
+    if preset not in PRESETS:
+        raise ValueError(f'unknown preset {preset!r}; choose from {PRESETS}')
+    for value, valid, what in ((tasks, TASKS, 'task'), (norms, NORMS,
+                                                         'norm')):
+        unknown = [v for v in value if v not in valid]
+        if unknown:
+            raise ValueError(f'unknown {what} {unknown}; choose from '
+                             f'{", ".join(valid)}')
+    specs = FULL if preset == 'full' else MINI
+    return [
+        RunSpec(task, norm, osp.join(REPO_ROOT, specs[task].configs[norm]))
+        for task in TASKS if task in tasks for norm in NORMS if norm in norms
+    ]
+
+
+def prepare_data(preset: str, tasks: Sequence[str], root: str) -> None:
+    """Generate the tiny datasets of ``tasks`` under ``root`` (once)."""
+    if preset == 'full':
+        return
+    for task in tasks:
+        spec = MINI[task]
+        target = osp.join(root, spec.data_dir)
+        marker = osp.join(target, '.generated')
+        if osp.exists(marker):
+            continue
+        module, func = spec.generator.split(':')
+        print(f'[suite] generating {spec.data_dir} ...', flush=True)
+        getattr(import_module(module), func)(target, **spec.generator_kwargs)
+        with open(marker, 'w') as f:
+            f.write(spec.generator + '\n')
+
+
+def _command(run: RunSpec, work_dir: str, preset: str, gpus: int,
+             schedule: float) -> List[List[str]]:
+    if preset != 'full':
+        return [[
+            sys.executable, '-m', 'ssn_norm.apis.train_test', run.config,
+            '--work-dir', work_dir, '--schedule',
+            str(schedule)
+        ]]
+    launch = [
+        sys.executable, '-m', 'torch.distributed.run',
+        f'--nproc_per_node={gpus}'
+    ]
+    train = launch + [
+        osp.join(REPO_ROOT, 'tools', 'train.py'), run.config, '--work-dir',
+        work_dir, '--launcher', 'pytorch'
+    ]
+    if glob.glob(osp.join(work_dir, '*.pth')):
+        train.append('--resume')
+    return [train]
+
+
+def _last_checkpoint(work_dir: str) -> Optional[str]:
+    marker = osp.join(work_dir, 'last_checkpoint')
+    if osp.exists(marker):
+        with open(marker) as f:
+            path = f.read().strip()
+        if osp.exists(path):
+            return path
+    found = sorted(glob.glob(osp.join(work_dir, '*.pth')), key=osp.getmtime)
+    return found[-1] if found else None
+
+
+def execute_run(run: RunSpec, work_dir: str, preset: str, root: str,
+                gpus: int, threads: int, schedule: float) -> dict:
+    """Train and test one run in child processes; returns its record.
+
+    The record has ``status`` 'done' (with ``metrics``) or 'failed' (with
+    the tail of the log); the run's full output is in ``suite.log``.
+    """
+    os.makedirs(work_dir, exist_ok=True)
+    env = dict(os.environ, OMP_NUM_THREADS=str(threads),
+               MKL_NUM_THREADS=str(threads), PYTHONUNBUFFERED='1')
+    log_path = osp.join(work_dir, 'suite.log')
+    start = time.perf_counter()
+    commands = _command(run, work_dir, preset, gpus, schedule)
+    with open(log_path, 'a') as log:
+        for command in commands:
+            code = subprocess.call(command, cwd=root, env=env, stdout=log,
+                                   stderr=subprocess.STDOUT)
+            if code != 0:
+                break
+        if code == 0 and preset == 'full':
+            checkpoint = _last_checkpoint(work_dir)
+            test = commands[0][:4] + [
+                osp.join(REPO_ROOT, 'tools', 'test.py'), run.config,
+                str(checkpoint), '--work-dir', work_dir, '--launcher',
+                'pytorch'
+            ]
+            code = subprocess.call(test, cwd=root, env=env, stdout=log,
+                                   stderr=subprocess.STDOUT)
+            if code == 0:
+                with open(osp.join(work_dir, RESULT_FILE), 'w') as f:
+                    json.dump(dict(config=run.config, metrics={}), f)
+    seconds = time.perf_counter() - start
+    if code != 0:
+        with open(log_path) as f:
+            tail = f.readlines()[-25:]
+        return dict(status='failed', seconds=seconds, log=log_path,
+                    tail=''.join(tail))
+    with open(osp.join(work_dir, RESULT_FILE)) as f:
+        record = json.load(f)
+    record.update(status='done', seconds=seconds)
+    return record
+
+
+def plot_run_ratios(work_dir: str, name: str) -> Optional[str]:
+    """Per-layer ratio plot of a run's final checkpoint, beside the run."""
+    from .analysis import checkpoint_ratios, plot_layer_ratios
+    checkpoint = _last_checkpoint(work_dir)
+    if checkpoint is None:
+        return None
+    out = osp.join(osp.dirname(work_dir), f'ratios_{name}.png')
+    plot_layer_ratios([(name, checkpoint_ratios(checkpoint))], out)
+    return out
+
+
+def run_suite(preset: str = 'mini',
+              tasks: Sequence[str] = TASKS,
+              norms: Sequence[str] = NORMS,
+              root: str = '.',
+              jobs: int = 2,
+              gpus: int = 8) -> int:
+    """Run the suite; print progress and the leaderboard.
+
+    Returns the number of failed runs (0 when everything succeeded).
+    """
+    from mmengine.utils import ProgressBar
+
+    from .analysis import gather, write_leaderboard
+
+    root = osp.abspath(root)
+    runs = select_runs(preset, tasks, norms)
+    suite_dir = osp.join(root, 'work_dirs', f'suite-{preset}')
+    os.makedirs(suite_dir, exist_ok=True)
+    prepare_data(preset, tasks, root)
+    jobs = 1 if preset == 'full' else max(1, jobs)
+    threads = max(1, (os.cpu_count() or 1) // jobs)
+    pending = [
+        r for r in runs
+        if not osp.exists(osp.join(suite_dir, r.name, RESULT_FILE))
+    ]
+    print(f'[suite] {preset}: {len(runs)} runs, {len(runs) - len(pending)} '
+          f'already done; {jobs} at a time, {threads} thread(s) each; logs '
+          f'in {suite_dir}/<run>/suite.log', flush=True)
+    start = time.perf_counter()
+    failed = []
+    progress = ProgressBar(len(pending)) if pending else None
+    with ThreadPoolExecutor(max_workers=jobs) as pool:
+        futures = {
+            pool.submit(execute_run, run, osp.join(suite_dir, run.name),
+                        preset, root, gpus, threads, SCHEDULE[preset]): run
+            for run in pending
+        }
+        for future in as_completed(futures):
+            run = futures[future]
+            record = future.result()
+            if record['status'] == 'done':
+                value = record.get('metrics', {}).get(HEADLINE[run.task])
+                shown = '' if value is None else \
+                    f', {HEADLINE[run.task]} = {value:.4g}'
+                message = (f'{run.task:5s} {run.norm:8s} done in '
+                           f'{record["seconds"]:.0f} s{shown}')
+            else:
+                failed.append(run)
+                message = (f'{run.task:5s} {run.norm:8s} FAILED after '
+                           f'{record["seconds"]:.0f} s; end of '
+                           f'{record["log"]}:\n{record["tail"]}')
+            print(f'\n[suite] {message}', flush=True)
+            progress.update()
+    print(f'\n[suite] finished in {time.perf_counter() - start:.0f} s',
+          flush=True)
+
+    for run in runs:
+        if run.norm in ('sn', 'ssn'):
+            work_dir = osp.join(suite_dir, run.name)
+            if osp.exists(osp.join(work_dir, RESULT_FILE)):
+                out = plot_run_ratios(work_dir, run.name)
+                if out:
+                    print(f'[suite] ratios of {run.name}: {out}')
+    board = gather([osp.join(suite_dir, r.name) for r in runs
+                    if osp.isdir(osp.join(suite_dir, r.name))],
+                   [osp.join(REPO_ROOT, 'model-index.yml')])
+    leaderboard = osp.join(suite_dir, 'leaderboard.md')
+    write_leaderboard(board, leaderboard)
+    print(board.to_markdown(), end='')
+    print(f'[suite] leaderboard written to {leaderboard}')
+    return len(failed)

@@ -202,6 +202,22 @@ def test_released_sn_to_ssn_is_an_initialisation_with_a_note():
     assert any('SparsestMax' in note for note in report.notes)
 
 
+def test_converted_and_mmpretrain_trained_sn_pass_through():
+    _, checkpoint = released(sparse=True)
+    converted, _ = convert_resnet(extract_state_dict(checkpoint))
+    again, report = convert_resnet(converted)
+    assert report.source_format == 'ssn-norm' and report.target == 'SSN'
+    assert list(again) == list(converted)
+    for key, value in converted.items():
+        assert torch.equal(again[key], value), key
+    # An SSN classifier trained with mmpretrain and this plugin.
+    classifier = {'backbone.' + k: v for k, v in converted.items()}
+    classifier['head.fc.weight'] = torch.randn(1000, 2048)
+    again, report = convert_resnet(classifier)
+    assert report.source_flavour == 'mmpretrain' and list(again) == list(
+        converted)
+
+
 def test_released_ssn_refuses_to_become_sn():
     _, checkpoint = released(sparse=True)
     with pytest.raises(ConversionError, match=r'SSN checkpoint.*--to ssn'):

@@ -1,9 +1,10 @@
 """End to end: 2-process CPU training of a tiny SyncSN config.
 
 ``tools/dist_train.sh`` (``python -m torch.distributed.run
---nproc_per_node 2 tools/train.py ... --launcher pytorch``) trains the mini
-DeepLabV3 of ``tests/configs/`` for 4 iterations on tiny Cityscapes-layout
-data made here, validates and saves ``iter_4.pth``.
+--nproc_per_node 2 tools/train.py ... --launcher pytorch``) trains the tiny
+DeepLabV3 of ``tests/configs/`` for 4 iterations on Cityscapes-layout data
+made here, validates and saves ``iter_4.pth``; ``tools/dist_test.sh`` then
+evaluates that checkpoint on 2 processes.
 
 How the checkpoint's running statistics are checked: a probe hook (defined
 below, imported by the processes through ``custom_imports``) records, on

@@ -61,15 +61,27 @@ def load(config):
     return Config.fromfile(osp.join(REPO, config))
 
 
-def build_model(model_cfg):
+def build_model(model_cfg, device='cpu'):
+    """Build with mmseg; ``device='meta'`` skips allocating and initialising
+    the weights (seconds per R50 model on a small CPU), keeping the
+    structure."""
     from mmseg.registry import MODELS
     from mmseg.utils import register_all_modules
     register_all_modules(init_default_scope=True)
-    return MODELS.build(model_cfg)
+    with torch.device(device):
+        return MODELS.build(model_cfg)
 
 
 def norm_types(module):
     return {type(m) for m in module.modules() if isinstance(m, NORM_LAYERS)}
+
+
+def is_promised(layer_type, norm):
+    # mmengine registers SyncBN as its own SyncBatchNorm subclass; the
+    # switchable norms must match exactly (SyncSN subclasses SN).
+    if norm == 'syncbn':
+        return issubclass(layer_type, nn.SyncBatchNorm)
+    return layer_type is NORM_TYPES[norm]
 
 
 def test_the_suite_is_complete():
@@ -83,16 +95,17 @@ def test_the_suite_is_complete():
 def test_config_builds_with_the_promised_norm_everywhere(config):
     cfg = load(config)
     norm = norm_of(config)
-    model = build_model(cfg.model)
-    expected = NORM_TYPES[norm]
+    model = build_model(cfg.model, 'meta')
     for part in ('backbone', 'decode_head', 'auxiliary_head'):
-        assert norm_types(getattr(model, part)) == {expected}, part
+        types = norm_types(getattr(model, part))
+        assert types and all(is_promised(t, norm) for t in types), (part,
+                                                                   types)
     # The 1x1 pooled branch of the decode head too (ASPP / PSP scale 1).
     head = model.decode_head
     branch = (head.image_pool
               if hasattr(head, 'image_pool') else head.psp_modules[0])
     assert branch[0].output_size == 1
-    assert type(getattr(branch[1], branch[1].norm_name)) is expected
+    assert is_promised(type(getattr(branch[1], branch[1].norm_name)), norm)
     # The SN paper's ResNet-50 v1: 7x7 stem, no deep stem.
     assert type(model.backbone).__name__ == 'ResNet'
     assert model.backbone.conv1.kernel_size == (7, 7)
@@ -149,7 +162,7 @@ def test_multi_scale_test_configs(config):
 
 def test_multi_scale_model_builds_around_the_parent():
     config = [c for c in MS_TEST if '-sn_' in c and 'pspnet' in c][0]
-    model = build_model(load(config).model)
+    model = build_model(load(config).model, 'meta')
     assert type(model).__name__ == 'SegTTAModel'
     assert norm_types(model.module.decode_head) == {SN}
 

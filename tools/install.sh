@@ -12,9 +12,10 @@
 # but only after `import mmcv._ext` proves it was built for the installed torch.
 #
 # Packaging workarounds live here and only here (runtime ones live in ssn_norm/compat.py):
-#   * setuptools<82: mmcv's build, mim and mmengine's `mmdet::` config bases need pkg_resources.
+#   * setuptools<81: mmcv's build, mim and mmengine's `mmdet::` config bases need
+#     pkg_resources (gone in 82; 81 warns on every import).
 #   * torch pinned through a constraints file so no dependency pulls a CUDA build.
-#   * ftfy/regex: mmseg imports them without declaring them.
+#   * ftfy/regex (mmseg) and importlib_metadata (mmaction2) are imported but not declared.
 set -euo pipefail
 
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -26,7 +27,7 @@ mkdir -p "$cache"
 pip_install() { "$py" -m pip install --no-input --progress-bar off -c "$here/requirements/constraints.txt" "$@"; }
 
 echo "[install] build tools and torch"
-pip_install "setuptools<82" wheel ninja
+pip_install "setuptools<81" wheel ninja
 pip_install torch==2.13.0 numpy
 
 mmcv_ok() { "$py" -c "import mmcv, mmcv._ext; assert mmcv.__version__ == '2.1.0'" >/dev/null 2>&1; }

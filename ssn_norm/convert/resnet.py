@@ -21,8 +21,9 @@ Sources, detected from the keys (:func:`detect_format`):
   under a ``module.`` prefix: norms ``sn1`` and ``layerX.i.sn{1,2,3}``,
   ``weight``/``bias`` shaped (1, C, 1, 1) and running statistics (1, C, 1).
   The stride sits on the 3×3 conv, as in mmdet's ``style='pytorch'``;
-* ``ssn-norm``: a checkpoint already in the target layout (for example one
-  written by this converter); it is validated and passed through;
+* ``ssn-norm``: a checkpoint already in the target layout (one written by
+  this converter, or an SN/SSN classifier trained with mmpretrain and this
+  plugin, ``backbone.`` prefix); it is validated and passed through;
 * ``bn``: BN ResNets from torchvision, mmpretrain (``backbone.`` prefix,
   deep stems as ``stem.i.conv`` / ``stem.i.bn``) or OpenMMLab's
   ``open-mmlab://`` files.  BN affine parameters and running statistics
@@ -83,8 +84,9 @@ class ConversionReport:
 
     Attributes:
         source_format: one of :data:`FORMATS`.
-        source_flavour: where a BN checkpoint comes from (``torchvision``,
-            ``mmpretrain`` or ``openmmlab``), else the format.
+        source_flavour: the key layout: ``mmpretrain`` (``backbone.``
+            prefix), else for BN ``torchvision`` or ``openmmlab`` (deep
+            stem), for SN/SSN the format.
         target: ``'SN'`` or ``'SSN'``.
         arch: e.g. ``'ResNet-50 (Bottleneck, 7x7 stem)'``.
         depth: the ResNet depth.
@@ -421,21 +423,19 @@ def convert_resnet(
     if to is not None and to not in TARGETS:
         raise ConversionError(f'to must be one of {TARGETS}, got {to!r}')
     keys = list(state_dict)
-    flavour = source_format
     body = OrderedDict(state_dict)
-    if source_format == BN:
-        if any(k.startswith('backbone.') for k in keys):
-            flavour = 'mmpretrain'
-            body = OrderedDict()
-            for key, value in state_dict.items():
-                if key.startswith('backbone.'):
-                    body[key[len('backbone.'):]] = value
-                else:
-                    body[key] = value
-        elif any(k.startswith('stem.') for k in keys):
-            flavour = 'openmmlab'
-        else:
-            flavour = 'torchvision'
+    if any(k.startswith('backbone.') for k in keys):
+        # An mmpretrain classifier (BN, or SN/SSN trained with ssn_norm).
+        flavour = 'mmpretrain'
+        body = OrderedDict(
+            (k[len('backbone.'):] if k.startswith('backbone.') else k, v)
+            for k, v in state_dict.items())
+    elif source_format != BN:
+        flavour = source_format
+    elif any(k.startswith('stem.') for k in keys):
+        flavour = 'openmmlab'
+    else:
+        flavour = 'torchvision'
     is_ssn_source = source_format == RELEASED_SSN or (
         source_format == SSN_NORM
         and any(k.endswith('.mean_fixed') for k in keys))

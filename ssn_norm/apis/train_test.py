@@ -1,0 +1,107 @@
+"""Train a config, then test the trained model in the same process.
+
+The benchmark suite runs every (task, normaliser) pair through this: the
+same config handling as ``tools/train.py`` (:func:`apply_train_options`)
+and the same Runner, without paying the import cost of a second process
+for testing.  Test metrics land where ``tools/test.py`` puts them:
+``<work_dir>/<timestamp>/<timestamp>.json``.
+
+Run as ``python -m ssn_norm.apis.train_test CONFIG --work-dir DIR``.
+"""
+import argparse
+import glob
+import json
+import os.path as osp
+import time
+from typing import Dict, Optional
+
+from mmengine.config import Config, DictAction
+
+RESULT_FILE = 'suite_result.json'
+
+
+def scale_schedule(cfg: Config, factor: float) -> None:
+    """Shorten (or lengthen) the training loop of ``cfg`` by ``factor``.
+
+    Epoch- and iteration-based loops alike: the length becomes
+    ``max(1, round(length * factor))`` and validation and checkpointing
+    happen at the new end, so a shortened run still evaluates and saves.
+    """
+    if not factor > 0:
+        raise ValueError(f'schedule factor must be > 0, got {factor}')
+    train_cfg = cfg.train_cfg
+    key = 'max_epochs' if 'max_epochs' in train_cfg else 'max_iters'
+    if key not in train_cfg:
+        raise ValueError('cannot scale a train_cfg without max_epochs or '
+                         f'max_iters: {dict(train_cfg)}')
+    length = max(1, round(train_cfg[key] * factor))
+    train_cfg[key] = length
+    train_cfg['val_interval'] = length
+    if 'val_begin' in train_cfg:
+        train_cfg['val_begin'] = min(train_cfg['val_begin'], length)
+    checkpoint = cfg.get('default_hooks', {}).get('checkpoint')
+    if checkpoint is not None:
+        checkpoint['interval'] = length
+
+
+def train_and_test(config: str,
+                   work_dir: str,
+                   cfg_options: Optional[dict] = None,
+                   schedule: float = 1.0) -> Dict:
+    """Train ``config`` in ``work_dir`` (resuming from its last checkpoint if
+    one is there), test the final model and write ``RESULT_FILE`` there.
+
+    Args:
+        config: config file.
+        work_dir: the run's directory.
+        cfg_options: overrides, as ``--cfg-options`` of ``tools/train.py``.
+        schedule: factor applied to the training length
+            (:func:`scale_schedule`).
+
+    Returns the record written: config, metrics, seconds for each phase.
+    """
+    import ssn_norm  # noqa: F401  registers the plugin in this process
+    from mmengine.runner import Runner
+
+    from .launch import apply_train_options
+
+    cfg = Config.fromfile(config)
+    if cfg_options:
+        cfg.merge_from_dict(cfg_options)
+    if schedule != 1.0:
+        scale_schedule(cfg, schedule)
+    resume = 'auto' if glob.glob(osp.join(work_dir, '*.pth')) else None
+    apply_train_options(cfg, config, work_dir=work_dir, resume=resume)
+    runner = Runner.from_cfg(cfg)
+    start = time.perf_counter()
+    runner.train()
+    trained = time.perf_counter()
+    metrics = runner.test()
+    tested = time.perf_counter()
+    record = dict(
+        config=osp.abspath(config),
+        metrics={k: float(v)
+                 for k, v in metrics.items()
+                 if isinstance(v, (int, float))},
+        train_seconds=round(trained - start, 1),
+        test_seconds=round(tested - trained, 1),
+        resumed=resume is not None,
+        log_dir=runner.log_dir)
+    with open(osp.join(work_dir, RESULT_FILE), 'w') as f:
+        json.dump(record, f, indent=2)
+    return record
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
+    parser.add_argument('config')
+    parser.add_argument('--work-dir', required=True)
+    parser.add_argument('--cfg-options', nargs='+', action=DictAction)
+    parser.add_argument('--schedule', type=float, default=1.0)
+    args = parser.parse_args()
+    train_and_test(args.config, args.work_dir, args.cfg_options,
+                   args.schedule)
+
+
+if __name__ == '__main__':
+    main()
