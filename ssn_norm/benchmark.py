@@ -22,9 +22,9 @@ from torch import Tensor, nn
 from .layers import SN, SSN
 
 __all__ = [
-    'LAYER_SHAPES', 'LayerCase', 'LayerResult', 'MODEL_TASKS', 'ModelResult',
-    'NORMS', 'Timing', 'benchmark_layers', 'benchmark_models', 'build_norm',
-    'frozen_ssn', 'layer_table', 'model_table', 'peak_memory_bytes',
+    'CLOCKS', 'LAYER_SHAPES', 'LayerCase', 'LayerResult',
+    'NORMS', 'Timing', 'benchmark_layers', 'build_norm',
+    'frozen_ssn', 'layer_table', 'peak_memory_bytes',
     'time_interleaved'
 ]
 
@@ -314,3 +314,253 @@ def benchmark_layers(cases: Sequence[LayerCase] = LAYER_SHAPES,
                 cases_, repeats=repeats, clock=clock)
         results.append(result)
     return results
+
+
+# ----------------------------------------------------------------- tables
+def _shape(shape: Sequence[int]) -> str:
+    return '×'.join(str(s) for s in shape)
+
+
+def _ms(timing: Optional[Timing]) -> str:
+    return '–' if timing is None else f'{timing.median * 1e3:.2f}'
+
+
+def _ratio(num: Optional[Timing], den: Optional[Timing]) -> str:
+    if num is None or den is None or den.median <= 0:
+        return '–'
+    return f'{num.median / den.median:.2f}'
+
+
+def _row(cells: Sequence[str]) -> str:
+    return '| ' + ' | '.join(cells) + ' |'
+
+
+def layer_table(results: Sequence[LayerResult]) -> str:
+    """Markdown tables: training, eval, frozen-SSN eval (ms per call)."""
+    norms = [n for n in NORMS if results and n in results[0].train]
+    lines = ['**Training, forward + backward** (ms; ratios of medians; '
+             'peak = peak memory of the step)', '']
+    head = ['layer', 'shape'] + norms + ['SN/BN', 'SSN/BN', 'peak SN/BN']
+    lines += [_row(head), _row(['---'] * len(head))]
+    for res in results:
+        peak = res.peak.get('SN'), res.peak.get('BN')
+        peak_ratio = (f'{peak[0] / peak[1]:.2f}'
+                      if all(p for p in peak) else '–')
+        lines.append(
+            _row([f'{res.case.family} {res.case.name}',
+                  _shape(res.case.shape)] +
+                 [_ms(res.train.get(n)) for n in norms] + [
+                     _ratio(res.train.get('SN'), res.train.get('BN')),
+                     _ratio(res.train.get('SSN'), res.train.get('BN')),
+                     peak_ratio
+                 ]))
+    lines += ['', '**Eval** (ms)', '']
+    head = ['layer', 'shape'] + norms + ['SN/IN', 'SSN/IN']
+    lines += [_row(head), _row(['---'] * len(head))]
+    for res in results:
+        lines.append(
+            _row([f'{res.case.family} {res.case.name}',
+                  _shape(res.case.shape)] +
+                 [_ms(res.eval.get(n)) for n in norms] + [
+                     _ratio(res.eval.get('SN'), res.eval.get('IN')),
+                     _ratio(res.eval.get('SSN'), res.eval.get('IN'))
+                 ]))
+    if any(res.frozen for res in results):
+        lines += [
+            '', '**Eval, SSN frozen one-hot** on the normaliser in brackets, '
+            'next to that normaliser (ms)', ''
+        ]
+        head = ['layer', 'shape']
+        for choice in ('BN', 'IN', 'LN'):
+            head += [choice, f'SSN[{choice}]', 'ratio']
+        lines += [_row(head), _row(['---'] * len(head))]
+        for res in results:
+            cells = [f'{res.case.family} {res.case.name}',
+                     _shape(res.case.shape)]
+            for choice in ('BN', 'IN', 'LN'):
+                plain, ssn = res.frozen.get(choice), res.frozen.get(
+                    f'SSN[{choice}]')
+                cells += [_ms(plain), _ms(ssn), _ratio(ssn, plain)]
+            lines.append(_row(cells))
+    return '\n'.join(lines)
+
+
+# ---------------------------------------------------------- whole models
+@dataclass(frozen=True)
+class ModelTask:
+    """An upstream model and a synthetic training batch for it."""
+
+    name: str
+    scope: str  # mmdet / mmseg / mmaction
+    config: str  # upstream config, ``scope::path``
+    batch: Tuple[int, ...]  # images: (N, H, W); clips: (N, T, H, W)
+
+
+#: Mask R-CNN R50-FPN with norms in backbone, FPN and heads (upstream's
+#: GN-all config, the model of the SN paper's detection table), DeepLabV3
+#: R50-D8 and I3D R50, each with every norm layer swapped.
+MODEL_TASKS = {
+    'mask-rcnn':
+    ModelTask('Mask R-CNN R50-FPN (norm in backbone, FPN, heads)', 'mmdet',
+              'mmdet::gn/mask-rcnn_r50_fpn_gn-all_2x_coco.py',
+              (2, 320, 320)),
+    'deeplabv3':
+    ModelTask('DeepLabV3 R50-D8', 'mmseg',
+              'mmseg::deeplabv3/deeplabv3_r50-d8_4xb2-40k_cityscapes-'
+              '512x1024.py', (2, 256, 256)),
+    'i3d':
+    ModelTask('I3D R50', 'mmaction',
+              'mmaction::recognition/i3d/i3d_imagenet-pretrained-r50_8xb8-'
+              '32x2x1-100e_kinetics400-rgb.py', (2, 8, 112, 112)),
+}
+
+_NORM_CFGS = {
+    'BN': dict(type='BN', requires_grad=True),
+    'GN': dict(type='GN', num_groups=32, requires_grad=True),
+    'SN': dict(type='SN', requires_grad=True),
+    'SSN': dict(type='SSN', requires_grad=True),
+}
+_NORM_TYPES = ('BN', 'BN2d', 'BN3d', 'SyncBN', 'GN', 'SN', 'SSN')
+
+
+def _swap_norms(cfg, norm: str, video: bool) -> int:
+    """Replace every norm config in ``cfg`` (in place); how many found."""
+    new = dict(_NORM_CFGS[norm])
+    if video and norm == 'BN':
+        new['type'] = 'BN3d'
+    count = 0
+
+    def visit(node):
+        nonlocal count
+        if isinstance(node, dict):
+            for key, value in list(node.items()):
+                if (key == 'norm_cfg' and isinstance(value, dict)
+                        and value.get('type') in _NORM_TYPES):
+                    node[key] = type(value)(new)
+                    count += 1
+                else:
+                    visit(value)
+        elif isinstance(node, (list, tuple)):
+            for item in node:
+                visit(item)
+
+    visit(cfg)
+    return count
+
+
+def build_model_case(task: str, norm: str, seed: int = 0):
+    """``(model, make_batch(size_offset))`` for one task and norm.
+
+    No pretrained weights are loaded.  ``make_batch(k)`` returns a
+    synthetic training batch in the toolbox's data format, ``k`` × 32
+    pixels larger than the task's default on each side.
+    """
+    from mmengine.config import Config
+    from mmengine.registry import init_default_scope
+
+    import ssn_norm  # noqa: F401 - registers SN/SSN and applies compat
+    spec = MODEL_TASKS[task]
+    # ``scope::path`` resolves only as a base of another config.
+    cfg = Config.fromstring(f'_base_ = {spec.config!r}\n', '.py')
+    model_cfg = cfg.model
+    if task == 'i3d':
+        model_cfg.backbone.update(pretrained=None, pretrained2d=False)
+        model_cfg.backbone.norm_cfg = dict(_NORM_CFGS['BN'])
+    elif task == 'deeplabv3':
+        model_cfg.pretrained = None
+        model_cfg.data_preprocessor.size = None
+        model_cfg.data_preprocessor.size_divisor = 32
+    else:
+        model_cfg.backbone.init_cfg = None
+    found = _swap_norms(model_cfg, norm, video=task == 'i3d')
+    if not found:
+        raise RuntimeError(f'no norm_cfg found in {spec.config}')
+    init_default_scope(spec.scope)
+    torch.manual_seed(seed)
+    if spec.scope == 'mmdet':
+        import mmdet.models  # noqa: F401
+        from mmdet.registry import MODELS
+    elif spec.scope == 'mmseg':
+        import mmseg.models  # noqa: F401
+        from mmseg.registry import MODELS
+    else:
+        import mmaction.models  # noqa: F401
+        from mmaction.registry import MODELS
+    model = MODELS.build(model_cfg)
+    model.init_weights()
+    model.train()
+    makers = {'mask-rcnn': _det_batch, 'deeplabv3': _seg_batch,
+              'i3d': _video_batch}
+
+    def make_batch(size_offset: int = 0):
+        gen = torch.Generator().manual_seed(seed)
+        return makers[task](spec.batch, 32 * size_offset, gen)
+
+    return model, make_batch
+
+
+def _image(shape, gen) -> Tensor:
+    return torch.randint(0, 256, shape, generator=gen, dtype=torch.uint8)
+
+
+def _det_batch(batch, offset, gen):
+    import numpy as np
+    from mmdet.structures import DetDataSample
+    from mmdet.structures.mask import BitmapMasks
+    from mmengine.structures import InstanceData
+    num, height, width = batch[0], batch[1] + offset, batch[2] + offset
+    inputs, samples = [], []
+    for _ in range(num):
+        inputs.append(_image((3, height, width), gen))
+        boxes = []
+        masks = np.zeros((3, height, width), dtype=np.uint8)
+        for k in range(3):
+            x0, y0 = (torch.randint(0, width // 2, (1, ), generator=gen).item(),
+                      torch.randint(0, height // 2, (1, ),
+                                    generator=gen).item())
+            x1, y1 = x0 + width // 3, y0 + height // 3
+            boxes.append([x0, y0, x1, y1])
+            masks[k, y0:y1, x0:x1] = 1
+        sample = DetDataSample(
+            metainfo=dict(
+                img_shape=(height, width),
+                ori_shape=(height, width),
+                pad_shape=(height, width),
+                scale_factor=(1.0, 1.0)))
+        sample.gt_instances = InstanceData(
+            bboxes=torch.tensor(boxes, dtype=torch.float32),
+            labels=torch.randint(0, 80, (3, ), generator=gen),
+            masks=BitmapMasks(masks, height, width))
+        samples.append(sample)
+    return dict(inputs=inputs, data_samples=samples)
+
+
+def _seg_batch(batch, offset, gen):
+    from mmengine.structures import PixelData
+    from mmseg.structures import SegDataSample
+    num, height, width = batch[0], batch[1] + offset, batch[2] + offset
+    inputs, samples = [], []
+    for _ in range(num):
+        inputs.append(_image((3, height, width), gen))
+        sample = SegDataSample(
+            metainfo=dict(
+                img_shape=(height, width),
+                ori_shape=(height, width),
+                pad_shape=(height, width)))
+        sample.gt_sem_seg = PixelData(data=torch.randint(
+            0, 19, (1, height, width), generator=gen))
+        samples.append(sample)
+    return dict(inputs=inputs, data_samples=samples)
+
+
+def _video_batch(batch, offset, gen):
+    from mmaction.structures import ActionDataSample
+    num, frames, height, width = batch
+    height, width = height + offset, width + offset
+    inputs, samples = [], []
+    for _ in range(num):
+        inputs.append(_image((1, 3, frames, height, width), gen))
+        sample = ActionDataSample()
+        sample.set_gt_label(torch.randint(0, 400, (1, ), generator=gen))
+        samples.append(sample)
+    return dict(inputs=inputs, data_samples=samples)

@@ -114,8 +114,8 @@ def test_config_set_is_complete():
                              f'{"_" + head + "-head" if head else ""}'
                              f'_{schedule}_coco.py')
     assert names == expected
-    assert [_parse(c)['backbone'] for c in MINI_CONFIGS
-            ] == ['gn', 'sn', 'ssn', None]
+    assert [_parse(c)['backbone']
+            for c in MINI_CONFIGS] == ['gn', 'sn', 'ssn', None]
 
 
 @pytest.mark.parametrize('config', CONFIGS)
@@ -154,7 +154,8 @@ def test_norms_are_what_the_name_says(config):
     bbox_head = model.roi_head.bbox_head
     parts = [(model.neck, neck_convs), (bbox_head, bbox_head.shared_convs)]
     if name['arch'] == 'mask':
-        parts.append((model.roi_head.mask_head, model.roi_head.mask_head.convs))
+        parts.append(
+            (model.roi_head.mask_head, model.roi_head.mask_head.convs))
     for part, convs in parts:
         assert _norm_types(part) == _expected(head)
         assert all(conv.with_norm == (head is not None) for conv in convs)
@@ -181,8 +182,7 @@ def test_norm_eval_is_explicit_and_effective(config):
             continue
         in_stem = name == model.backbone.norm1_name
         in_frozen_stage = in_stem and frozen_stages >= 0 or any(
-            name.startswith(f'layer{i}.')
-            for i in range(1, frozen_stages + 1))
+            name.startswith(f'layer{i}.') for i in range(1, frozen_stages + 1))
         assert module.training == (backbone is not None
                                    and not in_frozen_stage), name
 
@@ -232,7 +232,7 @@ def test_hooks(config):
         expected.append('SparsestMaxRadiusHook')
     if tokens & {'sn', 'ssn'}:
         # Plain SN/SSN keep per-process running statistics.
-        expected.append('SyncBuffersHook')
+        expected.append('SyncNormStatsHook')
     assert hooks == expected
 
 
@@ -244,8 +244,10 @@ def test_upstream_schedule_data_and_pretraining(config):
     assert cfg.auto_scale_lr.base_batch_size == 16
     assert cfg.optim_wrapper.optimizer == dict(
         type='SGD', lr=0.02, momentum=0.9, weight_decay=0.0001)
-    epochs, milestones = {'1x': (12, [8, 11]), '2x': (24, [16, 22])}[
-        name['schedule']]
+    epochs, milestones = {
+        '1x': (12, [8, 11]),
+        '2x': (24, [16, 22])
+    }[name['schedule']]
     assert cfg.train_cfg.max_epochs == epochs
     warmup, steps = cfg.param_scheduler
     assert warmup.type == 'LinearLR' and warmup.end == 500
@@ -312,9 +314,8 @@ def test_metafile_lists_every_config_with_the_paper_numbers(family):
             # as a different setting (docs/model_zoo.md).
             assert 'Paper' not in model
             reference = model['Paper Reference']
-            assert reference == osp.splitext(
-                osp.basename(config))[0].replace('r18', 'r50').replace(
-                    'mini_tiny-coco', '2x_coco')
+            assert reference == osp.splitext(osp.basename(config))[0].replace(
+                'r18', 'r50').replace('mini_tiny-coco', '2x_coco')
             assert reference in models
             continue
         assert model['Metadata']['Training Data'] == 'COCO'

@@ -69,13 +69,13 @@ def _run(tool, *args):
     env = dict(os.environ)
     # As many threads as the test process (tests/conftest.py).
     env['OMP_NUM_THREADS'] = str(torch.get_num_threads())
-    proc = subprocess.run([sys.executable, osp.join(REPO, 'tools', tool)] +
-                          list(args),
-                          cwd=REPO,
-                          env=env,
-                          capture_output=True,
-                          text=True,
-                          timeout=600)
+    proc = subprocess.run(
+        [sys.executable, osp.join(REPO, 'tools', tool)] + list(args),
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600)
     assert proc.returncode == 0, (f'{tool} failed:\n{proc.stdout[-3000:]}\n'
                                   f'{proc.stderr[-6000:]}')
     return proc

@@ -62,9 +62,9 @@ def test_polygons_boxes_areas_and_pixels_agree(tiny_coco):
         polygon = np.array(ann['segmentation'][0]).reshape(-1, 2)
         assert len(polygon) in (3, 4, 24)  # triangle, square, disc
         x, y, w, h = ann['bbox']
-        np.testing.assert_allclose(
-            [x, y, x + w, y + h],
-            [*polygon.min(0), *polygon.max(0)], atol=0.011)
+        np.testing.assert_allclose([x, y, x + w, y + h],
+                                   [*polygon.min(0), *polygon.max(0)],
+                                   atol=0.011)
         # Rasterising moves the area by at most about a pixel band along
         # the outline.
         perimeter = np.linalg.norm(
@@ -87,8 +87,8 @@ def test_same_seed_same_data_other_seed_other_data(tmp_path):
     other = make_tiny_coco(str(tmp_path / 'c'), 3, 2, 64, seed=2)
     assert _load(first['train']) == _load(again['train'])
     assert _load(first['val']) == _load(again['val'])
-    assert (_load(first['train'])['annotations'] !=
-            _load(other['train'])['annotations'])
+    assert (_load(first['train'])['annotations']
+            != _load(other['train'])['annotations'])
 
 
 @pytest.mark.parametrize('kwargs, match', [

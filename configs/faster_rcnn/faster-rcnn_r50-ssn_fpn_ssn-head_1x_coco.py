@@ -22,6 +22,6 @@ optim_wrapper = dict(
     paramwise_cfg={{_base_.ssn_paramwise_cfg}})
 custom_hooks = [
     dict(type='SparsestMaxRadiusHook'),
-    # DDP does not broadcast buffers: average running statistics over ranks.
-    dict(type='SyncBuffersHook')
+    # DDP does not broadcast buffers: merge the per-GPU running statistics.
+    dict(type='SyncNormStatsHook')
 ]

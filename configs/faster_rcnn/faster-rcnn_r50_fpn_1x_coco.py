@@ -1,10 +1,10 @@
-# BN† baseline of the SN paper: upstream's Faster R-CNN R50-FPN with a frozen-BN
-# (torchvision) backbone and no norm in FPN or the RoI heads.  Every other
-# config of this family inherits it.
+# BN† baseline of the SN paper: upstream's Faster R-CNN R50-FPN with a
+# frozen-BN (torchvision) backbone and no norm in FPN or the RoI head.
+# Every other config of this family inherits it.
 _base_ = [
     'mmdet::faster_rcnn/faster-rcnn_r50_fpn_1x_coco.py',
     '../_base_/switchable_norm.py'
 ]
 model = dict(
-    backbone=dict(norm_cfg=dict(type='BN', requires_grad=True),
-                  norm_eval=True))
+    backbone=dict(
+        norm_cfg=dict(type='BN', requires_grad=True), norm_eval=True))

@@ -10,6 +10,6 @@ model = dict(
             norm_cfg=dict(type='SN'))))
 # SN recipe: the ratio logits take no weight decay.
 optim_wrapper = dict(paramwise_cfg={{_base_.sn_paramwise_cfg}})
-# DDP does not broadcast buffers: average SN running statistics over ranks
-# after every epoch so checkpoints hold all ranks' statistics.
-custom_hooks = [dict(type='SyncBuffersHook')]
+# DDP does not broadcast buffers: merge the per-GPU SN running statistics
+# before every checkpoint and validation (see docs/distributed.md).
+custom_hooks = [dict(type='SyncNormStatsHook')]

@@ -6,5 +6,5 @@ _base_ = [
     '../_base_/switchable_norm.py'
 ]
 model = dict(
-    backbone=dict(norm_cfg=dict(type='BN', requires_grad=True),
-                  norm_eval=True))
+    backbone=dict(
+        norm_cfg=dict(type='BN', requires_grad=True), norm_eval=True))

@@ -142,11 +142,13 @@ def inflation_plan(model_3d: nn.Module) -> Dict[str, Tuple[str, str]]:
 
 
 def _prefix_hint(state_dict_2d: Mapping[str, Tensor], key: str) -> str:
-    for other in state_dict_2d:
-        if other.endswith('.' + key):
-            prefix = other[:-len(key)]
-            return (f' (the checkpoint has {other!r}: strip the prefix '
-                    f'{prefix!r}, e.g. with tools/convert_checkpoint.py)')
+    """A hint if ``key`` is there under a wrapper's prefix (``module.``)."""
+    prefixes = {k.split('.', 1)[0] + '.' for k in state_dict_2d}
+    for prefix in sorted(prefixes):
+        if prefix + key in state_dict_2d:
+            return (f' (the checkpoint has {prefix + key!r}: strip the '
+                    f'prefix {prefix!r}, e.g. with '
+                    'tools/convert_checkpoint.py)')
     return ''
 
 

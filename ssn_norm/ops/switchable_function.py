@@ -177,12 +177,20 @@ def _alias(t: Tensor, shape: Optional[torch.Size] = None) -> Tensor:
 class _CompiledKernels:
     """``torch.compile``d formulas; on a compiler failure, eager for good.
 
-    A compiled kernel that raises is re-run eagerly: if that succeeds the
-    failure was the compiler's, which is reported once and disables
-    compilation in this process; otherwise the eager error propagates.
+    Compiled lazily, on the first input of at least
+    :data:`MIN_COMPILED_NUMEL` elements with rows longer than 1.  A compiled
+    kernel that raises is re-run eagerly: if that succeeds the failure was
+    the compiler's, which is reported once and disables compilation for
+    this object; otherwise the eager error propagates.
+
+    Args:
+        **compile_kwargs: for :func:`torch.compile`; ``dynamic=True``
+            unless given.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, **compile_kwargs) -> None:
+        compile_kwargs.setdefault('dynamic', True)
+        self.compile_kwargs = compile_kwargs
         self._compiled: Optional[Dict[str, Callable]] = None
         self.failed = False
         self._kernels = {name: self._make(name) for name in _FORMULAS}
@@ -200,7 +208,7 @@ class _CompiledKernels:
             try:
                 if self._compiled is None:
                     self._compiled = {
-                        key: torch.compile(fn, dynamic=True)
+                        key: torch.compile(fn, **self.compile_kwargs)
                         for key, fn in _FORMULAS.items()
                     }
                 # Always without autograd: one compiled graph per dtype.

@@ -1,5 +1,5 @@
 # Mini DeepLabV3 with GN: the real GN config shrunk by
-# _base_/tiny_cityscapes.py (quarter-width ResNet-18 D8, 128x128 crops, 200
+# _base_/tiny_cityscapes.py (quarter-width ResNet-18 D8, 128x128 crops, 150
 # iterations, one process x 4 images, no pretrained weights), with 16 groups:
 # the 16-channel first stage admits no 32.
 # Data: ssn_norm.datasets.tiny_cityscapes.make_tiny_cityscapes(root) in

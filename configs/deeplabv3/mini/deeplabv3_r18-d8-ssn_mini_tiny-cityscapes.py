@@ -1,6 +1,6 @@
 # Mini DeepLabV3 with SSN: the real SSN config (recipe and radius hook)
 # shrunk by _base_/tiny_cityscapes.py (quarter-width ResNet-18 D8, 128x128
-# crops, 200 iterations, one process x 4 images, no pretrained weights).
+# crops, 150 iterations, one process x 4 images, no pretrained weights).
 # Data: ssn_norm.datasets.tiny_cityscapes.make_tiny_cityscapes(root) in
 # data/tiny_cityscapes/, or wherever $SSN_TINY_CITYSCAPES points.
 _base_ = [

@@ -1,6 +1,6 @@
 # Mini DeepLabV3 with SyncBN, which mmengine reverts to BN on one process
 # (the single-GPU baseline): the real SyncBN config shrunk by
-# _base_/tiny_cityscapes.py (quarter-width ResNet-18 D8, 128x128 crops, 200
+# _base_/tiny_cityscapes.py (quarter-width ResNet-18 D8, 128x128 crops, 150
 # iterations, one process x 4 images, no pretrained weights).
 # Data: ssn_norm.datasets.tiny_cityscapes.make_tiny_cityscapes(root) in
 # data/tiny_cityscapes/, or wherever $SSN_TINY_CITYSCAPES points.

@@ -1,4 +1,5 @@
-# Mini benchmark-suite version of ../i3d_imagenet-pretrained-r50-bn_8xb8-32x2x1-100e_kinetics400-rgb.py.
+# Mini benchmark-suite version of
+# ../i3d_imagenet-pretrained-r50-bn_8xb8-32x2x1-100e_kinetics400-rgb.py.
 _base_ = [
     '../i3d_imagenet-pretrained-r50-bn_8xb8-32x2x1-100e_kinetics400-rgb.py',
     './_base_/mini_tiny-kinetics.py'

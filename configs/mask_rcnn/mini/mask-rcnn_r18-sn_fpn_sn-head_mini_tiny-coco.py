@@ -1,5 +1,7 @@
 # Mini benchmark-suite version of ../mask-rcnn_r50-sn_fpn_sn-head_1x_coco.py.
-_base_ = ['../mask-rcnn_r50-sn_fpn_sn-head_1x_coco.py', './_base_/mini_tiny-coco.py']
+_base_ = [
+    '../mask-rcnn_r50-sn_fpn_sn-head_1x_coco.py', './_base_/mini_tiny-coco.py'
+]
 model = {{_base_.mini.model}}
 data_root = {{_base_.mini.data_root}}
 train_pipeline = {{_base_.mini.train_pipeline}}

@@ -1,5 +1,5 @@
 # Mini PSPNet with SN: the real SN config shrunk by the DeepLabV3 minis'
-# _base_/tiny_cityscapes.py (quarter-width ResNet-18 D8, 128x128 crops, 200
+# _base_/tiny_cityscapes.py (quarter-width ResNet-18 D8, 128x128 crops, 150
 # iterations, one process x 4 images, no pretrained weights).  The pool
 # scales stay (1, 2, 3, 6), so the scale-1 branch still normalises 1x1 maps.
 # Data: ssn_norm.datasets.tiny_cityscapes.make_tiny_cityscapes(root) in

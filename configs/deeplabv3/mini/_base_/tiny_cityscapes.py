@@ -1,6 +1,6 @@
 # Shared shrink of the segmentation mini configs: a quarter-width ResNet-18 D8
 # on 128x128 crops of tiny Cityscapes-layout scenes (256x128, made by
-# ssn_norm.datasets.tiny_cityscapes), one process x 4 images, 200 iterations,
+# ssn_norm.datasets.tiny_cityscapes), one process x 4 images, 150 iterations,
 # no pretrained weights.
 # A mini config inherits a real config and this file.  mmengine forbids keys
 # that two bases both define, so everything that replaces a key of the real
@@ -8,7 +8,7 @@
 # {{_base_.tiny_*}}; keys the real configs lack (randomness) act directly.
 tiny_data_root = '{{$SSN_TINY_CITYSCAPES:data/tiny_cityscapes/}}'
 tiny_crop_size = (128, 128)
-tiny_iters = 200
+tiny_iters = 150
 # Stage widths 16, 32, 64, 128 (the heads read the last two).
 tiny_backbone = dict(
     depth=18, stem_channels=16, base_channels=16, init_cfg=None)

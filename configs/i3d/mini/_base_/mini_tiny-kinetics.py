@@ -52,7 +52,7 @@ _val_dataset = dict(
     ann_file='kinetics400_val_list_videos.txt',
     data_prefix=dict(video='videos_val'),
     test_mode=True)
-_max_epochs = 10
+_max_epochs = 6
 _backbone = dict(
     pretrained=None,
     depth=18,
@@ -122,8 +122,8 @@ mini = dict(
     optim_wrapper=dict(optimizer=dict(lr=0.1, weight_decay=1e-4)),
     default_hooks=dict(
         logger=dict(interval=8),
-        checkpoint=dict(interval=_max_epochs, save_best=None,
-                        max_keep_ckpts=1)),
+        checkpoint=dict(
+            interval=_max_epochs, save_best=None, max_keep_ckpts=1)),
     log_processor=dict(window_size=8))
 del _data_root, _channels, _train_pipeline, _val_pipeline, _test_pipeline
 del _val_dataset, _max_epochs, _backbone, _model

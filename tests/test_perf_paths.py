@@ -1,0 +1,445 @@
+"""The fast paths of SN/SSN against the plain-autograd reference.
+
+Every backend of :mod:`ssn_norm.ops.switchable_function` must give the
+outputs, the input and parameter gradients and the running statistics of
+the ``autograd`` backend (plain differentiable ops, as the released layer):
+float64 with tight tolerances, float32, fp16/bf16 input, 3-D/4-D/5-D,
+training and eval, SN and SSN (also frozen one-hot), 1×1 maps, a batch of
+one.  ``compiled`` runs real inductor code in fp32 and, for the remaining
+cases, Dynamo with its eager backend (same graphs and guards, no C++
+compilation) to keep this file fast.  No timings are asserted.
+"""
+import copy
+import warnings
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from ssn_norm import SN, SSN
+from ssn_norm.benchmark import (NORMS, LayerCase, benchmark_layers,
+                                build_norm, frozen_ssn, layer_table,
+                                peak_memory_bytes, time_interleaved)
+from ssn_norm.ops import switchable_function as sf
+
+SHAPES = {
+    '3d': (4, 3, 5),
+    '4d': (3, 4, 3, 5),
+    '5d': (2, 3, 2, 3, 4),
+    'n1': (1, 4, 3, 5),
+    '1x1': (3, 4, 1, 1),
+}
+
+
+class CountingBackend:
+    """A torch.compile backend that runs the FX graph eagerly and counts
+    how many graphs were compiled."""
+
+    def __init__(self):
+        self.graphs = 0
+
+    def __call__(self, graph_module, example_inputs):
+        self.graphs += 1
+        return graph_module.forward
+
+
+@pytest.fixture
+def dynamo_kernels(monkeypatch):
+    """``compiled`` backend through Dynamo, without C++ compilation."""
+    counter = CountingBackend()
+    monkeypatch.setattr(sf, 'MIN_COMPILED_NUMEL', 1)
+    monkeypatch.setattr(sf, '_COMPILED', sf._CompiledKernels(backend=counter))
+    torch._dynamo.reset()
+    yield counter
+    torch._dynamo.reset()
+
+
+def randomised(cls, channels, dtype=torch.float64, frozen=None, **kwargs):
+    layer = cls(channels, **kwargs).to(dtype)
+    with torch.no_grad():
+        layer.weight.normal_(1, 0.3)
+        layer.bias.normal_(0, 0.3)
+        layer.mean_weight.normal_(0, 1)
+        layer.var_weight.normal_(0, 1)
+        if layer.using_bn:
+            layer.running_mean.normal_(0, 1)
+            layer.running_var.uniform_(0.5, 2)
+        if frozen is not None:
+            for logits, index in zip((layer.mean_weight, layer.var_weight),
+                                     frozen):
+                logits.copy_(F.one_hot(torch.tensor(index), 3))
+            layer.mean_fixed.fill_(1)
+            layer.var_fixed.fill_(1)
+    return layer
+
+
+def random_input(shape, dtype=torch.float64):
+    # Per-channel offsets and scales so that every statistic matters.
+    c = shape[1]
+    view = (1, c) + (1, ) * (len(shape) - 2)
+    x = torch.randn(shape, dtype=torch.float64)
+    x = x * torch.linspace(0.5, 2, c, dtype=torch.float64).view(view)
+    x = x + torch.linspace(-1, 1, c, dtype=torch.float64).view(view)
+    return x.to(dtype)
+
+
+def run(layer, x, grad, backend, training, create_graph=False):
+    """Output, gradients of input and parameters, running statistics."""
+    layer = layer.train(training)
+    x = x.clone().requires_grad_()
+    params = [p for p in layer.parameters()]
+    with sf.use_backend(backend):
+        out = layer(x)
+        grads = torch.autograd.grad(
+            out, [x] + params, grad, allow_unused=True)
+    buffers = [b.clone() for b in layer.buffers()]
+    return [out.detach()] + list(grads) + buffers
+
+
+def assert_all_close(actual, expected, rtol, atol=0.0):
+    assert len(actual) == len(expected)
+    for i, (a, e) in enumerate(zip(actual, expected)):
+        if e is None or a is None:
+            assert a is None and e is None, f'item {i}: one is None'
+            continue
+        assert a.dtype == e.dtype and a.shape == e.shape, f'item {i}'
+        scale = e.double().abs().max().item()
+        torch.testing.assert_close(
+            a.double(), e.double(), rtol=rtol, atol=atol * max(scale, 1.0),
+            msg=lambda m, i=i: f'item {i}: {m}')
+
+
+def compare(cls, shape, training, backend, frozen=None, dtype=torch.float64,
+            rtol=1e-10, atol=1e-12, **kwargs):
+    torch.manual_seed(0)
+    x, grad = random_input(shape, dtype), random_input(shape, dtype)
+    reference = randomised(cls, shape[1], dtype, frozen, **kwargs)
+    layer = randomised(cls, shape[1], dtype, frozen, **kwargs)
+    layer.load_state_dict(reference.state_dict())
+    expected = run(reference, x, grad, 'autograd', training)
+    actual = run(layer, x, grad, backend, training)
+    assert_all_close(actual, expected, rtol, atol)
+    return actual
+
+
+# ----------------------------------------------------- backend selection
+def test_backend_selection_and_errors(monkeypatch):
+    assert sf.get_backend() in sf.BACKENDS
+    with sf.use_backend('eager'):
+        assert sf.get_backend() == 'eager'
+        with pytest.raises(ValueError, match="backend 'triton'.*choose one"):
+            sf.set_backend('triton')
+        assert sf.get_backend() == 'eager'
+    monkeypatch.setenv('SSN_NORM_BACKEND', ' Eager ')
+    assert sf._backend_from_env() == 'eager'
+    monkeypatch.setenv('SSN_NORM_BACKEND', 'fast')
+    with pytest.raises(ValueError, match=r"SSN_NORM_BACKEND='fast' is not"):
+        sf._backend_from_env()
+    monkeypatch.delenv('SSN_NORM_BACKEND')
+    assert sf._backend_from_env() == 'compiled'
+
+
+# --------------------------------------- eager kernels, float64 and float32
+@pytest.mark.parametrize('cls', [SN, SSN])
+@pytest.mark.parametrize('training', [True, False])
+@pytest.mark.parametrize('dims', sorted(SHAPES))
+def test_eager_backend_matches_reference_fp64(cls, training, dims):
+    compare(cls, SHAPES[dims], training, 'eager')
+
+
+@pytest.mark.parametrize('frozen', [(0, 0), (1, 1), (2, 2), (0, 2), (2, 1)])
+@pytest.mark.parametrize('dims', ['4d', '5d', 'n1', '1x1'])
+def test_frozen_ssn_in_eval_matches_reference(frozen, dims):
+    compare(SSN, SHAPES[dims], False, 'eager', frozen=frozen)
+
+
+def test_frozen_mixed_choice_is_in_mean_with_running_variance():
+    """Mean from IN, variance from BN: (1, C) scale with (N, C) shift."""
+    shape = SHAPES['4d']
+    x = random_input(shape)
+    layer = randomised(SSN, shape[1], frozen=(0, 2)).eval()
+    n, c = shape[:2]
+    mean_in = x.reshape(n, c, -1).mean(-1).view(n, c, 1, 1)
+    var = layer.running_var.view(1, c, 1, 1)
+    expected = ((x - mean_in) / torch.sqrt(var + layer.eps) *
+                layer.weight.view(1, c, 1, 1) + layer.bias.view(1, c, 1, 1))
+    for backend in sf.BACKENDS:
+        with sf.use_backend(backend), torch.no_grad():
+            torch.testing.assert_close(layer(x), expected, rtol=1e-12,
+                                       atol=1e-12)
+
+
+@pytest.mark.parametrize('cls', [SN, SSN])
+@pytest.mark.parametrize('training', [True, False])
+def test_eager_backend_matches_reference_fp32(cls, training):
+    compare(cls, (4, 6, 7, 9), training, 'eager', dtype=torch.float32,
+            rtol=2e-5, atol=2e-6)
+
+
+@pytest.mark.parametrize('kwargs', [
+    dict(using_bn=False),
+    dict(momentum=None),
+    dict(using_moving_average=False),
+    dict(last_gamma=True),
+])
+def test_eager_backend_matches_reference_for_options(kwargs):
+    compare(SN, SHAPES['4d'], True, 'eager', **kwargs)
+
+
+def test_degenerate_rows_stay_finite_and_exact():
+    """1×1 maps and constant channels: IN variance 0, IN output = bias."""
+    for x in (random_input((2, 3, 1, 1)), torch.full((2, 3, 4, 4), 2.5,
+                                                      dtype=torch.float64)):
+        layer = randomised(SSN, 3, frozen=(0, 0)).eval()
+        for backend in sf.BACKENDS:
+            out = run(layer, x, torch.ones_like(x), backend, False)
+            assert all(torch.isfinite(t).all() for t in out if t is not None)
+            torch.testing.assert_close(
+                out[0], layer.bias.detach().view(1, 3, 1, 1).expand_as(x))
+            # The output does not depend on x: a zero input gradient.
+            torch.testing.assert_close(
+                out[1], torch.zeros_like(x), rtol=0, atol=1e-6)
+
+
+# ----------------------------------------------------- low precision input
+@pytest.mark.parametrize('backend', ['eager', 'compiled'])
+@pytest.mark.parametrize('dtype', [torch.float16, torch.bfloat16])
+@pytest.mark.parametrize('training', [True, False])
+def test_low_precision_input_is_as_accurate_as_reference(
+        dynamo_kernels, backend, dtype, training):
+    """fp16/bf16 input, fp32 layer: each backend is at least as close to the
+    fp32 result as the autograd backend on the same low-precision input."""
+    shape = (3, 4, 5, 6)
+    x, grad = random_input(shape, dtype), random_input(shape, dtype)
+    layer = randomised(SN, 4, torch.float32)
+    state = layer.state_dict()
+    exact = run(layer, x.float(), grad.float(), 'autograd', training)
+    layer.load_state_dict(state)
+    reference = run(layer, x, grad, 'autograd', training)
+    layer.load_state_dict(state)
+    actual = run(layer, x, grad, backend, training)
+    assert actual[0].dtype == actual[1].dtype == dtype
+    for i, (a, r, e) in enumerate(zip(actual, reference, exact)):
+        if e is None:
+            continue
+        error = (a.double() - e.double()).abs().max()
+        ref_error = (r.double() - e.double()).abs().max()
+        tiny = 1e-6 * e.double().abs().max()
+        assert error <= 2 * ref_error + tiny, f'item {i}: {error} > {ref_error}'
+
+
+# --------------------------------------------------------- compiled paths
+@pytest.mark.parametrize('cls', [SN, SSN])
+@pytest.mark.parametrize('training', [True, False])
+def test_compiled_backend_matches_reference_through_dynamo(
+        dynamo_kernels, cls, training):
+    for dims in sorted(SHAPES):
+        compare(cls, SHAPES[dims], training, 'compiled')
+    for frozen in [(0, 0), (1, 1), (0, 2)]:
+        compare(SSN, SHAPES['5d'], False, 'compiled', frozen=frozen)
+
+
+def test_compiled_kernels_do_not_recompile_for_new_sizes(dynamo_kernels):
+    """One graph per kernel for every batch size (N = 1 too), image size
+    and input rank; only a new dtype compiles again."""
+    layer = SN(8)
+    sizes = [(2, 8, 5, 7), (3, 8, 9, 4), (1, 8, 6, 6), (4, 8, 3, 5, 7),
+             (2, 8, 33), (5, 8, 2, 2)]
+    with sf.use_backend('compiled'):
+        for shape in sizes:
+            x = torch.randn(shape, requires_grad=True)
+            layer.train()(x).sum().backward()
+            layer.eval()(x).sum().backward()
+            with torch.no_grad():
+                layer(x)
+        assert dynamo_kernels.graphs == 2  # var_mean and grad_input
+        layer.double()(torch.randn(2, 8, 4, 4,
+                                   dtype=torch.float64)).sum().backward()
+    # A new dtype: var_mean again (no input gradient, so no grad_input).
+    assert dynamo_kernels.graphs == 3
+    assert not sf._COMPILED.failed
+
+
+def test_compiled_backend_with_inductor_matches_reference(monkeypatch):
+    """Real generated code (fp32; the graphs are shared by all cases)."""
+    monkeypatch.setattr(sf, 'MIN_COMPILED_NUMEL', 1)
+    monkeypatch.setattr(sf, '_COMPILED', sf._CompiledKernels())
+    for cls, dims, training in [(SN, '4d', True), (SSN, '5d', True),
+                                (SN, 'n1', True), (SN, '3d', False)]:
+        compare(cls, SHAPES[dims], training, 'compiled',
+                dtype=torch.float32, rtol=2e-5, atol=2e-6)
+    assert sf._COMPILED._compiled is not None and not sf._COMPILED.failed
+
+
+def test_compile_failure_falls_back_to_eager_once(monkeypatch):
+
+    def broken_compile(fn, **kwargs):
+
+        def compiled(*args):
+            raise RuntimeError('InvalidCxxCompiler: no working C++ compiler')
+
+        return compiled
+
+    monkeypatch.setattr(torch, 'compile', broken_compile)
+    monkeypatch.setattr(sf, 'MIN_COMPILED_NUMEL', 1)
+    monkeypatch.setattr(sf, '_COMPILED', sf._CompiledKernels())
+    with pytest.warns(RuntimeWarning,
+                      match='compile of the switchable-norm kernels failed '
+                      r'\(RuntimeError: InvalidCxxCompiler.*'
+                      'SSN_NORM_BACKEND=eager'):
+        actual = compare(SN, SHAPES['4d'], True, 'compiled')
+    assert sf._COMPILED.failed
+    with warnings.catch_warnings():
+        warnings.simplefilter('error')
+        again = compare(SN, SHAPES['4d'], True, 'compiled')
+    assert_all_close(again, actual, 0)
+
+
+def test_eager_backend_never_calls_torch_compile(monkeypatch):
+
+    def forbidden(*args, **kwargs):
+        raise AssertionError('torch.compile called with the eager backend')
+
+    monkeypatch.setattr(torch, 'compile', forbidden)
+    monkeypatch.setattr(sf, 'MIN_COMPILED_NUMEL', 1)
+    monkeypatch.setattr(sf, '_COMPILED', sf._CompiledKernels())
+    compare(SN, SHAPES['4d'], True, 'eager')
+    compare(SSN, SHAPES['5d'], False, 'eager')
+
+
+# --------------------------------------------------- autograd integration
+@pytest.mark.parametrize('backend', ['eager', 'compiled'])
+def test_function_backends_behave_like_autograd_ops(dynamo_kernels, backend):
+    layer = randomised(SN, 4)
+    x = random_input((2, 4, 3, 3)).requires_grad_()
+    with sf.use_backend(backend):
+        out = layer(x)
+        first, = torch.autograd.grad(out.square().sum(), x, retain_graph=True)
+        second, = torch.autograd.grad(out.square().sum(), x)
+        torch.testing.assert_close(second, first, rtol=0, atol=0)
+        out = layer(x)
+        F.relu_(out)  # in-place on the output, as ConvModule does
+        out.sum().backward()
+        assert torch.isfinite(x.grad).all()
+        with pytest.raises(RuntimeError, match='once_differentiable'):
+            grad, = torch.autograd.grad(
+                layer(x).square().sum(), x, create_graph=True)
+            grad.sum().backward()
+    with sf.use_backend('autograd'):  # the twice-differentiable backend
+        grad, = torch.autograd.grad(
+            layer(x).square().sum(), x, create_graph=True)
+        grad.sum().backward()
+
+
+@pytest.mark.parametrize('backend', ['eager', 'compiled'])
+def test_non_contiguous_and_channels_last_input(dynamo_kernels, backend):
+    layer = randomised(SN, 4)
+    base = random_input((3, 4, 6, 10))
+    for x in (base.to(memory_format=torch.channels_last), base[..., ::2]):
+        assert not x.is_contiguous()
+        expected = run(copy.deepcopy(layer), x, x, 'autograd', True)
+        actual = run(copy.deepcopy(layer), x, x, backend, True)
+        assert_all_close(actual, expected, 1e-10, 1e-12)
+
+
+def test_only_the_input_is_saved_at_full_size():
+    """Activation memory as BatchNorm's: one full-size tensor (the input,
+    shared with it) is kept for the backward."""
+    shape = (4, 8, 6, 6)
+    x = torch.randn(shape, requires_grad=True)
+    for backend, expected in [('eager', 1), ('compiled', 1)]:
+        saved = []
+
+        def pack(t):
+            saved.append(t)
+            return t
+
+        with sf.use_backend(backend), \
+                torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+            SN(8).train()(x)
+        full = {t.untyped_storage().data_ptr() for t in saved
+                if t.numel() == x.numel()}
+        assert len(full) == expected, backend
+
+
+def test_frozen_bn_choice_in_eval_is_one_native_batch_norm(monkeypatch):
+    calls = []
+    original = F.batch_norm
+
+    def spy(*args, **kwargs):
+        calls.append(args[0].shape)
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(F, 'batch_norm', spy)
+    layer = randomised(SSN, 4, torch.float32, frozen=(2, 2)).eval()
+    x = random_input((2, 4, 5, 5), torch.float32)
+    with torch.no_grad():
+        torch.testing.assert_close(layer(x), original(
+            x, layer.running_mean, layer.running_var, layer.weight,
+            layer.bias, False, 0.0, layer.eps))
+    assert calls == [x.shape]
+
+
+@pytest.mark.parametrize('x_dtype,param_dtype', [
+    (torch.float16, torch.float32),
+    (torch.bfloat16, torch.float32),
+    (torch.float64, torch.float32),
+    (torch.float32, torch.float64),
+])
+def test_batch_norm_inference_dtypes(x_dtype, param_dtype):
+    x = random_input((2, 3, 4, 5), x_dtype)
+    mean, var, weight, bias = (torch.rand(3, dtype=param_dtype) + 0.5
+                               for _ in range(4))
+    out = sf.batch_norm_inference(x, mean, var, weight, bias, 1e-5)
+    view = (1, 3, 1, 1)
+    expected = ((x.double() - mean.double().view(view)) /
+                torch.sqrt(var.double().view(view) + 1e-5) *
+                weight.double().view(view) + bias.double().view(view))
+    assert out.dtype == x_dtype
+    tol = {torch.float16: 2e-3, torch.bfloat16: 2e-2}.get(x_dtype, 1e-6)
+    torch.testing.assert_close(out.double(), expected, rtol=tol, atol=tol)
+
+
+def test_sync_hook_point_and_moment_recorder_are_used():
+    """SyncSN overrides ``_batch_moments``; batch_stats sets a recorder:
+    both are reached through the fast path and differentiated through."""
+
+    class ScaledBatchMoments(SN):
+
+        def _batch_moments(self, mean_in, sqmean_in):
+            mean, sqmean = super()._batch_moments(mean_in, sqmean_in)
+            return mean * 1.5, sqmean * 2.5
+
+    compare(ScaledBatchMoments, SHAPES['4d'], True, 'eager')
+    recorded = []
+    layer = randomised(SN, 4)
+    layer._moment_recorder = lambda mod, mean, sqmean: recorded.append(
+        (mean, sqmean))
+    x = random_input(SHAPES['4d'])
+    with sf.use_backend('eager'):
+        layer.train()(x)
+    x3 = x.reshape(3, 4, -1)
+    torch.testing.assert_close(recorded[0][0], x3.mean((0, 2)))
+    # Second moment from the unbiased IN variance, as the released code.
+    var_in, mean_in = torch.var_mean(x3, -1)
+    torch.testing.assert_close(recorded[0][1],
+                               (var_in + mean_in.square()).mean(0))
+
+
+# ----------------------------------------------------------- benchmarking
+def test_benchmark_library_smoke():
+    timings = time_interleaved({'a': lambda: None, 'b': lambda: None},
+                               repeats=3, min_sample_s=0.0)
+    assert set(timings) == {'a', 'b'}
+    assert all(t.median >= 0 and t.repeats == 3 for t in timings.values())
+    with pytest.raises(ValueError, match="unknown clock 'gpu'"):
+        time_interleaved({'a': lambda: None}, clock='gpu')
+    with pytest.raises(ValueError, match="unknown norm 'XN'"):
+        build_norm('XN', 8)
+    peak = peak_memory_bytes(lambda: torch.empty(1 << 20))
+    assert peak is None or peak >= 4 << 20
+    assert frozen_ssn(8, 'LN')._selected() == (1, 1)
+    results = benchmark_layers([LayerCase('tiny', 'x', (2, 32, 4, 4))],
+                               NORMS, repeats=1, memory=False)
+    table = layer_table(results)
+    assert '| SN/BN' in table and 'tiny x' in table
