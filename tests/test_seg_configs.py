@@ -25,8 +25,7 @@ from ssn_norm.layers.switchable_norm import _SwitchableNormBase
 REPO = osp.dirname(osp.dirname(osp.abspath(__file__)))
 FAMILIES = ('deeplabv3', 'pspnet')
 CONFIGS = sorted(
-    osp.relpath(path, REPO) for family in FAMILIES
-    for path in glob.glob(
+    osp.relpath(path, REPO) for family in FAMILIES for path in glob.glob(
         osp.join(REPO, 'configs', family, '**', '*.py'), recursive=True)
     if '/_base_/' not in path)
 MS_TEST = [c for c in CONFIGS if c.endswith('_ms-flip-test.py')]
@@ -127,12 +126,13 @@ def test_config_builds_with_the_promised_norm_everywhere(config):
     model = build_model(cfg.model, 'meta')
     for part in ('backbone', 'decode_head', 'auxiliary_head'):
         types = norm_types(getattr(model, part))
-        assert types and all(is_promised(t, norm) for t in types), (part,
-                                                                   types)
+        assert types and all(is_promised(t, norm)
+                             for t in types), (part, types)
     # The 1x1 pooled branch of the decode head too (ASPP / PSP scale 1).
     head = model.decode_head
-    branch = (head.image_pool
-              if hasattr(head, 'image_pool') else head.psp_modules[0])
+    branch = (
+        head.image_pool
+        if hasattr(head, 'image_pool') else head.psp_modules[0])
     assert branch[0].output_size == 1
     assert is_promised(type(getattr(branch[1], branch[1].norm_name)), norm)
     # The SN paper's ResNet-50 v1: 7x7 stem, no deep stem.
@@ -181,9 +181,8 @@ def test_multi_scale_test_configs(config):
     assert pipeline == parent.tta_pipeline
     aug = pipeline[1]
     assert aug['type'] == 'TestTimeAug'
-    assert [t['scale_factor'] for t in aug['transforms'][0]] == [
-        0.5, 0.75, 1.0, 1.25, 1.5, 1.75
-    ]
+    assert [t['scale_factor'] for t in aug['transforms'][0]
+            ] == [0.5, 0.75, 1.0, 1.25, 1.5, 1.75]
     assert [t['prob'] for t in aug['transforms'][1]] == [0., 1.]
     # Test only: nothing to train with.
     assert cfg.train_cfg is None and cfg.train_dataloader is None
@@ -204,8 +203,11 @@ def test_ratio_logits_get_the_recipe_in_the_built_optimizer(norm):
     model = build_model(cfg.model)
     wrapper = build_optim_wrapper(model, cfg.optim_wrapper)
     base_lr = cfg.optim_wrapper.optimizer.lr
-    logits = {id(p) for n, p in model.named_parameters()
-              if n.endswith(('mean_weight', 'var_weight'))}
+    logits = {
+        id(p)
+        for n, p in model.named_parameters()
+        if n.endswith(('mean_weight', 'var_weight'))
+    }
     assert logits
     seen = 0
     for group in wrapper.optimizer.param_groups:

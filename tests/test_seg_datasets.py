@@ -62,8 +62,7 @@ def test_tiny_cityscapes_layout_and_labels(tmp_path):
 def test_tiny_cityscapes_is_deterministic(tmp_path):
     make_tiny_cityscapes(str(tmp_path / 'a'), num_train=2, num_val=1)
     make_tiny_cityscapes(str(tmp_path / 'b'), num_train=2, num_val=1)
-    make_tiny_cityscapes(
-        str(tmp_path / 'c'), num_train=2, num_val=1, seed=1)
+    make_tiny_cityscapes(str(tmp_path / 'c'), num_train=2, num_val=1, seed=1)
     for path in _files(tmp_path / 'a'):
         same = (tmp_path / 'a' / path).read_bytes()
         assert same == (tmp_path / 'b' / path).read_bytes()
@@ -111,8 +110,8 @@ def test_tiny_cityscapes_rejects_bad_arguments(tmp_path, kwargs, match):
 
 def test_generators_refuse_to_mix_with_existing_files(tmp_path):
     make_tiny_cityscapes(str(tmp_path), num_train=1, num_val=1)
-    with pytest.raises(FileExistsError,
-                       match='leftImg8bit already contains files'):
+    with pytest.raises(
+            FileExistsError, match='leftImg8bit already contains files'):
         make_tiny_cityscapes(str(tmp_path), num_train=1, num_val=1)
     make_tiny_ade20k(str(tmp_path), num_train=1, num_val=1)
     with pytest.raises(FileExistsError, match='images already contains'):
@@ -143,8 +142,9 @@ def test_tiny_ade20k_through_the_real_ade20k_pipeline(tmp_path):
     """The ADE20K configs' own train pipeline reads the generated layout."""
     make_tiny_ade20k(str(tmp_path), num_train=2, num_val=1)
     cfg = Config.fromfile(
-        osp.join(REPO, 'configs/deeplabv3/'
-                 'deeplabv3_r50b-d8-sn_8xb2-80k_ade20k-512x512.py'))
+        osp.join(
+            REPO, 'configs/deeplabv3/'
+            'deeplabv3_r50b-d8-sn_8xb2-80k_ade20k-512x512.py'))
     train = cfg.train_dataloader.dataset
     train.data_root = str(tmp_path)
     dataset = _build_dataset(train)

@@ -43,12 +43,13 @@ def run_tool(args, cwd=REPO, data_root=None):
     # As many threads as the in-process tests (tests/conftest.py).
     threads = env.get('SSN_TEST_THREADS', '1')
     env.update(OMP_NUM_THREADS=threads, MKL_NUM_THREADS=threads)
-    proc = subprocess.run([sys.executable] + args,
-                          cwd=cwd,
-                          env=env,
-                          capture_output=True,
-                          text=True,
-                          timeout=600)
+    proc = subprocess.run(
+        [sys.executable] + args,
+        cwd=cwd,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600)
     assert proc.returncode == 0, (
         f'{" ".join(args)} failed:\n{proc.stdout[-3000:]}\n'
         f'{proc.stderr[-5000:]}')
@@ -95,8 +96,8 @@ def test_deeplabv3_sn_learns_the_tiny_scenes(tiny_cityscapes, tmp_path):
     """60 iterations already segment the scenes far above chance (six of
     Cityscapes' 19 classes are present; predicting the most frequent one
     everywhere scores about 7 mIoU)."""
-    entries, metrics, _ = train_and_test(MINI['deeplabv3-sn'],
-                                         str(tmp_path), tiny_cityscapes, 60)
+    entries, metrics, _ = train_and_test(MINI['deeplabv3-sn'], str(tmp_path),
+                                         tiny_cityscapes, 60)
     assert metrics['mIoU'] > 40, metrics
     # Validation at the end of training saw the same data.
     val = [e for e in entries if 'mIoU' in e]
@@ -105,16 +106,17 @@ def test_deeplabv3_sn_learns_the_tiny_scenes(tiny_cityscapes, tmp_path):
 
 
 def test_pspnet_sn_trains_and_evaluates(tiny_cityscapes, tmp_path):
-    _, metrics, checkpoint = train_and_test(MINI['pspnet-sn'],
-                                            str(tmp_path), tiny_cityscapes, 4)
+    _, metrics, checkpoint = train_and_test(MINI['pspnet-sn'], str(tmp_path),
+                                            tiny_cityscapes, 4)
     assert 0 <= metrics['mIoU'] <= 100
-    state = torch.load(checkpoint, map_location='cpu',
-                       weights_only=False)['state_dict']
+    state = torch.load(
+        checkpoint, map_location='cpu', weights_only=False)['state_dict']
     # SN in the pool-scale-1 branch and the auxiliary head, trained.
     assert 'decode_head.psp_modules.0.1.bn.mean_weight' in state
     assert 'auxiliary_head.convs.0.bn.var_weight' in state
-    assert all(torch.isfinite(v).all() for v in state.values()
-               if v.is_floating_point())
+    assert all(
+        torch.isfinite(v).all() for v in state.values()
+        if v.is_floating_point())
 
 
 def test_deeplabv3_ssn_trains_and_evaluates(tiny_cityscapes, tmp_path):
@@ -126,11 +128,12 @@ def test_deeplabv3_ssn_trains_and_evaluates(tiny_cityscapes, tmp_path):
     # The radius hook of the real SSN config ran: 0 -> 1 over the run.
     radii = [e['ssn_radius'] for e in entries if 'ssn_radius' in e]
     assert radii == pytest.approx([i / iters for i in range(iters)])
-    grad_norms = [e['ratio_grad_norm'] for e in entries
-                  if 'ratio_grad_norm' in e]
+    grad_norms = [
+        e['ratio_grad_norm'] for e in entries if 'ratio_grad_norm' in e
+    ]
     assert grad_norms and all(math.isfinite(g) for g in grad_norms)
-    state = torch.load(checkpoint, map_location='cpu',
-                       weights_only=False)['state_dict']
+    state = torch.load(
+        checkpoint, map_location='cpu', weights_only=False)['state_dict']
     assert float(state['decode_head.image_pool.1.bn.radius']) == \
         pytest.approx(radii[-1])
 
@@ -149,8 +152,8 @@ def test_child_overriding_data_paths_trains_on_a_user_folder(tmp_path):
     work_dir = str(tmp_path / 'work')
     run_tool([
         osp.join(REPO, 'tools/train.py'),
-        osp.join(REPO, USER_CHILD), '--work-dir', work_dir,
-        '--cfg-options', 'train_cfg.max_iters=2', 'train_cfg.val_interval=2'
+        osp.join(REPO, USER_CHILD), '--work-dir', work_dir, '--cfg-options',
+        'train_cfg.max_iters=2', 'train_cfg.val_interval=2'
     ],
              cwd=str(tmp_path))
     entries = scalars(work_dir)

@@ -19,8 +19,9 @@ def _build_head(head_type, norm_cfg):
     from mmseg.registry import MODELS
     from mmseg.utils import register_all_modules
     register_all_modules(init_default_scope=True)
-    extra = (dict(dilations=(1, 2, 3, 4))
-             if head_type == 'ASPPHead' else dict(pool_scales=(1, 2, 3, 6)))
+    extra = (
+        dict(dilations=(1, 2, 3, 4)) if head_type == 'ASPPHead' else dict(
+            pool_scales=(1, 2, 3, 6)))
     head = MODELS.build(
         dict(
             type=head_type,
@@ -35,8 +36,9 @@ def _build_head(head_type, norm_cfg):
 
 def _pooled_norm(head):
     """The norm of the branch that pools to 1x1."""
-    branch = (head.image_pool
-              if hasattr(head, 'image_pool') else head.psp_modules[0])
+    branch = (
+        head.image_pool
+        if hasattr(head, 'image_pool') else head.psp_modules[0])
     assert branch[0].output_size == 1
     conv_module = branch[1]
     return getattr(conv_module, conv_module.norm_name)

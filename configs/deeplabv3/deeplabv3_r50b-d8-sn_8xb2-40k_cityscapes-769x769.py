@@ -11,8 +11,7 @@ _base_ = [
 sn_checkpoint = 'checkpoints/resnet50-v1_sn-8x32_in1k.pth'
 norm_cfg = dict(type='SN', requires_grad=True)
 model = dict(
-    backbone=dict(
-        norm_cfg=norm_cfg, init_cfg=dict(checkpoint=sn_checkpoint)),
+    backbone=dict(norm_cfg=norm_cfg, init_cfg=dict(checkpoint=sn_checkpoint)),
     decode_head=dict(norm_cfg=norm_cfg),
     auxiliary_head=dict(norm_cfg=norm_cfg))
 # Ratio logits take no weight decay (the SN recipe).

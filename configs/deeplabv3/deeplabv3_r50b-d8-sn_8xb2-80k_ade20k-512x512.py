@@ -8,8 +8,7 @@ _base_ = [
 sn_checkpoint = 'checkpoints/resnet50-v1_sn-8x32_in1k.pth'
 norm_cfg = dict(type='SN', requires_grad=True)
 model = dict(
-    backbone=dict(
-        norm_cfg=norm_cfg, init_cfg=dict(checkpoint=sn_checkpoint)),
+    backbone=dict(norm_cfg=norm_cfg, init_cfg=dict(checkpoint=sn_checkpoint)),
     decode_head=dict(norm_cfg=norm_cfg),
     auxiliary_head=dict(norm_cfg=norm_cfg))
 optim_wrapper = dict(paramwise_cfg={{_base_.sn_paramwise_cfg}})

@@ -8,8 +8,7 @@ _base_ = [
 ssn_checkpoint = 'checkpoints/resnet50-v1_ssn-8x32_in1k.pth'
 norm_cfg = dict(type='SSN', requires_grad=True)
 model = dict(
-    backbone=dict(
-        norm_cfg=norm_cfg, init_cfg=dict(checkpoint=ssn_checkpoint)),
+    backbone=dict(norm_cfg=norm_cfg, init_cfg=dict(checkpoint=ssn_checkpoint)),
     decode_head=dict(norm_cfg=norm_cfg),
     auxiliary_head=dict(norm_cfg=norm_cfg))
 optim_wrapper = dict(

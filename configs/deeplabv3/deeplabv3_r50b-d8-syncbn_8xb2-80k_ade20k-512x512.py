@@ -16,8 +16,7 @@ model = dict(
     backbone=dict(
         type='ResNet',
         norm_cfg=norm_cfg,
-        init_cfg=dict(type='Pretrained',
-                      checkpoint='torchvision://resnet50')),
+        init_cfg=dict(type='Pretrained', checkpoint='torchvision://resnet50')),
     decode_head=dict(num_classes=150, norm_cfg=norm_cfg),
     auxiliary_head=dict(num_classes=150, norm_cfg=norm_cfg))
 train_dataloader = dict(batch_size=2)

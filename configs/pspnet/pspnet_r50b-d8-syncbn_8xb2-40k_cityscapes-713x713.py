@@ -31,8 +31,7 @@ model = dict(
     backbone=dict(
         type='ResNet',
         norm_cfg=norm_cfg,
-        init_cfg=dict(type='Pretrained',
-                      checkpoint='torchvision://resnet50')),
+        init_cfg=dict(type='Pretrained', checkpoint='torchvision://resnet50')),
     decode_head=dict(norm_cfg=norm_cfg, align_corners=True),
     auxiliary_head=dict(norm_cfg=norm_cfg, align_corners=True),
     test_cfg=dict(mode='slide', crop_size=crop_size, stride=(476, 476)))

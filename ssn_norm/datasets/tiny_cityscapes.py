@@ -46,6 +46,12 @@ _COLOURS = {
     'person': (220, 20, 60),
     'car': (0, 0, 142)
 }
+# Boxes per scene (min, max), width and height ranges (fractions of the
+# image): cars wide and low, people narrow and upright.
+_BOXES = {
+    'car': ((1, 3), (0.12, 0.22), (0.1, 0.16)),
+    'person': ((2, 4), (0.05, 0.08), (0.2, 0.3)),
+}
 _NOISE_STD = 12.0
 _BRIGHTNESS_JITTER = 20.0
 _MIN_SIZE = 32
@@ -83,15 +89,14 @@ def paint_street_scene(rng: np.random.Generator, width: int,
 
     # Trees: ellipses standing on the horizon.
     for _ in range(rng.integers(1, 3)):
-        cx, cy = rng.uniform(0, width), horizon - rng.uniform(0, 0.15) * height
-        rx, ry = rng.uniform(0.06, 0.12) * width, rng.uniform(0.12, 0.2) * height
+        cx = rng.uniform(0, width)
+        cy = horizon - rng.uniform(0, 0.15) * height
+        rx = rng.uniform(0.06, 0.12) * width
+        ry = rng.uniform(0.12, 0.2) * height
         inside = ((cols - cx) / rx)**2 + ((rows - cy) / ry)**2 <= 1
         kinds[inside] = k['vegetation']
-    # Cars: boxes on the road; people: thin upright boxes.
-    for name, count, box_w, box_h in (('car', (1, 3), (0.12, 0.22),
-                                       (0.1, 0.16)),
-                                      ('person', (2, 4), (0.05, 0.08),
-                                       (0.2, 0.3))):
+    # Cars and people: boxes standing on the road.
+    for name, (count, box_w, box_h) in _BOXES.items():
         for _ in range(rng.integers(*count, endpoint=True)):
             w = max(2, int(rng.uniform(*box_w) * width))
             h = max(2, int(rng.uniform(*box_h) * height))
@@ -121,8 +126,8 @@ def check_split_sizes(num_train: int, num_val: int,
     for name, value in (('num_train', num_train), ('num_val', num_val)):
         if not isinstance(value, int) or isinstance(value, bool) or value < 1:
             raise ValueError(f'{name} must be a positive int, got {value!r}')
-    if (len(size) != 2 or not all(
-            isinstance(s, int) and s >= _MIN_SIZE for s in size)):
+    if (len(size) != 2
+            or not all(isinstance(s, int) and s >= _MIN_SIZE for s in size)):
         raise ValueError(f'size must be (width, height) with both ints >= '
                          f'{_MIN_SIZE}, got {size!r}')
     return int(size[0]), int(size[1])

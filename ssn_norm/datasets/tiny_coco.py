@@ -3,8 +3,8 @@
 Each image shows one to ``max_objects`` non-overlapping shapes on a textured
 background; the class is the shape and each class has its own colour family,
 so a small detector trained from scratch reaches a clearly non-zero box mAP
-within about a hundred CPU iterations.  Files follow the COCO 2017 layout that mmdet's ``CocoDataset``
-and ``CocoMetric`` read unchanged::
+within about a hundred CPU iterations.  Files follow the COCO 2017 layout
+that mmdet's ``CocoDataset`` and ``CocoMetric`` read unchanged::
 
     root/annotations/instances_train2017.json
     root/annotations/instances_val2017.json

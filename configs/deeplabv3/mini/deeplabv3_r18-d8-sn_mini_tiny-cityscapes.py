@@ -16,8 +16,7 @@ model = dict(
     data_preprocessor=dict(size={{_base_.tiny_crop_size}}),
     backbone={{_base_.tiny_backbone}},
     # ASPP dilations scaled to the 16x16 feature map of a 128x128 crop.
-    decode_head=dict(
-        in_channels=128, channels=32, dilations=(1, 2, 4, 6)),
+    decode_head=dict(in_channels=128, channels=32, dilations=(1, 2, 4, 6)),
     auxiliary_head=dict(in_channels=64, channels=16),
     test_cfg={{_base_.tiny_test_cfg}})
 train_dataloader = {{_base_.tiny_train_dataloader}}
