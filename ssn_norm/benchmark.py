@@ -24,10 +24,8 @@ from .layers import SN, SSN
 __all__ = [
     'CLOCKS', 'LAYER_SHAPES', 'LayerCase', 'LayerResult', 'MODEL_TASKS',
     'ModelResult', 'ModelTask', 'benchmark_models', 'build_model_case',
-    'model_table',
-    'NORMS', 'Timing', 'benchmark_layers', 'build_norm',
-    'frozen_ssn', 'layer_table', 'peak_memory_bytes',
-    'time_interleaved'
+    'model_table', 'NORMS', 'Timing', 'benchmark_layers', 'build_norm',
+    'frozen_ssn', 'layer_table', 'peak_memory_bytes', 'time_interleaved'
 ]
 
 #: Normalisers compared, in table order.  LN is ``GroupNorm(1, C)`` (per
@@ -55,7 +53,9 @@ class Timing:
 
 #: Clocks for :func:`time_interleaved`: wall time, or CPU time of this
 #: process (all its threads), which time slices lost to other processes do
-#: not inflate.  Use 'cpu' with one thread on a shared machine.
+#: not inflate.  Use 'cpu' with one thread on a shared machine; it misses
+#: work done in other processes (inductor compiles in worker processes, so
+#: first-call times need 'wall').
 CLOCKS = {'wall': time.perf_counter, 'cpu': time.process_time}
 
 
@@ -104,9 +104,8 @@ def time_interleaved(cases: Mapping[str, Callable[[], object]],
     result = {}
     for name in names:
         values = sorted(samples[name])
-        quart = statistics.quantiles(values, n=4) if len(values) > 1 else [
-            values[0]
-        ] * 3
+        quart = statistics.quantiles(
+            values, n=4) if len(values) > 1 else [values[0]] * 3
         result[name] = Timing(
             median=statistics.median(values),
             low=quart[0],
@@ -266,14 +265,14 @@ def _eval_step(layer: nn.Module, x: Tensor) -> Callable[[], object]:
     return step
 
 
-def benchmark_layers(cases: Sequence[LayerCase] = LAYER_SHAPES,
-                     norms: Sequence[str] = NORMS,
-                     repeats: int = 7,
-                     memory: bool = True,
-                     frozen: bool = True,
-                     clock: str = 'wall',
-                     log: Optional[Callable[[str], None]] = None
-                     ) -> List[LayerResult]:
+def benchmark_layers(
+        cases: Sequence[LayerCase] = LAYER_SHAPES,
+        norms: Sequence[str] = NORMS,
+        repeats: int = 7,
+        memory: bool = True,
+        frozen: bool = True,
+        clock: str = 'wall',
+        log: Optional[Callable[[str], None]] = None) -> List[LayerResult]:
     """Training fwd+bwd, eval, frozen-SSN eval and peak memory per shape.
 
     Frozen rows compare an SSN frozen one-hot on IN/LN/BN (``SSN[IN]``…)
@@ -343,33 +342,37 @@ def _row(cells: Sequence[str]) -> str:
 def layer_table(results: Sequence[LayerResult]) -> str:
     """Markdown tables: training, eval, frozen-SSN eval (ms per call)."""
     norms = [n for n in NORMS if results and n in results[0].train]
-    lines = ['**Training, forward + backward** (ms; ratios of medians; '
-             'peak = peak memory of the step)', '']
+    lines = [
+        '**Training, forward + backward** (ms; ratios of medians; '
+        'peak = peak memory of the step)', ''
+    ]
     head = ['layer', 'shape'] + norms + ['SN/BN', 'SSN/BN', 'peak SN/BN']
     lines += [_row(head), _row(['---'] * len(head))]
     for res in results:
         peak = res.peak.get('SN'), res.peak.get('BN')
-        peak_ratio = (f'{peak[0] / peak[1]:.2f}'
-                      if all(p for p in peak) else '–')
+        peak_ratio = (f'{peak[0] / peak[1]:.2f}' if all(
+            p for p in peak) else '–')
         lines.append(
-            _row([f'{res.case.family} {res.case.name}',
-                  _shape(res.case.shape)] +
-                 [_ms(res.train.get(n)) for n in norms] + [
-                     _ratio(res.train.get('SN'), res.train.get('BN')),
-                     _ratio(res.train.get('SSN'), res.train.get('BN')),
-                     peak_ratio
-                 ]))
+            _row(
+                [f'{res.case.family} {res.case.name}',
+                 _shape(res.case.shape)] +
+                [_ms(res.train.get(n)) for n in norms] + [
+                    _ratio(res.train.get('SN'), res.train.get('BN')),
+                    _ratio(res.train.get('SSN'), res.train.get('BN')),
+                    peak_ratio
+                ]))
     lines += ['', '**Eval** (ms)', '']
     head = ['layer', 'shape'] + norms + ['SN/IN', 'SSN/IN']
     lines += [_row(head), _row(['---'] * len(head))]
     for res in results:
         lines.append(
-            _row([f'{res.case.family} {res.case.name}',
-                  _shape(res.case.shape)] +
-                 [_ms(res.eval.get(n)) for n in norms] + [
-                     _ratio(res.eval.get('SN'), res.eval.get('IN')),
-                     _ratio(res.eval.get('SSN'), res.eval.get('IN'))
-                 ]))
+            _row(
+                [f'{res.case.family} {res.case.name}',
+                 _shape(res.case.shape)] +
+                [_ms(res.eval.get(n)) for n in norms] + [
+                    _ratio(res.eval.get('SN'), res.eval.get('IN')),
+                    _ratio(res.eval.get('SSN'), res.eval.get('IN'))
+                ]))
     if any(res.frozen for res in results):
         lines += [
             '', '**Eval, SSN frozen one-hot** on the normaliser in brackets, '
@@ -380,8 +383,10 @@ def layer_table(results: Sequence[LayerResult]) -> str:
             head += [choice, f'SSN[{choice}]', 'ratio']
         lines += [_row(head), _row(['---'] * len(head))]
         for res in results:
-            cells = [f'{res.case.family} {res.case.name}',
-                     _shape(res.case.shape)]
+            cells = [
+                f'{res.case.family} {res.case.name}',
+                _shape(res.case.shape)
+            ]
             for choice in ('BN', 'IN', 'LN'):
                 plain, ssn = res.frozen.get(choice), res.frozen.get(
                     f'SSN[{choice}]')
@@ -407,16 +412,17 @@ class ModelTask:
 MODEL_TASKS = {
     'mask-rcnn':
     ModelTask('Mask R-CNN R50-FPN (norm in backbone, FPN, heads)', 'mmdet',
-              'mmdet::gn/mask-rcnn_r50_fpn_gn-all_2x_coco.py',
-              (1, 320, 320)),
+              'mmdet::gn/mask-rcnn_r50_fpn_gn-all_2x_coco.py', (1, 320, 320)),
     'deeplabv3':
-    ModelTask('DeepLabV3 R50-D8', 'mmseg',
-              'mmseg::deeplabv3/deeplabv3_r50-d8_4xb2-40k_cityscapes-'
-              '512x1024.py', (2, 256, 256)),
+    ModelTask(
+        'DeepLabV3 R50-D8', 'mmseg',
+        'mmseg::deeplabv3/deeplabv3_r50-d8_4xb2-40k_cityscapes-'
+        '512x1024.py', (2, 256, 256)),
     'i3d':
-    ModelTask('I3D R50', 'mmaction',
-              'mmaction::recognition/i3d/i3d_imagenet-pretrained-r50_8xb8-'
-              '32x2x1-100e_kinetics400-rgb.py', (2, 8, 112, 112)),
+    ModelTask(
+        'I3D R50', 'mmaction',
+        'mmaction::recognition/i3d/i3d_imagenet-pretrained-r50_8xb8-'
+        '32x2x1-100e_kinetics400-rgb.py', (2, 8, 112, 112)),
 }
 
 _NORM_CFGS = {
@@ -494,8 +500,11 @@ def build_model_case(task: str, norm: str, seed: int = 0):
     model = MODELS.build(model_cfg)
     model.init_weights()
     model.train()
-    makers = {'mask-rcnn': _det_batch, 'deeplabv3': _seg_batch,
-              'i3d': _video_batch}
+    makers = {
+        'mask-rcnn': _det_batch,
+        'deeplabv3': _seg_batch,
+        'i3d': _video_batch
+    }
 
     def make_batch(size_offset: int = 0):
         gen = torch.Generator().manual_seed(seed)
@@ -520,7 +529,8 @@ def _det_batch(batch, offset, gen):
         boxes = []
         masks = np.zeros((3, height, width), dtype=np.uint8)
         for k in range(3):
-            x0, y0 = (torch.randint(0, width // 2, (1, ), generator=gen).item(),
+            x0, y0 = (torch.randint(0, width // 2, (1, ),
+                                    generator=gen).item(),
                       torch.randint(0, height // 2, (1, ),
                                     generator=gen).item())
             x1, y1 = x0 + width // 3, y0 + height // 3
@@ -552,8 +562,8 @@ def _seg_batch(batch, offset, gen):
                 img_shape=(height, width),
                 ori_shape=(height, width),
                 pad_shape=(height, width)))
-        sample.gt_sem_seg = PixelData(data=torch.randint(
-            0, 19, (1, height, width), generator=gen))
+        sample.gt_sem_seg = PixelData(
+            data=torch.randint(0, 19, (1, height, width), generator=gen))
         samples.append(sample)
     return dict(inputs=inputs, data_samples=samples)
 
@@ -589,13 +599,13 @@ def _compiled_graphs() -> int:
     return int(counters['stats']['unique_graphs'])
 
 
-def benchmark_models(tasks: Sequence[str] = tuple(MODEL_TASKS),
-                     norms: Sequence[str] = ('BN', 'GN', 'SN'),
-                     repeats: int = 3,
-                     memory: bool = False,
-                     clock: str = 'wall',
-                     log: Optional[Callable[[str], None]] = None
-                     ) -> List[ModelResult]:
+def benchmark_models(
+        tasks: Sequence[str] = tuple(MODEL_TASKS),
+        norms: Sequence[str] = ('BN', 'GN', 'SN'),
+        repeats: int = 3,
+        memory: bool = False,
+        clock: str = 'wall',
+        log: Optional[Callable[[str], None]] = None) -> List[ModelResult]:
     """One training step (forward, backward, SGD update) per norm.
 
     For each task every norm gets the same model (norm layers swapped,
@@ -646,8 +656,8 @@ def benchmark_models(tasks: Sequence[str] = tuple(MODEL_TASKS),
             result.graphs[norm] = _compiled_graphs() - count
         if log:
             log(f'{task}: timing {", ".join(norms)}')
-        steady = time_interleaved(cases, repeats=repeats, min_sample_s=0.0,
-                                  warmup=1, clock=clock)
+        steady = time_interleaved(
+            cases, repeats=repeats, min_sample_s=0.0, warmup=1, clock=clock)
         for norm in norms:
             timing = steady[norm]
             timing.first_call = first[norm]
@@ -671,8 +681,10 @@ def model_table(results: Sequence[ModelResult]) -> str:
         'compiled kernels (first step / one more step at a new input size))',
         ''
     ]
-    head = ['model', 'norm', 'step (s)', 'first (s)', 'vs GN', 'vs BN',
-            'peak (MiB)', 'graphs']
+    head = [
+        'model', 'norm', 'step (s)', 'first (s)', 'vs GN', 'vs BN',
+        'peak (MiB)', 'graphs'
+    ]
     lines += [_row(head), _row(['---'] * len(head))]
     for res in results:
         spec = MODEL_TASKS[res.task]

@@ -51,9 +51,9 @@ NORM_BASES = (_BatchNorm, nn.GroupNorm, nn.LayerNorm, _InstanceNorm,
 BACKBONE_CHECKPOINTS = {
     None: 'torchvision://resnet50',
     'gn': 'open-mmlab://contrib/resnet50_gn',
-    'sn': 'checkpoints/resnet50_sn_imagenet.pth',
-    'syncsn': 'checkpoints/resnet50_sn_imagenet.pth',
-    'ssn': 'checkpoints/resnet50_ssn_imagenet.pth',
+    'sn': 'checkpoints/resnet50-v1_sn-8x32_in1k.pth',
+    'syncsn': 'checkpoints/resnet50-v1_sn-8x32_in1k.pth',
+    'ssn': 'checkpoints/resnet50-v1_ssn-8x32_in1k.pth',
 }
 # Paper rows (SN paper, Tables V and VI: box AP, and mask AP for Mask R-CNN)
 # by (arch, backbone token, head token); they sit beside the 2x configs.

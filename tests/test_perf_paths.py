@@ -17,9 +17,9 @@ import torch
 import torch.nn.functional as F
 
 from ssn_norm import SN, SSN
-from ssn_norm.benchmark import (NORMS, LayerCase, benchmark_layers,
-                                build_norm, frozen_ssn, layer_table,
-                                peak_memory_bytes, time_interleaved)
+from ssn_norm.benchmark import (NORMS, LayerCase, benchmark_layers, build_norm,
+                                frozen_ssn, layer_table, peak_memory_bytes,
+                                time_interleaved)
 from ssn_norm.ops import switchable_function as sf
 
 SHAPES = {
@@ -90,8 +90,7 @@ def run(layer, x, grad, backend, training, create_graph=False):
     params = [p for p in layer.parameters()]
     with sf.use_backend(backend):
         out = layer(x)
-        grads = torch.autograd.grad(
-            out, [x] + params, grad, allow_unused=True)
+        grads = torch.autograd.grad(out, [x] + params, grad, allow_unused=True)
     buffers = [b.clone() for b in layer.buffers()]
     return [out.detach()] + list(grads) + buffers
 
@@ -105,12 +104,22 @@ def assert_all_close(actual, expected, rtol, atol=0.0):
         assert a.dtype == e.dtype and a.shape == e.shape, f'item {i}'
         scale = e.double().abs().max().item()
         torch.testing.assert_close(
-            a.double(), e.double(), rtol=rtol, atol=atol * max(scale, 1.0),
+            a.double(),
+            e.double(),
+            rtol=rtol,
+            atol=atol * max(scale, 1.0),
             msg=lambda m, i=i: f'item {i}: {m}')
 
 
-def compare(cls, shape, training, backend, frozen=None, dtype=torch.float64,
-            rtol=1e-10, atol=1e-12, **kwargs):
+def compare(cls,
+            shape,
+            training,
+            backend,
+            frozen=None,
+            dtype=torch.float64,
+            rtol=1e-10,
+            atol=1e-12,
+            **kwargs):
     torch.manual_seed(0)
     x, grad = random_input(shape, dtype), random_input(shape, dtype)
     reference = randomised(cls, shape[1], dtype, frozen, **kwargs)
@@ -165,15 +174,20 @@ def test_frozen_mixed_choice_is_in_mean_with_running_variance():
                 layer.weight.view(1, c, 1, 1) + layer.bias.view(1, c, 1, 1))
     for backend in sf.BACKENDS:
         with sf.use_backend(backend), torch.no_grad():
-            torch.testing.assert_close(layer(x), expected, rtol=1e-12,
-                                       atol=1e-12)
+            torch.testing.assert_close(
+                layer(x), expected, rtol=1e-12, atol=1e-12)
 
 
 @pytest.mark.parametrize('cls', [SN, SSN])
 @pytest.mark.parametrize('training', [True, False])
 def test_eager_backend_matches_reference_fp32(cls, training):
-    compare(cls, (4, 6, 7, 9), training, 'eager', dtype=torch.float32,
-            rtol=2e-5, atol=2e-6)
+    compare(
+        cls, (4, 6, 7, 9),
+        training,
+        'eager',
+        dtype=torch.float32,
+        rtol=2e-5,
+        atol=2e-6)
 
 
 @pytest.mark.parametrize('kwargs', [
@@ -188,14 +202,16 @@ def test_eager_backend_matches_reference_for_options(kwargs):
 
 def test_degenerate_rows_stay_finite_and_exact():
     """1×1 maps and constant channels: IN variance 0, IN output = bias."""
-    for x in (random_input((2, 3, 1, 1)), torch.full((2, 3, 4, 4), 2.5,
-                                                      dtype=torch.float64)):
+    one_by_one = random_input((2, 3, 1, 1))
+    constant = torch.full((2, 3, 4, 4), 2.5, dtype=torch.float64)
+    for x in (one_by_one, constant):
         layer = randomised(SSN, 3, frozen=(0, 0)).eval()
         for backend in sf.BACKENDS:
             out = run(layer, x, torch.ones_like(x), backend, False)
             assert all(torch.isfinite(t).all() for t in out if t is not None)
             torch.testing.assert_close(
-                out[0], layer.bias.detach().view(1, 3, 1, 1).expand_as(x))
+                out[0],
+                layer.bias.detach().view(1, 3, 1, 1).expand_as(x))
             # The output does not depend on x: a zero input gradient.
             torch.testing.assert_close(
                 out[1], torch.zeros_like(x), rtol=0, atol=1e-6)
@@ -225,7 +241,7 @@ def test_low_precision_input_is_as_accurate_as_reference(
         error = (a.double() - e.double()).abs().max()
         ref_error = (r.double() - e.double()).abs().max()
         tiny = 1e-6 * e.double().abs().max()
-        assert error <= 2 * ref_error + tiny, f'item {i}: {error} > {ref_error}'
+        assert error <= 2 * ref_error + tiny, f'item {i}: {error}, {ref_error}'
 
 
 # --------------------------------------------------------- compiled paths
@@ -266,8 +282,14 @@ def test_compiled_backend_with_inductor_matches_reference(monkeypatch):
     monkeypatch.setattr(sf, '_COMPILED', sf._CompiledKernels())
     for cls, dims, training in [(SN, '4d', True), (SSN, '5d', True),
                                 (SN, 'n1', True), (SN, '3d', False)]:
-        compare(cls, SHAPES[dims], training, 'compiled',
-                dtype=torch.float32, rtol=2e-5, atol=2e-6)
+        compare(
+            cls,
+            SHAPES[dims],
+            training,
+            'compiled',
+            dtype=torch.float32,
+            rtol=2e-5,
+            atol=2e-6)
     assert sf._COMPILED._compiled is not None and not sf._COMPILED.failed
 
 
@@ -283,10 +305,11 @@ def test_compile_failure_falls_back_to_eager_once(monkeypatch):
     monkeypatch.setattr(torch, 'compile', broken_compile)
     monkeypatch.setattr(sf, 'MIN_COMPILED_NUMEL', 1)
     monkeypatch.setattr(sf, '_COMPILED', sf._CompiledKernels())
-    with pytest.warns(RuntimeWarning,
-                      match='compile of the switchable-norm kernels failed '
-                      r'\(RuntimeError: InvalidCxxCompiler.*'
-                      'SSN_NORM_BACKEND=eager'):
+    with pytest.warns(
+            RuntimeWarning,
+            match='compile of the switchable-norm kernels failed '
+            r'\(RuntimeError: InvalidCxxCompiler.*'
+            'SSN_NORM_BACKEND=eager'):
         actual = compare(SN, SHAPES['4d'], True, 'compiled')
     assert sf._COMPILED.failed
     with warnings.catch_warnings():
@@ -357,8 +380,10 @@ def test_only_the_input_is_saved_at_full_size():
         with sf.use_backend(backend), \
                 torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
             SN(8).train()(x)
-        full = {t.untyped_storage().data_ptr() for t in saved
-                if t.numel() == x.numel()}
+        full = {
+            t.untyped_storage().data_ptr()
+            for t in saved if t.numel() == x.numel()
+        }
         assert len(full) == expected, backend
 
 
@@ -374,9 +399,10 @@ def test_frozen_bn_choice_in_eval_is_one_native_batch_norm(monkeypatch):
     layer = randomised(SSN, 4, torch.float32, frozen=(2, 2)).eval()
     x = random_input((2, 4, 5, 5), torch.float32)
     with torch.no_grad():
-        torch.testing.assert_close(layer(x), original(
-            x, layer.running_mean, layer.running_var, layer.weight,
-            layer.bias, False, 0.0, layer.eps))
+        torch.testing.assert_close(
+            layer(x),
+            original(x, layer.running_mean, layer.running_var, layer.weight,
+                     layer.bias, False, 0.0, layer.eps))
     assert calls == [x.shape]
 
 
@@ -388,8 +414,8 @@ def test_frozen_bn_choice_in_eval_is_one_native_batch_norm(monkeypatch):
 ])
 def test_batch_norm_inference_dtypes(x_dtype, param_dtype):
     x = random_input((2, 3, 4, 5), x_dtype)
-    mean, var, weight, bias = (torch.rand(3, dtype=param_dtype) + 0.5
-                               for _ in range(4))
+    mean, var, weight, bias = (
+        torch.rand(3, dtype=param_dtype) + 0.5 for _ in range(4))
     out = sf.batch_norm_inference(x, mean, var, weight, bias, 1e-5)
     view = (1, 3, 1, 1)
     expected = ((x.double() - mean.double().view(view)) /
@@ -428,8 +454,12 @@ def test_sync_hook_point_and_moment_recorder_are_used():
 
 # ----------------------------------------------------------- benchmarking
 def test_benchmark_library_smoke():
-    timings = time_interleaved({'a': lambda: None, 'b': lambda: None},
-                               repeats=3, min_sample_s=0.0)
+    timings = time_interleaved({
+        'a': lambda: None,
+        'b': lambda: None
+    },
+                               repeats=3,
+                               min_sample_s=0.0)
     assert set(timings) == {'a', 'b'}
     assert all(t.median >= 0 and t.repeats == 3 for t in timings.values())
     with pytest.raises(ValueError, match="unknown clock 'gpu'"):
@@ -440,6 +470,8 @@ def test_benchmark_library_smoke():
     assert peak is None or peak >= 4 << 20
     assert frozen_ssn(8, 'LN')._selected() == (1, 1)
     results = benchmark_layers([LayerCase('tiny', 'x', (2, 32, 4, 4))],
-                               NORMS, repeats=1, memory=False)
+                               NORMS,
+                               repeats=1,
+                               memory=False)
     table = layer_table(results)
     assert '| SN/BN' in table and 'tiny x' in table

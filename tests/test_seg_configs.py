@@ -161,12 +161,14 @@ def test_real_config_settings(config):
         assert cfg.optim_wrapper.type == 'RatioClipOptimWrapper'
         assert cfg.optim_wrapper.constructor == \
             'SwitchableOptimWrapperConstructor'
-        assert hooks == ['SparsestMaxRadiusHook']
+        assert hooks == ['SparsestMaxRadiusHook', 'SyncNormStatsHook']
         assert custom_keys['mean_weight'] == dict(lr_mult=0.1, decay_mult=0.)
     elif norm in ('sn', 'syncsn'):
         assert cfg.optim_wrapper.type == 'OptimWrapper'
         assert custom_keys['var_weight'] == dict(decay_mult=0.)
-        assert hooks == []
+        # Plain SN keeps per-GPU running statistics: merged by the hook;
+        # SyncSN's are global already.
+        assert hooks == ([] if norm == 'syncsn' else ['SyncNormStatsHook'])
     else:
         assert not custom_keys and hooks == []
 

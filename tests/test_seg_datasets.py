@@ -98,6 +98,7 @@ def test_tiny_cityscapes_is_read_by_mmseg(tmp_path):
     (dict(num_val=2.0), 'num_val must be a positive int, got 2.0'),
     (dict(size=(16, 64)), r'size must be \(width, height\) with both ints '
      r'>= 32, got \(16, 64\)'),
+    (dict(size=128), r'size must be \(width, height\) .* got 128'),
     (dict(train_cities=('new_york', )), "train_cities must be .* got "
      r"\('new_york',\)"),
     (dict(val_cities='frankfurt'), "val_cities must be .* got 'frankfurt'"),

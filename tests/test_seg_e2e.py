@@ -26,6 +26,8 @@ MINI = {
     'configs/deeplabv3/mini/deeplabv3_r18-d8-ssn_mini_tiny-cityscapes.py',
 }
 USER_CHILD = 'configs/deeplabv3/mini/deeplabv3_r18-d8-sn_mini_my-cityscapes.py'
+MS_TEST = ('configs/deeplabv3/'
+           'deeplabv3_r50b-d8-sn_8xb2-40k_cityscapes-769x769_ms-flip-test.py')
 
 
 @pytest.fixture(scope='module')
@@ -95,14 +97,33 @@ def train_and_test(config, work_dir, data_root, iters, extra=()):
 def test_deeplabv3_sn_learns_the_tiny_scenes(tiny_cityscapes, tmp_path):
     """60 iterations already segment the scenes far above chance (six of
     Cityscapes' 19 classes are present; predicting the most frequent one
-    everywhere scores about 7 mIoU)."""
-    entries, metrics, _ = train_and_test(MINI['deeplabv3-sn'], str(tmp_path),
-                                         tiny_cityscapes, 60)
+    everywhere scores 6.5 mIoU).  The shipped multi-scale + flip recipe,
+    put over the mini config, evaluates the same checkpoint."""
+    entries, metrics, checkpoint = train_and_test(MINI['deeplabv3-sn'],
+                                                  str(tmp_path),
+                                                  tiny_cityscapes, 60)
     assert metrics['mIoU'] > 40, metrics
     # Validation at the end of training saw the same data.
     val = [e for e in entries if 'mIoU' in e]
     assert len(val) == 1 and val[0]['mIoU'] == pytest.approx(
         metrics['mIoU'], abs=0.01)
+
+    with open(osp.join(REPO, MS_TEST)) as f:
+        recipe = f.read()
+    parent = "_base_ = './deeplabv3_r50b-d8-sn_8xb2-40k_cityscapes-769x769.py'"
+    assert recipe.count(parent) == 1
+    ms_config = tmp_path / 'ms.py'
+    ms_config.write_text(
+        recipe.replace(parent,
+                       f"_base_ = '{osp.join(REPO, MINI['deeplabv3-sn'])}'"))
+    ms_dir = str(tmp_path / 'ms')
+    run_tool(
+        ['tools/test.py',
+         str(ms_config), checkpoint, '--work-dir', ms_dir],
+        data_root=tiny_cityscapes)
+    # A checkpoint that did not load into SegTTAModel's module would score
+    # like an untrained model.
+    assert read_test_json(ms_dir)['mIoU'] > 40
 
 
 def test_pspnet_sn_trains_and_evaluates(tiny_cityscapes, tmp_path):

@@ -107,8 +107,8 @@ def test_full_config_recipe(path):
     assert backbone.pretrained == {
         'bn': 'torchvision://resnet50',
         'gn': 'open-mmlab://detectron/resnet50_gn',
-        'sn': 'checkpoints/resnet50_sn_imagenet.pth',
-        'ssn': 'checkpoints/resnet50_ssn_imagenet.pth'
+        'sn': 'checkpoints/resnet50-v1_sn-8x32_in1k.pth',
+        'ssn': 'checkpoints/resnet50-v1_ssn-8x32_in1k.pth'
     }[norm]
     assert backbone.norm_eval is False
     assert cfg.train_dataloader.batch_size == clips

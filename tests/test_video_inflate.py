@@ -306,11 +306,11 @@ def test_sn_config_inflates_a_converted_checkpoint(tmp_path):
     from mmaction.registry import MODELS
     from mmengine.registry import init_default_scope
     state_2d = resnet2d_state('SN')
-    path = str(tmp_path / 'resnet50_sn_imagenet.pth')
+    path = str(tmp_path / 'resnet50-v1_sn-8x32_in1k.pth')
     torch.save({'state_dict': state_2d, 'meta': {}}, path)
     cfg = Config.fromfile(SN_CONFIG)
     assert cfg.model.backbone.pretrained == \
-        'checkpoints/resnet50_sn_imagenet.pth'
+        'checkpoints/resnet50-v1_sn-8x32_in1k.pth'
     cfg.model.backbone.pretrained = path
     init_default_scope('mmaction')
     recognizer = MODELS.build(cfg.model)

@@ -106,8 +106,10 @@ def main(argv=None):
                          f'{benchmark.NORMS}')
 
     def log(msg):
-        print(f'[{time.strftime("%H:%M:%S")}] {msg}', file=sys.stderr,
-              flush=True)
+        print(
+            f'[{time.strftime("%H:%M:%S")}] {msg}',
+            file=sys.stderr,
+            flush=True)
 
     start = time.time()
     parts = [

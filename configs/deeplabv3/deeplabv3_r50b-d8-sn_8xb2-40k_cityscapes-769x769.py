@@ -16,3 +16,6 @@ model = dict(
     auxiliary_head=dict(norm_cfg=norm_cfg))
 # Ratio logits take no weight decay (the SN recipe).
 optim_wrapper = dict(paramwise_cfg={{_base_.sn_paramwise_cfg}})
+# DDP does not broadcast buffers: merge the per-GPU running statistics
+# (means and second moments) before checkpoints and validation.
+custom_hooks = [dict(type='SyncNormStatsHook')]

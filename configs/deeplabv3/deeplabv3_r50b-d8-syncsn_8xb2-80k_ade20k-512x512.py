@@ -6,3 +6,5 @@ model = dict(
     backbone=dict(norm_cfg=norm_cfg),
     decode_head=dict(norm_cfg=norm_cfg),
     auxiliary_head=dict(norm_cfg=norm_cfg))
+# SyncSN's running statistics are global already: no merge hook.
+custom_hooks = []

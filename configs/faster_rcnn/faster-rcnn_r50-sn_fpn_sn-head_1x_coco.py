@@ -9,4 +9,4 @@ model = dict(
         norm_eval=False,
         init_cfg=dict(
             type='Pretrained',
-            checkpoint='checkpoints/resnet50_sn_imagenet.pth')))
+            checkpoint='checkpoints/resnet50-v1_sn-8x32_in1k.pth')))

@@ -8,7 +8,7 @@ model = dict(
         norm_eval=False,
         init_cfg=dict(
             type='Pretrained',
-            checkpoint='checkpoints/resnet50_ssn_imagenet.pth')),
+            checkpoint='checkpoints/resnet50-v1_ssn-8x32_in1k.pth')),
     neck=dict(norm_cfg=dict(type='SSN')),
     roi_head=dict(
         bbox_head=dict(

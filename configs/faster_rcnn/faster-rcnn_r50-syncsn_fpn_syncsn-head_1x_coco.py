@@ -8,7 +8,7 @@ model = dict(
         # SyncSN has the parameters and buffers of SN: same checkpoint.
         init_cfg=dict(
             type='Pretrained',
-            checkpoint='checkpoints/resnet50_sn_imagenet.pth')),
+            checkpoint='checkpoints/resnet50-v1_sn-8x32_in1k.pth')),
     neck=dict(norm_cfg=dict(type='SyncSN')),
     roi_head=dict(
         bbox_head=dict(

@@ -5,8 +5,11 @@ _base_ = './i3d_imagenet-pretrained-r50-bn_8xb8-32x2x1-100e_kinetics400-rgb.py'
 
 model = dict(
     backbone=dict(
-        pretrained='checkpoints/resnet50_sn_imagenet.pth',
+        pretrained='checkpoints/resnet50-v1_sn-8x32_in1k.pth',
         norm_cfg=dict(type='SN'),
         norm_eval=False))
 # SN recipe: no weight decay on the ratio logits.
 optim_wrapper = dict(paramwise_cfg={{_base_.sn_paramwise_cfg}})
+# DDP does not broadcast buffers: merge the per-GPU running statistics
+# (means and second moments) before checkpoints and validation.
+custom_hooks = [dict(type='SyncNormStatsHook')]

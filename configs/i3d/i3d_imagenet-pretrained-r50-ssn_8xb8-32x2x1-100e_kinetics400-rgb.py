@@ -5,7 +5,7 @@ _base_ = './i3d_imagenet-pretrained-r50-bn_8xb8-32x2x1-100e_kinetics400-rgb.py'
 
 model = dict(
     backbone=dict(
-        pretrained='checkpoints/resnet50_ssn_imagenet.pth',
+        pretrained='checkpoints/resnet50-v1_ssn-8x32_in1k.pth',
         norm_cfg=dict(type='SSN'),
         norm_eval=False))
 # SSN recipe: ratio logits with lr x 0.1, no decay, their gradient norm
@@ -15,4 +15,8 @@ optim_wrapper = dict(
     constructor='SwitchableOptimWrapperConstructor',
     ratio_clip_grad=dict(max_norm=1.0),
     paramwise_cfg={{_base_.ssn_paramwise_cfg}})
-custom_hooks = [dict(type='SparsestMaxRadiusHook')]
+custom_hooks = [
+    dict(type='SparsestMaxRadiusHook'),
+    # DDP does not broadcast buffers: merge the per-GPU running statistics.
+    dict(type='SyncNormStatsHook')
+]

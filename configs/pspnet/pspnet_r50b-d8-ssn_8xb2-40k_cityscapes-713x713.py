@@ -16,4 +16,8 @@ optim_wrapper = dict(
     constructor='SwitchableOptimWrapperConstructor',
     ratio_clip_grad=dict(max_norm=1.0),
     paramwise_cfg={{_base_.ssn_paramwise_cfg}})
-custom_hooks = [dict(type='SparsestMaxRadiusHook')]
+custom_hooks = [
+    dict(type='SparsestMaxRadiusHook'),
+    # DDP does not broadcast buffers: merge the per-GPU running statistics.
+    dict(type='SyncNormStatsHook')
+]

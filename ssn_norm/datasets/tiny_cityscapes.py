@@ -71,7 +71,13 @@ def paint_street_scene(rng: np.random.Generator, width: int,
         ``(image, kinds)``: an RGB ``uint8`` array of shape (H, W, 3) and a
         ``uint8`` map of shape (H, W) holding indices into :data:`KINDS`, or
         :data:`IGNORE` on the ego-vehicle strip at the bottom.
+
+    Raises:
+        ValueError: ``width`` or ``height`` is below 32.
     """
+    if width < _MIN_SIZE or height < _MIN_SIZE:
+        raise ValueError(f'scenes need width and height >= {_MIN_SIZE}, got '
+                         f'{width}x{height}')
     kinds = np.zeros((height, width), np.uint8)
     k = {name: i for i, name in enumerate(KINDS)}
     rows = np.arange(height)[:, None]
@@ -126,7 +132,7 @@ def check_split_sizes(num_train: int, num_val: int,
     for name, value in (('num_train', num_train), ('num_val', num_val)):
         if not isinstance(value, int) or isinstance(value, bool) or value < 1:
             raise ValueError(f'{name} must be a positive int, got {value!r}')
-    if (len(size) != 2
+    if (not isinstance(size, (tuple, list)) or len(size) != 2
             or not all(isinstance(s, int) and s >= _MIN_SIZE for s in size)):
         raise ValueError(f'size must be (width, height) with both ints >= '
                          f'{_MIN_SIZE}, got {size!r}')

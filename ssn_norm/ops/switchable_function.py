@@ -6,29 +6,32 @@ full-size temporaries.  Here everything that touches all ``N×C×L`` elements
 is one of four kernels over the rows ``r = (n, c)`` of ``x`` viewed as
 ``(N·C, L)``:
 
-1. per-row mean and unbiased variance (one read of ``x``);
+1. per-row mean and unbiased variance (two passes over each row);
 2. ``y = x * scale + shift`` (one read, one write);
 3. backward: per-row sums of ``g`` and ``g * x`` (one read of each);
 4. backward: ``dx = g * scale + (x - mean) * coef + const`` (one read of
    each, one write).
 
-Everything of size ``O(N×C)`` (mixing IN/LN/BN moments, ratios, the SyncSN
-all-reduce, running statistics) stays ordinary autograd code supplied by the
-layer as a ``mix`` callable.  :class:`SwitchableNormFunction` records that
-small graph in its forward and differentiates it inside its backward with
+2 and 3 are native BatchNorm kernels applied to a ``(1, N·C, L)`` view (see
+:func:`_affine`); 1 and 4 depend on the backend.  Everything of size
+``O(N×C)`` (mixing IN/LN/BN moments, ratios, the SyncSN all-reduce, running
+statistics) stays ordinary autograd code supplied by the layer as a ``mix``
+callable.  :class:`SwitchableNormFunction` records that small graph in its
+forward and differentiates it inside its backward with
 :func:`torch.autograd.grad`, so the layer keeps a single definition of it.
 
 Backends, chosen with the environment variable ``SSN_NORM_BACKEND`` (read at
 import) or :func:`set_backend` / :func:`use_backend`:
 
-* ``compiled`` (default): the four kernels go through
-  ``torch.compile(dynamic=True)``, compiled once per input dtype; sizes are
-  symbolic, so new image or batch sizes reuse the code.  Tensors below
+* ``compiled`` (default): kernels 1 and 4 go through
+  ``torch.compile(dynamic=True)``.  Sizes are symbolic, so new image or
+  batch sizes reuse the code: one graph per kernel and input dtype (and a
+  second variance graph for rows longer than 4096).  Inputs below
   :data:`MIN_COMPILED_NUMEL` elements and 1×1 maps use the eager kernels.
   If compilation fails (no C++ compiler, unsupported Python) a warning is
   issued once and the eager kernels are used from then on.
-* ``eager``: the same autograd Function with kernels made of ATen ops; no
-  warm-up, no compiler needed.
+* ``eager``: the same autograd Function with kernels 1 and 4 made of ATen
+  ops; no warm-up, no compiler needed.
 * ``autograd``: plain differentiable ops, the reference the others are
   tested against and the only backend that supports double backward.  It is
   used automatically while ``torch.compile``, ``torch.jit`` or ONNX export
@@ -53,9 +56,10 @@ __all__ = [
 #: Valid values of ``SSN_NORM_BACKEND`` / :func:`set_backend`.
 BACKENDS = ('compiled', 'eager', 'autograd')
 
-#: Inputs smaller than this run the eager kernels under ``compiled``: the
-#: call overhead of compiled code would dominate.
-MIN_COMPILED_NUMEL = 1 << 15
+#: Inputs with fewer elements run the eager kernels under ``compiled``:
+#: there compiled code hardly pays for its call overhead, and small inputs
+#: (unit tests, tiny data) trigger no compilation at all.
+MIN_COMPILED_NUMEL = 1 << 18
 
 _ENV_VAR = 'SSN_NORM_BACKEND'
 
@@ -64,8 +68,9 @@ _ENV_VAR = 'SSN_NORM_BACKEND'
 #: each ``(N, C)`` in the statistics dtype (fp32; fp64 for fp64 input);
 #: ``mix`` calls it only if it needs them.  ``mean`` and ``var`` are in the
 #: same dtype and broadcast to ``(N, C)``.
-MixFn = Callable[[Callable[[], Tuple[Tensor, Tensor]], Optional[Tensor],
-                  Optional[Tensor]], Tuple[Tensor, Tensor]]
+MixFn = Callable[
+    [Callable[[], Tuple[Tensor, Tensor]], Optional[Tensor], Optional[Tensor]],
+    Tuple[Tensor, Tensor]]
 
 
 def _stat_dtype(dtype: torch.dtype) -> torch.dtype:
@@ -91,15 +96,15 @@ def _var_mean_formula(x: Tensor) -> Tuple[Tensor, Tensor]:
     return var, mean
 
 
-def _grad_input_formula(grad: Tensor, x: Tensor, scale: Tensor,
-                        centre: Tensor, coef: Tensor,
-                        const: Tensor) -> Tensor:
+def _grad_input_formula(grad: Tensor, x: Tensor, scale: Tensor, centre: Tensor,
+                        coef: Tensor, const: Tensor) -> Tensor:
     dtype = scale.dtype
     # Centred: where the variance is ~0 (a constant row) ``coef`` is huge
     # and meaningless, but ``x - centre`` is 0.
-    out = (grad.to(dtype) * scale.unsqueeze(-1) +
-           (x.to(dtype) - centre.unsqueeze(-1)) * coef.unsqueeze(-1) +
-           const.unsqueeze(-1))
+    out = (
+        grad.to(dtype) * scale.unsqueeze(-1) +
+        (x.to(dtype) - centre.unsqueeze(-1)) * coef.unsqueeze(-1) +
+        const.unsqueeze(-1))
     return out.to(x.dtype)
 
 
@@ -114,8 +119,8 @@ def _eager_var_mean(x: Tensor) -> Tuple[Tensor, Tensor]:
     return var, mean.squeeze(-1)
 
 
-def _eager_grad_input(grad: Tensor, x: Tensor, scale: Tensor,
-                      centre: Tensor, coef: Tensor, const: Tensor) -> Tensor:
+def _eager_grad_input(grad: Tensor, x: Tensor, scale: Tensor, centre: Tensor,
+                      coef: Tensor, const: Tensor) -> Tensor:
     if x.dtype != scale.dtype:
         return _grad_input_formula(grad, x, scale, centre, coef, const)
     out = x - centre.unsqueeze(-1)
@@ -131,8 +136,9 @@ def _eager_grad_input(grad: Tensor, x: Tensor, scale: Tensor,
 def _affine(x: Tensor, scale: Tensor, shift: Tensor) -> Tensor:
     """``x * scale + shift`` per row, in ``scale``'s dtype, as ``x``."""
     zeros, ones = _zeros_ones(scale)
-    return torch.batch_norm(x.unsqueeze(0), scale, shift, zeros, ones, False,
-                            0.0, 0.0, False).squeeze(0)
+    return torch.batch_norm(
+        x.unsqueeze(0), scale, shift, zeros, ones, False, 0.0, 0.0,
+        False).squeeze(0)
 
 
 def _grad_sums(grad: Tensor, x: Tensor,
@@ -213,8 +219,9 @@ class _CompiledKernels:
                     }
                 # Always without autograd: one compiled graph per dtype.
                 with torch.no_grad():
-                    return self._compiled[name](
-                        *(_alias(t) for t in (x_or_grad, ) + args))
+                    return self._compiled[name](*(_alias(t)
+                                                  for t in (x_or_grad, ) +
+                                                  args))
             except Exception as err:  # noqa: B902 - see class docstring
                 out = eager(x_or_grad, *args)
                 self.failed = True
@@ -274,8 +281,7 @@ def _tracing() -> bool:
     # Outer tracers must see plain ops, not an opaque Function with Python
     # side effects inside.
     return bool(torch.compiler.is_compiling() or torch.jit.is_tracing()
-                or torch.jit.is_scripting()
-                or torch.onnx.is_in_onnx_export())
+                or torch.jit.is_scripting() or torch.onnx.is_in_onnx_export())
 
 
 # ------------------------------------------------------------------ helpers
@@ -368,19 +374,19 @@ class SwitchableNormFunction(torch.autograd.Function):
         def var_mean_in():
             with torch.no_grad():
                 var, mean = kernels['var_mean'](x)
-            var = var.view(num, channels).requires_grad_(
-                ctx.needs_input_grad[0])
-            mean = mean.view(num, channels).requires_grad_(
-                ctx.needs_input_grad[0])
-            moments[:] = [var, mean]
-            return var, mean
+            # Leaves of the small graph: their gradients feed kernel 4.
+            moments[:] = [
+                t.view(num, channels).requires_grad_(ctx.needs_input_grad[0])
+                for t in (var, mean)
+            ]
+            return tuple(moments)
 
         with torch.enable_grad():
             mean, var = mix(var_mean_in, params[2], params[3])
             scale, shift = _scale_shift(mean, var, params[0], params[1], eps)
         rows = torch.Size((num, channels))
         out = _affine(x, _rows(scale.detach(), rows),
-                                _rows(shift.detach(), rows))
+                      _rows(shift.detach(), rows))
         ctx.save_for_backward(x)
         ctx.small_graph = (scale, shift, params, moments)
         ctx.kernels = kernels
@@ -396,9 +402,11 @@ class SwitchableNormFunction(torch.autograd.Function):
         scale, shift, params, moments = ctx.small_graph
         kernels, rows = ctx.kernels, ctx.rows
         grad = grad_out.reshape(x.shape).contiguous()
-        sum_g, sum_gx = (s.view(rows)
-                         for s in _grad_sums(grad, x, scale.dtype))
-        wrt = [t for t in params + moments if t is not None and t.requires_grad]
+        sum_g, sum_gx = (
+            s.view(rows) for s in _grad_sums(grad, x, scale.dtype))
+        wrt = [
+            t for t in params + moments if t is not None and t.requires_grad
+        ]
         grads = {}
         if wrt:
             # Kept for a second backward (retain_graph=True outside); the
@@ -425,11 +433,9 @@ class SwitchableNormFunction(torch.autograd.Function):
                     coef = grad_var * (2.0 / (length - 1))  # ∂v/∂x · (x - m)
                 if grad_mean is not None:
                     const = grad_mean / length  # ∂m/∂x = 1/L
+            factors = (scale.detach(), centre, coef, const)
             grad_x = kernels['grad_input'](grad, x,
-                                           _rows(scale.detach(), rows),
-                                           _rows(centre, rows),
-                                           _rows(coef, rows),
-                                           _rows(const, rows))
+                                           *(_rows(t, rows) for t in factors))
             grad_x = grad_x.view(grad_out.shape)
         return (grad_x, *(grad_of(t) for t in params), None, None, None)
 
@@ -460,9 +466,9 @@ def switchable_norm(x: Tensor,
         rounding; only ``autograd`` is twice differentiable.
     """
     if _backend == 'autograd' or _tracing():
-        return _autograd_switchable_norm(x.flatten(2), weight, bias,
-                                         mean_ratio, var_ratio, mix,
-                                         eps).view(x.shape)
+        return _autograd_switchable_norm(
+            x.flatten(2), weight, bias, mean_ratio, var_ratio, mix,
+            eps).view(x.shape)
     kernels = _kernels()
     if torch.is_grad_enabled() and any(
             t is not None and t.requires_grad
