@@ -17,11 +17,19 @@ live in ``tools/install.sh``.
    every other mmaction model imports as usual.  It must run before
    ``mmaction.models`` is first imported, which ``import ssn_norm`` (or
    ``custom_imports=dict(imports=['ssn_norm'])``) does.
+3. mmengine resolves every ``mmdet::``/``mmseg::``/``mmaction::`` base by
+   re-reading all of that package's ~200 metafiles (about 0.5 s a base).  We
+   cache the index per package; the result is the same.
+4. setuptools 80 warns on every ``import pkg_resources``, which mmengine
+   does at import (the toolboxes need ``setuptools<81`` for it, see
+   ``tools/install.sh``); the warning is not actionable, so it is silenced.
 """
+import functools
 import importlib.util
 import os.path as osp
 import sys
 import types
+import warnings
 
 _applied = False
 
@@ -38,6 +46,35 @@ def _patch_mmengine_checkpoint_loading() -> None:
             filename, map_location=map_location, weights_only=False)
 
     CheckpointLoader.register_scheme(prefixes='', force=True)(load_from_local)
+
+
+def _patch_mmengine_config_metainfo() -> None:
+    from mmengine.config import utils
+    if getattr(utils._get_cfg_metainfo, '_ssn_norm_cached', False):
+        return
+
+    @functools.lru_cache(maxsize=None)
+    def metainfo_index(package_path: str) -> dict:
+        index = utils.load(osp.join(package_path, '.mim', 'model-index.yml'))
+        cfg_dict = dict()
+        for meta_path in index['Import']:
+            meta = utils.load(osp.join(package_path, '.mim', meta_path))
+            for model_cfg in meta['Models']:
+                if 'Config' in model_cfg:
+                    # As upstream: the first entry of a config wins.
+                    cfg_dict.setdefault(model_cfg['Config'].partition('/')[-1],
+                                        model_cfg)
+        return cfg_dict
+
+    def get_cfg_metainfo(package_path: str, cfg_path: str) -> dict:
+        cfg_dict = metainfo_index(package_path)
+        if cfg_path not in cfg_dict:
+            raise ValueError(f'Expected configs: {cfg_dict.keys()}, but got '
+                             f'{cfg_path}')
+        return cfg_dict[cfg_path]
+
+    get_cfg_metainfo._ssn_norm_cached = True
+    utils._get_cfg_metainfo = get_cfg_metainfo
 
 
 class _MissingDRN:
@@ -75,6 +112,9 @@ def apply_all() -> None:
     if _applied:
         return
     if importlib.util.find_spec('mmengine') is not None:
+        warnings.filterwarnings(
+            'ignore', message='pkg_resources is deprecated as an API')
         _patch_mmengine_checkpoint_loading()
+        _patch_mmengine_config_metainfo()
     _patch_mmaction_missing_drn()
     _applied = True
