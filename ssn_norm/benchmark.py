@@ -7,8 +7,8 @@ frequency scaling) hits all candidates alike and ratios stay meaningful
 where absolute times do not.  Peak memory comes from the PyTorch profiler's
 allocator events (every allocation, including those of compiled code).
 
-Everything here is CPU/GPU agnostic but written for the CPU case: on a GPU
-pass tensors on that device and time with synchronisation added.
+Written for the CPU: inputs are CPU tensors and calls are timed without
+device synchronisation.
 """
 import math
 import statistics
@@ -22,10 +22,10 @@ from torch import Tensor, nn
 from .layers import SN, SSN
 
 __all__ = [
-    'CLOCKS', 'LAYER_SHAPES', 'LayerCase', 'LayerResult', 'MODEL_TASKS',
-    'ModelResult', 'ModelTask', 'benchmark_models', 'build_model_case',
-    'model_table', 'NORMS', 'Timing', 'benchmark_layers', 'build_norm',
-    'frozen_ssn', 'layer_table', 'peak_memory_bytes', 'time_interleaved'
+    'CLOCKS', 'LAYER_SHAPES', 'MODEL_TASKS', 'NORMS', 'LayerCase',
+    'LayerResult', 'ModelResult', 'ModelTask', 'Timing', 'benchmark_layers',
+    'benchmark_models', 'build_model_case', 'build_norm', 'frozen_ssn',
+    'layer_table', 'model_table', 'peak_memory_bytes', 'time_interleaved'
 ]
 
 #: Normalisers compared, in table order.  LN is ``GroupNorm(1, C)`` (per
@@ -44,11 +44,6 @@ class Timing:
     high: float
     repeats: int
     first_call: float  # the first call alone: includes any compilation
-
-    @property
-    def spread(self) -> float:
-        """Inter-quartile range relative to the median."""
-        return (self.high - self.low) / self.median if self.median else 0.0
 
 
 #: Clocks for :func:`time_interleaved`: wall time, or CPU time of this

@@ -354,6 +354,24 @@ def test_function_backends_behave_like_autograd_ops(dynamo_kernels, backend):
         grad.sum().backward()
 
 
+def test_outer_tracers_see_plain_ops():
+    """torch.compile of a model with SN traces the reference ops (one graph,
+    no break at an opaque Function); torch.jit.trace records them too."""
+    counter = CountingBackend()
+    layer = randomised(SN, 4, torch.float32)
+    x = random_input((2, 4, 5, 5), torch.float32).requires_grad_()
+    out = torch.compile(layer, backend=counter)(x)
+    out.square().sum().backward()
+    assert counter.graphs == 1
+    torch.testing.assert_close(out, layer(x))
+    layer.eval()
+    with warnings.catch_warnings():
+        warnings.simplefilter('ignore')  # torch.jit deprecation
+        traced = torch.jit.trace(layer, x.detach())
+    torch.testing.assert_close(traced(x.detach() + 1), layer(x.detach() + 1))
+    torch._dynamo.reset()
+
+
 @pytest.mark.parametrize('backend', ['eager', 'compiled'])
 def test_non_contiguous_and_channels_last_input(dynamo_kernels, backend):
     layer = randomised(SN, 4)

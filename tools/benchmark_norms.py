@@ -39,7 +39,7 @@ def parse_args(argv=None):
         default='BN,GN,SN',
         help='norms for the whole-model table (BN, GN, SN, SSN)')
     parser.add_argument(
-        '--repeats', type=int, default=7, help='layer timing rounds')
+        '--repeats', type=int, default=5, help='layer timing rounds')
     parser.add_argument(
         '--model-repeats', type=int, default=3, help='model timing rounds')
     parser.add_argument(
