@@ -107,7 +107,7 @@ def _patch_mmaction_missing_drn() -> None:
 
 
 def apply_all() -> None:
-    """Apply every workaround whose package is installed; safe to call twice."""
+    """Apply every workaround whose package is installed; idempotent."""
     global _applied
     if _applied:
         return

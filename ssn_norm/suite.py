@@ -47,35 +47,36 @@ class TaskSpec:
     generator_kwargs: dict = field(default_factory=dict)
 
 
+def _configs(folder: str,
+             template: str,
+             baseline: str,
+             baseline_name: Optional[str] = None) -> Dict[str, str]:
+    """Config paths per normaliser from a name template ({} = the norm)."""
+    tokens = dict(baseline=baseline, gn='gn', sn='sn', ssn='ssn')
+    names = {norm: template.format(tokens[norm]) for norm in NORMS}
+    if baseline_name is not None:
+        names['baseline'] = baseline_name
+    return {norm: f'{folder}/{name}.py' for norm, name in names.items()}
+
+
 MINI = {
     'det':
     TaskSpec(
-        configs={
-            'baseline': 'configs/mask_rcnn/mini/mask-rcnn_r18_fpn_mini_tiny-coco.py',
-            'gn': 'configs/mask_rcnn/mini/mask-rcnn_r18-gn_fpn_gn-head_mini_tiny-coco.py',
-            'sn': 'configs/mask_rcnn/mini/mask-rcnn_r18-sn_fpn_sn-head_mini_tiny-coco.py',
-            'ssn': 'configs/mask_rcnn/mini/mask-rcnn_r18-ssn_fpn_ssn-head_mini_tiny-coco.py',
-        },
+        configs=_configs('configs/mask_rcnn/mini',
+                         'mask-rcnn_r18-{0}_fpn_{0}-head_mini_tiny-coco', '',
+                         'mask-rcnn_r18_fpn_mini_tiny-coco'),
         data_dir='data/tiny_coco',
         generator='ssn_norm.datasets.tiny_coco:make_tiny_coco'),
     'seg':
     TaskSpec(
-        configs={
-            'baseline': 'configs/deeplabv3/mini/deeplabv3_r18-d8-syncbn_mini_tiny-cityscapes.py',
-            'gn': 'configs/deeplabv3/mini/deeplabv3_r18-d8-gn_mini_tiny-cityscapes.py',
-            'sn': 'configs/deeplabv3/mini/deeplabv3_r18-d8-sn_mini_tiny-cityscapes.py',
-            'ssn': 'configs/deeplabv3/mini/deeplabv3_r18-d8-ssn_mini_tiny-cityscapes.py',
-        },
+        configs=_configs('configs/deeplabv3/mini',
+                         'deeplabv3_r18-d8-{}_mini_tiny-cityscapes', 'syncbn'),
         data_dir='data/tiny_cityscapes',
         generator='ssn_norm.datasets.tiny_cityscapes:make_tiny_cityscapes'),
     'video':
     TaskSpec(
-        configs={
-            'baseline': 'configs/i3d/mini/i3d_r18-bn_mini_tiny-kinetics.py',
-            'gn': 'configs/i3d/mini/i3d_r18-gn_mini_tiny-kinetics.py',
-            'sn': 'configs/i3d/mini/i3d_r18-sn_mini_tiny-kinetics.py',
-            'ssn': 'configs/i3d/mini/i3d_r18-ssn_mini_tiny-kinetics.py',
-        },
+        configs=_configs('configs/i3d/mini', 'i3d_r18-{}_mini_tiny-kinetics',
+                         'bn'),
         data_dir='data/tiny_kinetics',
         generator='ssn_norm.datasets.tiny_kinetics:make_tiny_kinetics'),
 }
@@ -83,28 +84,20 @@ MINI = {
 FULL = {
     'det':
     TaskSpec(
-        configs={
-            'baseline': 'configs/mask_rcnn/mask-rcnn_r50_fpn_2x_coco.py',
-            'gn': 'configs/mask_rcnn/mask-rcnn_r50-gn_fpn_gn-head_2x_coco.py',
-            'sn': 'configs/mask_rcnn/mask-rcnn_r50-sn_fpn_sn-head_2x_coco.py',
-            'ssn': 'configs/mask_rcnn/mask-rcnn_r50-ssn_fpn_ssn-head_2x_coco.py',
-        }),
+        configs=_configs('configs/mask_rcnn',
+                         'mask-rcnn_r50-{0}_fpn_{0}-head_2x_coco', '',
+                         'mask-rcnn_r50_fpn_2x_coco')),
     'seg':
     TaskSpec(
-        configs={
-            'baseline': 'configs/deeplabv3/deeplabv3_r50b-d8-syncbn_8xb2-40k_cityscapes-769x769.py',
-            'gn': 'configs/deeplabv3/deeplabv3_r50b-d8-gn_8xb2-40k_cityscapes-769x769.py',
-            'sn': 'configs/deeplabv3/deeplabv3_r50b-d8-sn_8xb2-40k_cityscapes-769x769.py',
-            'ssn': 'configs/deeplabv3/deeplabv3_r50b-d8-ssn_8xb2-40k_cityscapes-769x769.py',
-        }),
+        configs=_configs('configs/deeplabv3',
+                         'deeplabv3_r50b-d8-{}_8xb2-40k_cityscapes-769x769',
+                         'syncbn')),
     'video':
     TaskSpec(
-        configs={
-            'baseline': 'configs/i3d/i3d_imagenet-pretrained-r50-bn_8xb8-32x2x1-100e_kinetics400-rgb.py',
-            'gn': 'configs/i3d/i3d_imagenet-pretrained-r50-gn_8xb8-32x2x1-100e_kinetics400-rgb.py',
-            'sn': 'configs/i3d/i3d_imagenet-pretrained-r50-sn_8xb8-32x2x1-100e_kinetics400-rgb.py',
-            'ssn': 'configs/i3d/i3d_imagenet-pretrained-r50-ssn_8xb8-32x2x1-100e_kinetics400-rgb.py',
-        }),
+        configs=_configs(
+            'configs/i3d',
+            'i3d_imagenet-pretrained-r50-{}_8xb8-32x2x1-100e_kinetics400-rgb',
+            'bn')),
 }
 
 SCHEDULE = {'mini': 1.0, 'smoke': 0.1, 'full': 1.0}
@@ -127,8 +120,7 @@ def select_runs(preset: str,
     """The (task, normaliser) runs of ``preset``, detection first."""
     if preset not in PRESETS:
         raise ValueError(f'unknown preset {preset!r}; choose from {PRESETS}')
-    for value, valid, what in ((tasks, TASKS, 'task'), (norms, NORMS,
-                                                         'norm')):
+    for value, valid, what in ((tasks, TASKS, 'task'), (norms, NORMS, 'norm')):
         unknown = [v for v in value if v not in valid]
         if unknown:
             raise ValueError(f'unknown {what} {unknown}; choose from '
@@ -189,23 +181,30 @@ def _last_checkpoint(work_dir: str) -> Optional[str]:
     return found[-1] if found else None
 
 
-def execute_run(run: RunSpec, work_dir: str, preset: str, root: str,
-                gpus: int, threads: int, schedule: float) -> dict:
+def execute_run(run: RunSpec, work_dir: str, preset: str, root: str, gpus: int,
+                threads: int, schedule: float) -> dict:
     """Train and test one run in child processes; returns its record.
 
     The record has ``status`` 'done' (with ``metrics``) or 'failed' (with
     the tail of the log); the run's full output is in ``suite.log``.
     """
     os.makedirs(work_dir, exist_ok=True)
-    env = dict(os.environ, OMP_NUM_THREADS=str(threads),
-               MKL_NUM_THREADS=str(threads), PYTHONUNBUFFERED='1')
+    env = dict(
+        os.environ,
+        OMP_NUM_THREADS=str(threads),
+        MKL_NUM_THREADS=str(threads),
+        PYTHONUNBUFFERED='1')
     log_path = osp.join(work_dir, 'suite.log')
     start = time.perf_counter()
     commands = _command(run, work_dir, preset, gpus, schedule)
     with open(log_path, 'a') as log:
         for command in commands:
-            code = subprocess.call(command, cwd=root, env=env, stdout=log,
-                                   stderr=subprocess.STDOUT)
+            code = subprocess.call(
+                command,
+                cwd=root,
+                env=env,
+                stdout=log,
+                stderr=subprocess.STDOUT)
             if code != 0:
                 break
         if code == 0 and preset == 'full':
@@ -215,8 +214,8 @@ def execute_run(run: RunSpec, work_dir: str, preset: str, root: str,
                 str(checkpoint), '--work-dir', work_dir, '--launcher',
                 'pytorch'
             ]
-            code = subprocess.call(test, cwd=root, env=env, stdout=log,
-                                   stderr=subprocess.STDOUT)
+            code = subprocess.call(
+                test, cwd=root, env=env, stdout=log, stderr=subprocess.STDOUT)
             if code == 0:
                 with open(osp.join(work_dir, RESULT_FILE), 'w') as f:
                     json.dump(dict(config=run.config, metrics={}), f)
@@ -224,8 +223,8 @@ def execute_run(run: RunSpec, work_dir: str, preset: str, root: str,
     if code != 0:
         with open(log_path) as f:
             tail = f.readlines()[-25:]
-        return dict(status='failed', seconds=seconds, log=log_path,
-                    tail=''.join(tail))
+        return dict(
+            status='failed', seconds=seconds, log=log_path, tail=''.join(tail))
     with open(osp.join(work_dir, RESULT_FILE)) as f:
         record = json.load(f)
     record.update(status='done', seconds=seconds)
@@ -268,18 +267,21 @@ def run_suite(preset: str = 'mini',
         r for r in runs
         if not osp.exists(osp.join(suite_dir, r.name, RESULT_FILE))
     ]
-    print(f'[suite] {preset}: {len(runs)} runs, {len(runs) - len(pending)} '
-          f'already done; {jobs} at a time, {threads} thread(s) each; logs '
-          f'in {suite_dir}/<run>/suite.log', flush=True)
+    print(
+        f'[suite] {preset}: {len(runs)} runs, {len(runs) - len(pending)} '
+        f'already done; {jobs} at a time, {threads} thread(s) each; logs '
+        f'in {suite_dir}/<run>/suite.log',
+        flush=True)
     start = time.perf_counter()
     failed = []
     progress = ProgressBar(len(pending)) if pending else None
     with ThreadPoolExecutor(max_workers=jobs) as pool:
-        futures = {
-            pool.submit(execute_run, run, osp.join(suite_dir, run.name),
-                        preset, root, gpus, threads, SCHEDULE[preset]): run
-            for run in pending
-        }
+        futures = {}
+        for run in pending:
+            work_dir = osp.join(suite_dir, run.name)
+            future = pool.submit(execute_run, run, work_dir, preset, root,
+                                 gpus, threads, SCHEDULE[preset])
+            futures[future] = run
         for future in as_completed(futures):
             run = futures[future]
             record = future.result()
@@ -296,8 +298,9 @@ def run_suite(preset: str = 'mini',
                            f'{record["log"]}:\n{record["tail"]}')
             print(f'\n[suite] {message}', flush=True)
             progress.update()
-    print(f'\n[suite] finished in {time.perf_counter() - start:.0f} s',
-          flush=True)
+    print(
+        f'\n[suite] finished in {time.perf_counter() - start:.0f} s',
+        flush=True)
 
     for run in runs:
         if run.norm in ('sn', 'ssn'):
@@ -306,9 +309,10 @@ def run_suite(preset: str = 'mini',
                 out = plot_run_ratios(work_dir, run.name)
                 if out:
                     print(f'[suite] ratios of {run.name}: {out}')
-    board = gather([osp.join(suite_dir, r.name) for r in runs
-                    if osp.isdir(osp.join(suite_dir, r.name))],
-                   [osp.join(REPO_ROOT, 'model-index.yml')])
+    board = gather([
+        osp.join(suite_dir, r.name)
+        for r in runs if osp.isdir(osp.join(suite_dir, r.name))
+    ], [osp.join(REPO_ROOT, 'model-index.yml')])
     leaderboard = osp.join(suite_dir, 'leaderboard.md')
     write_leaderboard(board, leaderboard)
     print(board.to_markdown(), end='')

@@ -11,8 +11,8 @@ def unwrap_model(model: nn.Module) -> nn.Module:
     return getattr(model, 'module', model)
 
 
-def switchable_norms(model: nn.Module
-                     ) -> Iterator[Tuple[str, _SwitchableNormBase]]:
+def switchable_norms(
+        model: nn.Module) -> Iterator[Tuple[str, _SwitchableNormBase]]:
     """Every SN / SSN / SyncSN / SyncSSN layer of ``model``, with its name."""
     for name, module in unwrap_model(model).named_modules():
         if isinstance(module, _SwitchableNormBase):

@@ -49,8 +49,9 @@ def main():
         out=args.out,
         show_dir=args.show_dir,
         launcher=args.launcher)
-    runner = (Runner.from_cfg(cfg)
-              if 'runner_type' not in cfg else RUNNERS.build(cfg))
+    runner = (
+        Runner.from_cfg(cfg)
+        if 'runner_type' not in cfg else RUNNERS.build(cfg))
     runner.test()
 
 

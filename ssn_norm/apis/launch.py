@@ -52,8 +52,8 @@ def setup_cpu_distributed(cfg: Config, launcher: str) -> None:
             '--launcher pytorch under torchrun (gloo backend)')
     if not dist.is_initialized():
         dist.init_process_group(backend='gloo', init_method='env://')
-    wrapper = dict(cfg.get('model_wrapper_cfg') or
-                   dict(type='MMDistributedDataParallel'))
+    wrapper = dict(
+        cfg.get('model_wrapper_cfg') or dict(type='MMDistributedDataParallel'))
     wrapper['device_ids'] = None
     ddp_types = ('MMDistributedDataParallel', 'DistributedDataParallel')
     if wrapper.get('type', ddp_types[0]) in ddp_types:

@@ -60,9 +60,9 @@ def train_and_test(config: str,
 
     Returns the record written: config, metrics, seconds for each phase.
     """
-    import ssn_norm  # noqa: F401  registers the plugin in this process
     from mmengine.runner import Runner
 
+    import ssn_norm  # noqa: F401  registers the plugin in this process
     from .launch import apply_train_options
 
     cfg = Config.fromfile(config)
@@ -80,9 +80,10 @@ def train_and_test(config: str,
     tested = time.perf_counter()
     record = dict(
         config=osp.abspath(config),
-        metrics={k: float(v)
-                 for k, v in metrics.items()
-                 if isinstance(v, (int, float))},
+        metrics={
+            k: float(v)
+            for k, v in metrics.items() if isinstance(v, (int, float))
+        },
         train_seconds=round(trained - start, 1),
         test_seconds=round(tested - trained, 1),
         resumed=resume is not None,
@@ -99,8 +100,7 @@ def main() -> None:
     parser.add_argument('--cfg-options', nargs='+', action=DictAction)
     parser.add_argument('--schedule', type=float, default=1.0)
     args = parser.parse_args()
-    train_and_test(args.config, args.work_dir, args.cfg_options,
-                   args.schedule)
+    train_and_test(args.config, args.work_dir, args.cfg_options, args.schedule)
 
 
 if __name__ == '__main__':

@@ -45,7 +45,8 @@ class SparsestMaxRadiusHook(Hook):
                              f'greater than begin ({begin})')
         if interval < 1:
             raise ValueError(
-                f'SparsestMaxRadiusHook: interval must be >= 1, got {interval}')
+                'SparsestMaxRadiusHook: interval must be >= 1, got '
+                f'{interval}')
         self.start_radius = float(start_radius)
         self.end_radius = float(end_radius)
         self.begin = int(begin)

@@ -110,7 +110,7 @@ class _SwitchableNormBase(nn.Module):
 
     @torch.no_grad()
     def ratios(self) -> Tuple[Tensor, Tensor]:
-        """The current (mean, variance) ratios over (IN, LN[, BN]), detached."""
+        """The current (mean, variance) ratios over IN, LN[, BN], detached."""
         mean_ratio, var_ratio = self._ratios()
         return mean_ratio.detach().clone(), var_ratio.detach().clone()
 
@@ -157,11 +157,11 @@ class _SwitchableNormBase(nn.Module):
         self.running_var.copy_(
             (sqmean_run - self.running_mean.square()).clamp(min=0))
 
-    def _mixed_moments(self, var_mean_in: Callable[[], Tuple[Tensor, Tensor]],
-                       dtype: torch.dtype, mean_ratio: Optional[Tensor],
-                       var_ratio: Optional[Tensor],
-                       selected: Optional[Tuple[int, int]]
-                       ) -> Tuple[Tensor, Tensor]:
+    def _mixed_moments(
+            self, var_mean_in: Callable[[], Tuple[Tensor,
+                                                  Tensor]], dtype: torch.dtype,
+            mean_ratio: Optional[Tensor], var_ratio: Optional[Tensor],
+            selected: Optional[Tuple[int, int]]) -> Tuple[Tensor, Tensor]:
         """Mixed mean and variance in ``dtype``, broadcastable to (N, C).
 
         ``var_mean_in()`` returns the per-sample (IN) variance and mean, each
@@ -170,8 +170,9 @@ class _SwitchableNormBase(nn.Module):
         use_batch_stats = self.using_bn and self.training
         use_running = self.using_bn and not self.training
         bn = 2 if self.using_bn else None
-        needs_sample_stats = (use_batch_stats or selected is None
-                              or any(i != bn for i in selected))
+        needs_sample_stats = (
+            use_batch_stats or selected is None
+            or any(i != bn for i in selected))
         mean_terms, var_terms = [], []
         if needs_sample_stats:
             # Released numerics: unbiased IN variance.  A single element has
@@ -211,11 +212,10 @@ class _SwitchableNormBase(nn.Module):
         selected = None if self.training else self._selected()
         if selected == (2, 2):
             # Frozen on BN for mean and variance: plain BatchNorm in eval.
-            return batch_norm_inference(x, self.running_mean,
-                                        self.running_var, self.weight,
-                                        self.bias, self.eps)
-        mean_ratio, var_ratio = (self._ratios() if selected is None else
-                                 (None, None))
+            return batch_norm_inference(x, self.running_mean, self.running_var,
+                                        self.weight, self.bias, self.eps)
+        mean_ratio, var_ratio = (
+            self._ratios() if selected is None else (None, None))
         dtype = _stat_dtype(x.dtype)
 
         def mix(var_mean_in, mean_ratio, var_ratio):
@@ -329,16 +329,17 @@ class SSN(_SwitchableNormBase):
                                 logits.shape[-1]).to(logits.dtype)
                 # Overwrite the logits of newly frozen ratios with their
                 # one-hot vector so the choice survives optimizer drift.
-                for param, row, new in zip(
-                    (self.mean_weight, self.var_weight), hot, newly):
+                params = (self.mean_weight, self.var_weight)
+                for param, row, new in zip(params, hot, newly):
                     param.copy_(torch.where(new, row, param))
                 self.mean_fixed.copy_(self.mean_fixed | newly[0].long())
                 self.var_fixed.copy_(self.var_fixed | newly[1].long())
                 fixed = fixed | newly
             self._selection_cache = None
         hot = F.one_hot(
-            torch.stack([self.mean_weight, self.var_weight]).detach().argmax(
-                -1), logits.shape[-1]).to(soft.dtype)
+            torch.stack([self.mean_weight,
+                         self.var_weight]).detach().argmax(-1),
+            logits.shape[-1]).to(soft.dtype)
         ratios = torch.where(fixed, hot, soft)
         return ratios[0], ratios[1]
 

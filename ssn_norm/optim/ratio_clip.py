@@ -28,7 +28,9 @@ def ratio_logit_parameters(model: torch.nn.Module) -> list:
 
 class _RatioClipMixin:
 
-    def __init__(self, *args, ratio_clip_grad: Optional[dict] = None,
+    def __init__(self,
+                 *args,
+                 ratio_clip_grad: Optional[dict] = None,
                  **kwargs) -> None:
         super().__init__(*args, **kwargs)
         ratio_clip_grad = dict(max_norm=1.0) if ratio_clip_grad is None \

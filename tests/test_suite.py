@@ -1,0 +1,78 @@
+"""The benchmark suite end to end on the smoke preset, plus its helpers."""
+import json
+import os.path as osp
+
+import pytest
+from mmengine.config import Config
+
+from ssn_norm.apis.train_test import RESULT_FILE, scale_schedule
+from ssn_norm.suite import FULL, MINI, NORMS, TASKS, run_suite, select_runs
+
+
+def test_every_preset_config_exists():
+    for specs in (MINI, FULL):
+        for task in TASKS:
+            assert set(specs[task].configs) == set(NORMS)
+            for path in specs[task].configs.values():
+                assert osp.isfile(path), path
+
+
+def test_select_runs_rejects_unknown_names():
+    with pytest.raises(ValueError, match="unknown preset 'tiny'"):
+        select_runs('tiny')
+    with pytest.raises(ValueError, match=r"unknown task \['detection'\]"):
+        select_runs('mini', tasks=['detection'])
+    with pytest.raises(ValueError, match=r"unknown norm \['bn'\]"):
+        select_runs('mini', norms=['bn'])
+    runs = select_runs('mini', tasks=['video', 'det'], norms=['ssn'])
+    assert [(r.task, r.norm) for r in runs] == [('det', 'ssn'),
+                                                ('video', 'ssn')]
+
+
+@pytest.mark.parametrize('loop,key', [('EpochBasedTrainLoop', 'max_epochs'),
+                                      ('IterBasedTrainLoop', 'max_iters')])
+def test_scale_schedule(loop, key):
+    cfg = Config(
+        dict(
+            train_cfg=dict(type=loop, val_interval=7, val_begin=40,
+                           **{key: 40}),
+            default_hooks=dict(checkpoint=dict(interval=40))))
+    scale_schedule(cfg, 0.1)
+    assert cfg.train_cfg[key] == 4
+    assert cfg.train_cfg.val_interval == 4 and cfg.train_cfg.val_begin == 4
+    assert cfg.default_hooks.checkpoint.interval == 4
+    scale_schedule(cfg, 0.01)  # never below one epoch/iteration
+    assert cfg.train_cfg[key] == 1
+    with pytest.raises(ValueError, match='factor must be > 0'):
+        scale_schedule(cfg, 0)
+
+
+def test_smoke_suite_end_to_end(tmp_path, capsys):
+    """One run per task: data in the real layouts, training, testing,
+    leaderboard, ratio plots; a second call resumes (nothing re-run)."""
+    failed = run_suite('smoke', norms=['sn'], root=str(tmp_path), jobs=2)
+    out = capsys.readouterr().out
+    assert failed == 0, out
+    suite_dir = tmp_path / 'work_dirs' / 'suite-smoke'
+    for data in ('tiny_coco/annotations/instances_val2017.json',
+                 'tiny_cityscapes/gtFine/val', 'tiny_kinetics'):
+        assert (tmp_path / 'data' / data).exists()
+    metrics = {}
+    for run in select_runs('smoke', norms=['sn']):
+        record = json.loads((suite_dir / run.name / RESULT_FILE).read_text())
+        metrics[run.task] = record['metrics']
+        png = suite_dir / f'ratios_{run.name}.png'
+        assert png.read_bytes()[:8] == b'\x89PNG\r\n\x1a\n'
+    assert 0 <= metrics['det']['coco/bbox_mAP'] <= 1
+    assert 0 <= metrics['det']['coco/segm_mAP'] <= 1
+    assert 0 <= metrics['seg']['mIoU'] <= 100
+    assert 0 <= metrics['video']['acc/top1'] <= 1
+    board = (suite_dir / 'leaderboard.md').read_text()
+    for title in ('Detection', 'segmentation', 'Video'):
+        assert title in board
+    assert 'SN' in board
+
+    mtimes = {p: p.stat().st_mtime for p in suite_dir.glob('*/' + RESULT_FILE)}
+    assert run_suite('smoke', norms=['sn'], root=str(tmp_path)) == 0
+    assert '3 runs, 3 already done' in capsys.readouterr().out
+    assert {p: p.stat().st_mtime for p in mtimes} == mtimes
