@@ -132,6 +132,28 @@ def _layer_scenarios(rank: int, case: dict) -> dict:
     return out
 
 
+def _empty_scenario(rank: int, case: dict) -> dict:
+    """SyncSN where rank 1 holds no sample at all (e.g. no RoI)."""
+    cls, _, kwargs = LAYER_CASES['SyncSN']
+    layer = make_layer(cls, kwargs, case['state']['SyncSN'])
+    steps = []
+    for x_full, g_full in zip(case['x'], case['g']):
+        n = x_full.shape[0] if rank == 0 else 0
+        x = x_full[:n].clone().requires_grad_()
+        y = layer(x)
+        (y * g_full[:n]).sum().backward()
+        steps.append(
+            dict(
+                y=y.detach(),
+                x_grad=x.grad,
+                grads={
+                    k: p.grad.clone()
+                    for k, p in layer.named_parameters()
+                }))
+        layer.zero_grad()
+    return dict(steps=steps, stats=running_stats(layer))
+
+
 def _frozen_scenario(rank: int, case: dict) -> dict:
     """SSN whose ratios freeze at the first step, under DDP without
     ``find_unused_parameters``: a parameter without gradient would raise at
@@ -188,6 +210,7 @@ def _worker(rank: int, port: int, case_file: str, out_dir: str) -> None:
         results = dict(
             layers=_layer_scenarios(rank, case),
             frozen=_frozen_scenario(rank, case),
+            empty=_empty_scenario(rank, case),
             hook=_hook_scenario(rank, case))
         torch.save(results, osp.join(out_dir, f'rank{rank}.pt'))
     finally:
@@ -334,6 +357,25 @@ def test_sync_layer_equals_reference_on_concatenated_batch(case, ranks, name):
             torch.testing.assert_close(got['stats'][key], ref_stat, **TOL)
         torch.testing.assert_close(got['y_eval'],
                                    ref['y_eval'][rank_slice(rank)], **TOL)
+
+
+def test_sync_layer_with_an_empty_rank(case, ranks):
+    """A rank without samples neither hangs its peer nor changes its result:
+    rank 0 equals SN on its batch alone, rank 1 returns an empty output with
+    zero gradients, and both keep the same running statistics."""
+    ref = reference_run(case, 'SyncSN')
+    for step, ref_step in enumerate(ref['steps']):
+        full, empty = (r['empty']['steps'][step] for r in ranks)
+        torch.testing.assert_close(full['y'], ref_step['y'], **TOL)
+        torch.testing.assert_close(full['x_grad'], ref_step['x_grad'], **TOL)
+        for key, ref_grad in ref_step['grads'].items():
+            torch.testing.assert_close(full['grads'][key], ref_grad, **TOL)
+            assert not empty['grads'][key].any()
+        assert empty['y'].shape == (0, ) + ref_step['y'].shape[1:]
+    for rank in range(WORLD_SIZE):
+        for key, ref_stat in ref['stats'].items():
+            torch.testing.assert_close(ranks[rank]['empty']['stats'][key],
+                                       ref_stat, **TOL)
 
 
 @pytest.mark.parametrize('name', list(LAYER_CASES))

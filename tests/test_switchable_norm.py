@@ -11,7 +11,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from ssn_norm import NORMALIZERS, SN, SSN
+from ssn_norm import NORMALIZERS, SN, SSN, SyncSN
 
 SHAPES = {
     '3d': (4, 3, 5),
@@ -371,6 +371,24 @@ def test_finite_on_single_elements_and_single_samples(cls, shape):
     assert torch.isfinite(layer.running_var).all()
     layer.eval()
     assert torch.isfinite(layer(x)).all()
+
+
+@pytest.mark.parametrize('cls', [SN, SSN, SyncSN])
+@pytest.mark.parametrize('shape', [(0, 4, 5, 5), (2, 4, 0, 5), (0, 4, 3)])
+@pytest.mark.parametrize('training', [True, False])
+def test_empty_input_gives_empty_output(cls, shape, training):
+    # mmdet can hand a head an empty RoI batch: an empty output, running
+    # statistics untouched, every parameter in the graph with zero gradient.
+    layer = _layer(cls).train(training)
+    stats = {k: v.clone() for k, v in layer.state_dict().items()}
+    x = torch.randn(shape, requires_grad=True)
+    out = layer(x)
+    assert out.shape == x.shape and out.dtype == x.dtype
+    out.sum().backward()
+    for name, param in layer.named_parameters():
+        assert param.grad is not None and not param.grad.any(), name
+    for key, value in layer.state_dict().items():
+        torch.testing.assert_close(value, stats[key], rtol=0, atol=0)
 
 
 def test_single_element_in_variance_is_zero():

@@ -207,8 +207,31 @@ class _SwitchableNormBase(nn.Module):
         var = sum(r * t for r, t in zip(var_ratio.unbind(), var_terms))
         return mean, var
 
+    def _empty_batch_anchor(self, anchor: Tensor) -> Tensor:
+        """Zero scalar tied to ``anchor``; SyncSN joins its collectives here.
+
+        Returns ``anchor * 0`` for unsynchronised layers.
+        """
+        return anchor * 0
+
+    def _forward_empty(self, x: Tensor) -> Tensor:
+        # Nothing to normalise (e.g. no RoI in an mmdet head): an empty
+        # output of the input's shape.  Running statistics are untouched;
+        # every parameter stays in the graph with zero gradient, so DDP sees
+        # none unused, and a synchronised layer still takes part in its
+        # collectives so the other processes do not wait for it.
+        anchor = sum(p.sum() for p in (self.weight, self.bias,
+                                       self.mean_weight, self.var_weight))
+        if self.training and self.using_bn:
+            anchor = self._empty_batch_anchor(anchor)
+        else:
+            anchor = anchor * 0
+        return x + anchor.to(x.dtype)
+
     def forward(self, x: Tensor) -> Tensor:
         self._check_input(x)
+        if x.numel() == 0:
+            return self._forward_empty(x)
         selected = None if self.training else self._selected()
         if selected == (2, 2):
             # Frozen on BN for mean and variance: plain BatchNorm in eval.

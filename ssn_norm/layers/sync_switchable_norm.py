@@ -25,6 +25,25 @@ class _SyncBatchMomentsMixin:
         super().__init__(num_features, **kwargs)
         self.group = group
 
+    def _empty_batch_anchor(self, anchor: Tensor) -> Tensor:
+        # An empty process contributes zero sums and a zero count, in
+        # forward and (through the all-reduce's backward) in backward.
+        if get_world_size(self.group) == 1:
+            return anchor * 0
+        num_channels = self.num_features
+        packed = anchor * 0 + anchor.new_zeros(2 * num_channels + 1)
+        total = all_reduce_sum(packed, self.group)
+        count = total[-1]
+        # Running statistics are global: follow the other processes' batch
+        # (one host read, on this rare path only).
+        if float(count) > 0:
+            with torch.no_grad():
+                mean_bn = total[:num_channels] / count
+                sqmean_bn = total[num_channels:2 * num_channels] / count
+                var_bn = (sqmean_bn - mean_bn.square()).clamp(min=0)
+                self._update_running_stats(mean_bn, sqmean_bn, var_bn)
+        return total.sum() * 0
+
     def _batch_moments(self, mean_in: Tensor,
                        sqmean_in: Tensor) -> Tuple[Tensor, Tensor]:
         if get_world_size(self.group) == 1:
