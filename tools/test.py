@@ -1,13 +1,9 @@
 """Test (evaluate) a checkpoint of an mmdet, mmseg or mmaction2 config."""
 import argparse
-import os
-
-from mmengine.config import Config, DictAction
-from mmengine.registry import RUNNERS
-from mmengine.runner import Runner
 
 import ssn_norm  # noqa: F401  registers the layers, applies compat fixes
-from ssn_norm.apis import apply_test_outputs
+from ssn_norm.apis import (add_common_args, apply_test_outputs, build_runner,
+                           load_config, parse_tool_args)
 
 
 def parse_args():
@@ -20,27 +16,13 @@ def parse_args():
         '--out', help='dump predictions to a pickle file (.pkl)')
     parser.add_argument(
         '--show-dir', help='directory where painted predictions are saved')
-    parser.add_argument(
-        '--cfg-options',
-        nargs='+',
-        action=DictAction,
-        help='override config settings, key=value (xxx=yyy format)')
-    parser.add_argument(
-        '--launcher',
-        choices=['none', 'pytorch', 'slurm', 'mpi'],
-        default='none',
-        help='job launcher')
-    parser.add_argument('--local_rank', '--local-rank', type=int, default=0)
-    args = parser.parse_args()
-    os.environ.setdefault('LOCAL_RANK', str(args.local_rank))
-    return args
+    add_common_args(parser)
+    return parse_tool_args(parser)
 
 
 def main():
     args = parse_args()
-    cfg = Config.fromfile(args.config)
-    if args.cfg_options is not None:
-        cfg.merge_from_dict(args.cfg_options)
+    cfg = load_config(args.config, args.cfg_options)
     apply_test_outputs(
         cfg,
         args.config,
@@ -49,10 +31,7 @@ def main():
         out=args.out,
         show_dir=args.show_dir,
         launcher=args.launcher)
-    runner = (
-        Runner.from_cfg(cfg)
-        if 'runner_type' not in cfg else RUNNERS.build(cfg))
-    runner.test()
+    build_runner(cfg).test()
 
 
 if __name__ == '__main__':

@@ -1,13 +1,9 @@
 """Train an mmdet, mmseg or mmaction2 config (upstream command line)."""
 import argparse
-import os
-
-from mmengine.config import Config, DictAction
-from mmengine.registry import RUNNERS
-from mmengine.runner import Runner
 
 import ssn_norm  # noqa: F401  registers the layers, applies compat fixes
-from ssn_norm.apis import apply_train_options
+from ssn_norm.apis import (add_common_args, apply_train_options, build_runner,
+                           load_config, parse_tool_args)
 
 
 def parse_args():
@@ -23,27 +19,13 @@ def parse_args():
         const='auto',
         help='resume from the given checkpoint, or from the latest one in '
         'the work dir when no path is given')
-    parser.add_argument(
-        '--cfg-options',
-        nargs='+',
-        action=DictAction,
-        help='override config settings, key=value (xxx=yyy format)')
-    parser.add_argument(
-        '--launcher',
-        choices=['none', 'pytorch', 'slurm', 'mpi'],
-        default='none',
-        help='job launcher')
-    parser.add_argument('--local_rank', '--local-rank', type=int, default=0)
-    args = parser.parse_args()
-    os.environ.setdefault('LOCAL_RANK', str(args.local_rank))
-    return args
+    add_common_args(parser)
+    return parse_tool_args(parser)
 
 
 def main():
     args = parse_args()
-    cfg = Config.fromfile(args.config)
-    if args.cfg_options is not None:
-        cfg.merge_from_dict(args.cfg_options)
+    cfg = load_config(args.config, args.cfg_options)
     apply_train_options(
         cfg,
         args.config,
@@ -51,10 +33,7 @@ def main():
         resume=args.resume,
         amp=args.amp,
         launcher=args.launcher)
-    runner = (
-        Runner.from_cfg(cfg)
-        if 'runner_type' not in cfg else RUNNERS.build(cfg))
-    runner.train()
+    build_runner(cfg).train()
 
 
 if __name__ == '__main__':

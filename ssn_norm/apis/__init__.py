@@ -1,7 +1,9 @@
-from .launch import (apply_test_outputs, apply_train_options,
+from .launch import (add_common_args, apply_test_outputs, apply_train_options,
+                     build_runner, load_config, parse_tool_args,
                      setup_cpu_distributed, toolbox_of)
 
 __all__ = [
-    'apply_test_outputs', 'apply_train_options', 'setup_cpu_distributed',
+    'add_common_args', 'apply_test_outputs', 'apply_train_options',
+    'build_runner', 'load_config', 'parse_tool_args', 'setup_cpu_distributed',
     'toolbox_of'
 ]

@@ -4,13 +4,14 @@ One set of tools serves mmdet, mmseg and mmaction2 configs: the toolbox is
 the config's ``default_scope``, and the few places where the three upstream
 tools differ (visualisation and result dumping) are handled here.
 """
+import argparse
 import os
 import os.path as osp
 from typing import Optional
 
 import torch
 import torch.distributed as dist
-from mmengine.config import Config
+from mmengine.config import Config, DictAction
 
 TOOLBOXES = ('mmdet', 'mmseg', 'mmaction')
 
@@ -24,6 +25,45 @@ def toolbox_of(cfg: Config) -> str:
             f'support {", ".join(TOOLBOXES)} configs (inherit one of their '
             "bases, e.g. _base_ = 'mmdet::mask_rcnn/...')")
     return scope
+
+
+def add_common_args(parser: argparse.ArgumentParser) -> None:
+    """``--cfg-options``, ``--launcher`` and ``--local-rank``, as upstream."""
+    parser.add_argument(
+        '--cfg-options',
+        nargs='+',
+        action=DictAction,
+        help='override config settings, key=value (xxx=yyy format)')
+    parser.add_argument(
+        '--launcher',
+        choices=['none', 'pytorch', 'slurm', 'mpi'],
+        default='none',
+        help='job launcher')
+    parser.add_argument('--local_rank', '--local-rank', type=int, default=0)
+
+
+def parse_tool_args(parser: argparse.ArgumentParser) -> argparse.Namespace:
+    """Parse, exporting ``LOCAL_RANK`` as the old launchers expect."""
+    args = parser.parse_args()
+    os.environ.setdefault('LOCAL_RANK', str(args.local_rank))
+    return args
+
+
+def load_config(path: str, cfg_options: Optional[dict] = None) -> Config:
+    """``Config.fromfile`` plus ``--cfg-options`` overrides."""
+    cfg = Config.fromfile(path)
+    if cfg_options is not None:
+        cfg.merge_from_dict(cfg_options)
+    return cfg
+
+
+def build_runner(cfg: Config):
+    """The config's runner: ``runner_type`` if set, else mmengine's."""
+    from mmengine.registry import RUNNERS
+    from mmengine.runner import Runner
+    if 'runner_type' in cfg:
+        return RUNNERS.build(cfg)
+    return Runner.from_cfg(cfg)
 
 
 def default_work_dir(config_path: str) -> str:

@@ -60,19 +60,15 @@ def train_and_test(config: str,
 
     Returns the record written: config, metrics, seconds for each phase.
     """
-    from mmengine.runner import Runner
-
     import ssn_norm  # noqa: F401  registers the plugin in this process
-    from .launch import apply_train_options
+    from .launch import apply_train_options, build_runner, load_config
 
-    cfg = Config.fromfile(config)
-    if cfg_options:
-        cfg.merge_from_dict(cfg_options)
+    cfg = load_config(config, cfg_options)
     if schedule != 1.0:
         scale_schedule(cfg, schedule)
     resume = 'auto' if glob.glob(osp.join(work_dir, '*.pth')) else None
     apply_train_options(cfg, config, work_dir=work_dir, resume=resume)
-    runner = Runner.from_cfg(cfg)
+    runner = build_runner(cfg)
     start = time.perf_counter()
     runner.train()
     trained = time.perf_counter()
