@@ -14,4 +14,4 @@ model = dict(
 optim_wrapper = dict(paramwise_cfg={{_base_.sn_paramwise_cfg}})
 # DDP does not broadcast buffers: merge the per-GPU running statistics
 # (means and second moments) before checkpoints and validation.
-custom_hooks = [dict(type='SyncNormStatsHook')]
+custom_hooks = {{_base_.sn_custom_hooks}}

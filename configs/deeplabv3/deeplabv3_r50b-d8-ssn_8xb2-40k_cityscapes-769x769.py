@@ -13,13 +13,5 @@ model = dict(
     backbone=dict(norm_cfg=norm_cfg, init_cfg=dict(checkpoint=ssn_checkpoint)),
     decode_head=dict(norm_cfg=norm_cfg),
     auxiliary_head=dict(norm_cfg=norm_cfg))
-optim_wrapper = dict(
-    type='RatioClipOptimWrapper',
-    constructor='SwitchableOptimWrapperConstructor',
-    ratio_clip_grad=dict(max_norm=1.0),
-    paramwise_cfg={{_base_.ssn_paramwise_cfg}})
-custom_hooks = [
-    dict(type='SparsestMaxRadiusHook'),
-    # DDP does not broadcast buffers: merge the per-GPU running statistics.
-    dict(type='SyncNormStatsHook')
-]
+optim_wrapper = {{_base_.ssn_optim_wrapper}}
+custom_hooks = {{_base_.ssn_custom_hooks}}

@@ -10,13 +10,5 @@ model = dict(
         norm_eval=False))
 # SSN recipe: ratio logits with lr x 0.1, no decay, their gradient norm
 # clipped to 1; the SparsestMax radius grows over training.
-optim_wrapper = dict(
-    type='RatioClipOptimWrapper',
-    constructor='SwitchableOptimWrapperConstructor',
-    ratio_clip_grad=dict(max_norm=1.0),
-    paramwise_cfg={{_base_.ssn_paramwise_cfg}})
-custom_hooks = [
-    dict(type='SparsestMaxRadiusHook'),
-    # DDP does not broadcast buffers: merge the per-GPU running statistics.
-    dict(type='SyncNormStatsHook')
-]
+optim_wrapper = {{_base_.ssn_optim_wrapper}}
+custom_hooks = {{_base_.ssn_custom_hooks}}

@@ -16,13 +16,5 @@ model = dict(
             conv_out_channels=256,
             norm_cfg=dict(type='SSN')),
         mask_head=dict(norm_cfg=dict(type='SSN'))))
-optim_wrapper = dict(
-    type='RatioClipOptimWrapper',
-    constructor='SwitchableOptimWrapperConstructor',
-    ratio_clip_grad=dict(max_norm=1.0),
-    paramwise_cfg={{_base_.ssn_paramwise_cfg}})
-custom_hooks = [
-    dict(type='SparsestMaxRadiusHook'),
-    # DDP does not broadcast buffers: merge the per-GPU running statistics.
-    dict(type='SyncNormStatsHook')
-]
+optim_wrapper = {{_base_.ssn_optim_wrapper}}
+custom_hooks = {{_base_.ssn_custom_hooks}}

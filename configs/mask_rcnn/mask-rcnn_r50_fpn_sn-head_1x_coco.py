@@ -13,4 +13,4 @@ model = dict(
 optim_wrapper = dict(paramwise_cfg={{_base_.sn_paramwise_cfg}})
 # DDP does not broadcast buffers: merge the per-GPU SN running statistics
 # before every checkpoint and validation (see docs/distributed.md).
-custom_hooks = [dict(type='SyncNormStatsHook')]
+custom_hooks = {{_base_.sn_custom_hooks}}
