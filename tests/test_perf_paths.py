@@ -470,6 +470,36 @@ def test_sync_hook_point_and_moment_recorder_are_used():
                                (var_in + mean_in.square()).mean(0))
 
 
+@pytest.mark.parametrize('cls', [SN, SSN])
+def test_training_mix_is_fused_on_fast_backends(monkeypatch, cls):
+    """In training the O(N·C) mix is computed and differentiated by hand:
+    the layer's generic ``_mixed_moments`` is not called (it is on the
+    reference backend), and a second backward gives the same gradients."""
+    calls = []
+    generic = cls._mixed_moments
+
+    def spy(self, *args, **kwargs):
+        calls.append(1)
+        return generic(self, *args, **kwargs)
+
+    monkeypatch.setattr(cls, '_mixed_moments', spy)
+    layer = randomised(cls, 4).train()
+    x = random_input(SHAPES['4d']).requires_grad_()
+    grad = random_input(SHAPES['4d'])
+    for backend, expected_calls in (('eager', 0), ('autograd', 1)):
+        calls.clear()
+        with sf.use_backend(backend):
+            out = layer(x)
+        assert len(calls) == expected_calls, backend
+    with sf.use_backend('eager'):
+        out = layer(x)
+    first = torch.autograd.grad(
+        out, [x, layer.mean_weight], grad, retain_graph=True)
+    second = torch.autograd.grad(out, [x, layer.mean_weight], grad)
+    for a, b in zip(first, second):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)
+
+
 # ----------------------------------------------------------- benchmarking
 def test_benchmark_library_smoke():
     timings = time_interleaved({

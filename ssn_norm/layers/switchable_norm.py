@@ -10,7 +10,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..ops.sparsestmax import is_one_hot, sparsestmax
-from ..ops.switchable_function import batch_norm_inference, switchable_norm
+from ..ops.switchable_function import (TrainingMix, batch_norm_inference,
+                                       switchable_norm)
 
 #: Order of the normalisers in the ratio logits.
 NORMALIZERS = ('IN', 'LN', 'BN')
@@ -245,9 +246,23 @@ class _SwitchableNormBase(nn.Module):
             return self._mixed_moments(var_mean_in, dtype, mean_ratio,
                                        var_ratio, selected)
 
-        # The heavy O(N·C·L) work runs in fused kernels (ssn_norm.ops).
+        # The heavy O(N·C·L) work runs in fused kernels (ssn_norm.ops); in
+        # training, so does the O(N·C) mix on the fast backends.
+        fused = self._training_mix() if self.training else None
         return switchable_norm(x, self.weight, self.bias, mean_ratio,
-                               var_ratio, mix, self.eps)
+                               var_ratio, mix, self.eps, fused)
+
+    def _training_mix(self) -> TrainingMix:
+        """:meth:`_mixed_moments` in training, for the fused backward.
+
+        An overridden :meth:`_batch_moments` (SyncSN) is handed over as a
+        differentiable hook; the base one is differentiated by hand.
+        """
+        own = type(self)._batch_moments is _SwitchableNormBase._batch_moments
+        return TrainingMix(
+            using_bn=self.using_bn,
+            record=self._update_running_stats,
+            batch_moments=None if own else self._batch_moments)
 
 
 class SN(_SwitchableNormBase):

@@ -8,7 +8,8 @@ to distance ``radius``.  A push that leaves the simplex is projected onto the
 simplex again; the new point lies on a smaller face whose centre is the
 orthogonal projection of the old centre, so the remaining radius shrinks by
 Pythagoras: ``r'^2 = r^2 - |u - u'|^2``.  Each round drops at least one
-coordinate from the support, so ``K - 1`` rounds suffice for ``K`` logits.
+coordinate from the support, so ``K - 1`` rounds suffice for ``K`` logits
+(and are all that run).
 
 Everything is expressed with ``torch.where`` over a fixed number of rounds: no
 data-dependent Python control flow, no host synchronisation, any device.
@@ -73,7 +74,10 @@ def sparsestmax(logits: Tensor, radius) -> Tensor:
     result = point
     done = torch.zeros_like(radius_sq, dtype=torch.bool)
     prev_centre = None
-    for _ in range(num):
+    # Each round that does not finish drops a coordinate from the support,
+    # so after K - 1 rounds every unfinished point is a vertex, which a
+    # further round would keep as it is: K - 1 rounds give the same result.
+    for _ in range(num - 1):
         centre = _face_centre(point)
         if prev_centre is not None:
             radius_sq = (radius_sq - (prev_centre - centre).square().sum(

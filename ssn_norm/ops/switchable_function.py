@@ -19,6 +19,11 @@ statistics) stays ordinary autograd code supplied by the layer as a ``mix``
 callable.  :class:`SwitchableNormFunction` records that small graph in its
 forward and differentiates it inside its backward with
 :func:`torch.autograd.grad`, so the layer keeps a single definition of it.
+In training the layer also passes a :class:`TrainingMix`: the same mix,
+computed with a few stacked ops and differentiated by hand
+(:mod:`ssn_norm.ops.fused_mix`), which removes most of that small graph's
+fixed per-layer cost; ``mix`` itself then serves the ``autograd`` backend
+and the no-gradient path.
 
 Backends, chosen with the environment variable ``SSN_NORM_BACKEND`` (read at
 import) or :func:`set_backend` / :func:`use_backend`:
@@ -47,8 +52,11 @@ import torch.nn.functional as F
 from torch import Tensor
 from torch.autograd.function import once_differentiable
 
+from .fused_mix import TrainingMix, mix_backward, mix_forward
+
 __all__ = [
     'BACKENDS', 'MIN_COMPILED_NUMEL', 'MixFn', 'SwitchableNormFunction',
+    'TrainingMix',
     'batch_norm_inference', 'get_backend', 'set_backend', 'switchable_norm',
     'use_backend'
 ]
@@ -365,9 +373,24 @@ class SwitchableNormFunction(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x_in: Tensor, weight: Tensor, bias: Tensor,
                 mean_ratio: Optional[Tensor], var_ratio: Optional[Tensor],
-                mix: MixFn, eps: float, kernels) -> Tensor:
+                mix: MixFn, eps: float, kernels,
+                fused: Optional[TrainingMix] = None) -> Tensor:
         num, channels = x_in.shape[:2]
         x = x_in.detach().reshape(num * channels, -1).contiguous()
+        rows = torch.Size((num, channels))
+        ctx.kernels, ctx.rows, ctx.fused = kernels, rows, None
+        if fused is not None and mean_ratio is not None:
+            var, mean = kernels['var_mean'](x)
+            var, mean = var.view(rows), mean.view(rows)
+            scale, shift, ctx.fused = mix_forward(var, mean, mean_ratio,
+                                                  var_ratio, weight, bias,
+                                                  eps, fused)
+            out = _affine(x, scale.reshape(-1), shift.reshape(-1))
+            ctx.save_for_backward(x)
+            ctx.param_dtypes = [
+                t.dtype for t in (weight, bias, mean_ratio, var_ratio)
+            ]
+            return _alias(out, x_in.shape)
         params = [_leaf(t) for t in (weight, bias, mean_ratio, var_ratio)]
         moments: List[Tensor] = []
 
@@ -384,13 +407,10 @@ class SwitchableNormFunction(torch.autograd.Function):
         with torch.enable_grad():
             mean, var = mix(var_mean_in, params[2], params[3])
             scale, shift = _scale_shift(mean, var, params[0], params[1], eps)
-        rows = torch.Size((num, channels))
         out = _affine(x, _rows(scale.detach(), rows),
                       _rows(shift.detach(), rows))
         ctx.save_for_backward(x)
         ctx.small_graph = (scale, shift, params, moments)
-        ctx.kernels = kernels
-        ctx.rows = rows
         # Not a view: in-place ops on the output (ReLU(inplace=True)) must
         # stay allowed.
         return _alias(out, x_in.shape)
@@ -398,6 +418,8 @@ class SwitchableNormFunction(torch.autograd.Function):
     @staticmethod
     @once_differentiable
     def backward(ctx, grad_out: Tensor):
+        if ctx.fused is not None:
+            return _fused_backward(ctx, grad_out)
         x, = ctx.saved_tensors
         scale, shift, params, moments = ctx.small_graph
         kernels, rows = ctx.kernels, ctx.rows
@@ -437,7 +459,32 @@ class SwitchableNormFunction(torch.autograd.Function):
             grad_x = kernels['grad_input'](grad, x,
                                            *(_rows(t, rows) for t in factors))
             grad_x = grad_x.view(grad_out.shape)
-        return (grad_x, *(grad_of(t) for t in params), None, None, None)
+        return (grad_x, *(grad_of(t) for t in params), None, None, None,
+                None)
+
+
+def _fused_backward(ctx, grad_out: Tensor) -> tuple:
+    """Backward of the :class:`TrainingMix` path (no small graph)."""
+    x, = ctx.saved_tensors
+    saved, rows = ctx.fused, ctx.rows
+    grad = grad_out.reshape(x.shape).contiguous()
+    sum_g, sum_gx = (
+        s.view(rows) for s in _grad_sums(grad, x, saved.scale.dtype))
+    (grad_var, grad_mean, grad_mean_ratio, grad_var_ratio, grad_weight,
+     grad_bias) = mix_backward(saved, sum_g, sum_gx)
+    grad_x = None
+    if ctx.needs_input_grad[0]:
+        length = x.shape[-1]
+        # ∂v/∂x = 2(x - m)/(L - 1), ∂m/∂x = 1/L; no variance for L = 1.
+        coef = grad_var * (2.0 / (length - 1)) if length > 1 else (
+            torch.zeros_like(grad_var))
+        factors = (saved.scale, saved.means[0], coef, grad_mean / length)
+        grad_x = ctx.kernels['grad_input'](
+            grad, x, *(t.reshape(-1) for t in factors)).view(grad_out.shape)
+    grads = (grad_weight, grad_bias, grad_mean_ratio, grad_var_ratio)
+    return (grad_x, *(g.to(dtype)
+                      for g, dtype in zip(grads, ctx.param_dtypes)), None,
+            None, None, None)
 
 
 def switchable_norm(x: Tensor,
@@ -446,7 +493,8 @@ def switchable_norm(x: Tensor,
                     mean_ratio: Optional[Tensor],
                     var_ratio: Optional[Tensor],
                     mix: MixFn,
-                    eps: float = 1e-5) -> Tensor:
+                    eps: float = 1e-5,
+                    fused: Optional[TrainingMix] = None) -> Tensor:
     """Switchable normalisation of ``x`` (N, C, *) with the current backend.
 
     Args:
@@ -458,6 +506,10 @@ def switchable_norm(x: Tensor,
             exactly once per call, so its side effects (running statistics)
             happen once.
         eps: added to the mixed variance.
+        fused: the same mix as ``mix`` in training with ratios, for the
+            fast backends' differentiable path: computed and differentiated
+            by hand (:mod:`ssn_norm.ops.fused_mix`) instead of recording
+            ``mix``'s small graph; ``mix`` is then not called.
 
     Returns:
         ``(x - mean) * weight / sqrt(var + eps) + bias``, contiguous, in
@@ -474,7 +526,8 @@ def switchable_norm(x: Tensor,
             t is not None and t.requires_grad
             for t in (x, weight, bias, mean_ratio, var_ratio)):
         return SwitchableNormFunction.apply(x, weight, bias, mean_ratio,
-                                            var_ratio, mix, eps, kernels)
+                                            var_ratio, mix, eps, kernels,
+                                            fused)
     num, channels = x.shape[:2]
     x2 = x.detach().reshape(num * channels, -1).contiguous()
 
