@@ -34,18 +34,8 @@ _val_pipeline = [
 ]
 # Multi-clip testing as in the real configs, with 2 clips instead of 10.
 _test_pipeline = [
-    dict(type='DecordInit', io_backend='disk'),
-    dict(
-        type='SampleFrames',
-        clip_len=8,
-        frame_interval=2,
-        num_clips=2,
-        test_mode=True),
-    dict(type='DecordDecode'),
-    dict(type='Resize', scale=(-1, 40)),
-    dict(type='CenterCrop', crop_size=32),
-    dict(type='FormatShape', input_format='NCTHW'),
-    dict(type='PackActionInputs')
+    dict(step, num_clips=2) if step['type'] == 'SampleFrames' else step
+    for step in _val_pipeline
 ]
 _val_dataset = dict(
     data_root=_data_root,
