@@ -49,6 +49,9 @@ def dynamo_kernels(monkeypatch):
     counter = CountingBackend()
     monkeypatch.setattr(sf, 'MIN_COMPILED_NUMEL', 1)
     monkeypatch.setattr(sf, '_COMPILED', sf._CompiledKernels(backend=counter))
+    monkeypatch.setattr(
+        sf, '_COMPILED_SSN_RATIOS',
+        sf._CompiledDifferentiable(sf.ratios_with_freezing, backend=counter))
     torch._dynamo.reset()
     yield counter
     torch._dynamo.reset()
@@ -148,6 +151,17 @@ def test_backend_selection_and_errors(monkeypatch):
     assert sf._backend_from_env() == 'compiled'
 
 
+def test_min_compiled_numel_from_environment(monkeypatch):
+    monkeypatch.delenv('SSN_NORM_MIN_COMPILED_NUMEL', raising=False)
+    assert sf._min_numel_from_env() == 1 << 18
+    monkeypatch.setenv('SSN_NORM_MIN_COMPILED_NUMEL', ' 4096 ')
+    assert sf._min_numel_from_env() == 4096
+    for bad in ('0', '-5', '1e5', 'small'):
+        monkeypatch.setenv('SSN_NORM_MIN_COMPILED_NUMEL', bad)
+        with pytest.raises(ValueError, match='must be a positive integer'):
+            sf._min_numel_from_env()
+
+
 # --------------------------------------- eager kernels, float64 and float32
 @pytest.mark.parametrize('cls', [SN, SSN])
 @pytest.mark.parametrize('training', [True, False])
@@ -196,8 +210,11 @@ def test_eager_backend_matches_reference_fp32(cls, training):
     dict(using_moving_average=False),
     dict(last_gamma=True),
 ])
-def test_eager_backend_matches_reference_for_options(kwargs):
-    compare(SN, SHAPES['4d'], True, 'eager', **kwargs)
+@pytest.mark.parametrize('backend', ['eager', 'compiled'])
+def test_fast_backends_match_reference_for_options(dynamo_kernels, backend,
+                                                   kwargs):
+    compare(SN, SHAPES['4d'], True, backend, **kwargs)
+    compare(SSN, SHAPES['n1'], True, backend, **kwargs)
 
 
 def test_degenerate_rows_stay_finite_and_exact():
@@ -256,8 +273,9 @@ def test_compiled_backend_matches_reference_through_dynamo(
 
 
 def test_compiled_kernels_do_not_recompile_for_new_sizes(dynamo_kernels):
-    """One graph per kernel for every batch size (N = 1 too), image size
-    and input rank; only a new dtype compiles again."""
+    """One graph per kernel for every batch size, image size and input
+    rank; the whole-layer training graphs take one more for N = 1 (the
+    mix broadcasts over the batch); a new dtype compiles again."""
     layer = SN(8)
     sizes = [(2, 8, 5, 7), (3, 8, 9, 4), (1, 8, 6, 6), (4, 8, 3, 5, 7),
              (2, 8, 33), (5, 8, 2, 2)]
@@ -268,12 +286,48 @@ def test_compiled_kernels_do_not_recompile_for_new_sizes(dynamo_kernels):
             layer.eval()(x).sum().backward()
             with torch.no_grad():
                 layer(x)
-        assert dynamo_kernels.graphs == 2  # var_mean and grad_input
+        # Eval: var_mean and grad_input.  Training: training_forward and
+        # training_backward, for N > 1 and for N = 1.
+        assert dynamo_kernels.graphs == 6
+        more_sizes = [(7, 8, 11, 3), (1, 8, 2, 9, 5), (3, 8, 101)]
+        for shape in more_sizes:
+            x = torch.randn(shape, requires_grad=True)
+            layer.train()(x).sum().backward()
+            layer.eval()(x).sum().backward()
+        assert dynamo_kernels.graphs == 6
         layer.double()(torch.randn(2, 8, 4, 4,
                                    dtype=torch.float64)).sum().backward()
-    # A new dtype: var_mean again (no input gradient, so no grad_input).
-    assert dynamo_kernels.graphs == 3
+    # A new dtype (eval): var_mean again (no input gradient, so no
+    # grad_input).
+    assert dynamo_kernels.graphs == 7
     assert not sf._COMPILED.failed
+
+
+def test_compiled_ssn_ratios_match_eager(dynamo_kernels):
+    """SSN's ratios and freezing as one compiled graph (forward and
+    backward) equal the eager ones: values, stored logits and flags,
+    gradients; any radius, frozen rows, near-vertex and equal logits."""
+    torch.manual_seed(0)
+    cases = [(torch.randn(2, 3, dtype=torch.float64) * scale, radius)
+             for scale in (0.2, 4.0) for radius in (0.0, 0.3, 0.7, 1.0)]
+    cases.append((torch.zeros(2, 3, dtype=torch.float64), 0.5))
+    cases.append((torch.tensor([[9.0, 0.0, 0.0], [0.1, 0.2, 0.15]],
+                               dtype=torch.float64), 0.2))
+    for i, (logits, radius) in enumerate(cases):
+        radius = torch.tensor([radius], dtype=torch.float64)
+        fixed = (torch.tensor([i % 2]), torch.tensor([(i // 2) % 2]))
+        grad = torch.randn(2, 3, dtype=torch.float64)
+        for freeze in (True, False):
+            results = []
+            for fn in (sf.ratios_with_freezing, sf.fast_ssn_ratios):
+                leaf = logits.clone().requires_grad_()
+                ratios, stored, flags = fn(leaf, radius, *fixed, freeze)
+                dlogits, = torch.autograd.grad(ratios, leaf, grad)
+                results.append((ratios.detach(), stored, flags, dlogits))
+            for actual, expected in zip(results[1], results[0]):
+                torch.testing.assert_close(
+                    actual, expected, rtol=1e-12, atol=1e-12)
+    assert dynamo_kernels.graphs == 2  # freeze or not; shapes are static
 
 
 def test_compiled_backend_with_inductor_matches_reference(monkeypatch):
@@ -291,6 +345,8 @@ def test_compiled_backend_with_inductor_matches_reference(monkeypatch):
             rtol=2e-5,
             atol=2e-6)
     assert sf._COMPILED._compiled is not None and not sf._COMPILED.failed
+    ratios = sf._COMPILED_SSN_RATIOS
+    assert ratios._compiled is not None and not ratios.failed
 
 
 def test_compile_failure_falls_back_to_eager_once(monkeypatch):
@@ -315,7 +371,9 @@ def test_compile_failure_falls_back_to_eager_once(monkeypatch):
     with warnings.catch_warnings():
         warnings.simplefilter('error')
         again = compare(SN, SHAPES['4d'], True, 'compiled')
-    assert_all_close(again, actual, 0)
+    # The first call ran the whole-layer formulas eagerly, this one the
+    # eager Function: the same values up to rounding.
+    assert_all_close(again, actual, 1e-12)
 
 
 def test_eager_backend_never_calls_torch_compile(monkeypatch):

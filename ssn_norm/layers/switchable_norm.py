@@ -9,8 +9,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ..ops.sparsestmax import is_one_hot, sparsestmax
+from ..ops.sparsestmax import ratios_with_freezing
 from ..ops.switchable_function import (TrainingMix, batch_norm_inference,
+                                       compiles_for, fast_ssn_ratios,
                                        switchable_norm)
 
 #: Order of the normalisers in the ratio logits.
@@ -102,7 +103,9 @@ class _SwitchableNormBase(nn.Module):
                 f'last_gamma={self.last_gamma}')
 
     # ---------------------------------------------------------------- ratios
-    def _ratios(self) -> Tuple[Tensor, Tensor]:
+    def _ratios(self, fast: bool = False) -> Tuple[Tensor, Tensor]:
+        """Mean and variance ratios; ``fast``: the input runs compiled code,
+        so may the ratios."""
         raise NotImplementedError
 
     def _selected(self) -> Optional[Tuple[int, int]]:
@@ -239,7 +242,8 @@ class _SwitchableNormBase(nn.Module):
             return batch_norm_inference(x, self.running_mean, self.running_var,
                                         self.weight, self.bias, self.eps)
         mean_ratio, var_ratio = (
-            self._ratios() if selected is None else (None, None))
+            self._ratios(compiles_for(x)) if selected is None else
+            (None, None))
         dtype = _stat_dtype(x.dtype)
 
         def mix(var_mean_in, mean_ratio, var_ratio):
@@ -311,7 +315,7 @@ class SN(_SwitchableNormBase):
         would convert it to SyncBatchNorm or fold it into convs as BN.
     """
 
-    def _ratios(self) -> Tuple[Tensor, Tensor]:
+    def _ratios(self, fast: bool = False) -> Tuple[Tensor, Tensor]:
         return F.softmax(self.mean_weight, 0), F.softmax(self.var_weight, 0)
 
 
@@ -356,29 +360,23 @@ class SSN(_SwitchableNormBase):
         """Bool tensor (2,): whether the mean / variance ratios are frozen."""
         return torch.cat([self.mean_fixed, self.var_fixed]).bool()
 
-    def _ratios(self) -> Tuple[Tensor, Tensor]:
+    def _ratios(self, fast: bool = False) -> Tuple[Tensor, Tensor]:
         logits = torch.stack([self.mean_weight, self.var_weight])
-        soft = sparsestmax(logits, self.radius.to(logits.dtype))
-        fixed = self.frozen.unsqueeze(-1)
-        if self.training and torch.is_grad_enabled():
+        freeze = self.training and torch.is_grad_enabled()
+        ratios, new_logits, new_fixed = (fast_ssn_ratios
+                                         if fast else ratios_with_freezing)(
+                                             logits,
+                                             self.radius.to(logits.dtype),
+                                             self.mean_fixed, self.var_fixed,
+                                             freeze)
+        if freeze:
             with torch.no_grad():
-                newly = is_one_hot(soft.detach()).unsqueeze(-1) & ~fixed
-                hot = F.one_hot(soft.detach().argmax(-1),
-                                logits.shape[-1]).to(logits.dtype)
-                # Overwrite the logits of newly frozen ratios with their
-                # one-hot vector so the choice survives optimizer drift.
-                params = (self.mean_weight, self.var_weight)
-                for param, row, new in zip(params, hot, newly):
-                    param.copy_(torch.where(new, row, param))
-                self.mean_fixed.copy_(self.mean_fixed | newly[0].long())
-                self.var_fixed.copy_(self.var_fixed | newly[1].long())
-                fixed = fixed | newly
+                # Newly frozen rows: their one-hot logits and flags.
+                self.mean_weight.copy_(new_logits[0])
+                self.var_weight.copy_(new_logits[1])
+                self.mean_fixed.copy_(new_fixed[:1])
+                self.var_fixed.copy_(new_fixed[1:])
             self._selection_cache = None
-        hot = F.one_hot(
-            torch.stack([self.mean_weight,
-                         self.var_weight]).detach().argmax(-1),
-            logits.shape[-1]).to(soft.dtype)
-        ratios = torch.where(fixed, hot, soft)
         return ratios[0], ratios[1]
 
     def _selected(self) -> Optional[Tuple[int, int]]:

@@ -15,12 +15,15 @@ The numerics are those of the layer's generic mix (released SN): unbiased
 IN variance, LN and BN moments derived from the IN moments as
 ``mean(var_in + mean_in²) - mean²`` clamped at 0.
 """
-from typing import Callable, List, NamedTuple, Optional, Tuple
+from typing import Callable, List, NamedTuple, Optional, Sequence, Tuple
 
 import torch
 from torch import Tensor
 
-__all__ = ['TrainingMix', 'mix_backward', 'mix_forward']
+__all__ = [
+    'TrainingMix', 'combine', 'mix_backward', 'mix_forward', 'mix_grads',
+    'sample_terms'
+]
 
 #: ``(mean_in, sqmean_in) -> (mean_bn, sqmean_bn)``: (N, C) -> (C,) each.
 BatchMomentsFn = Callable[[Tensor, Tensor], Tuple[Tensor, Tensor]]
@@ -49,7 +52,6 @@ class _Saved(NamedTuple):
     mean: Tensor
     inv_std: Tensor
     scale: Tensor
-    weight: Tensor
     masks: List[Tensor]  # where each derived variance was not clamped
     bn_graph: Optional[Tuple[Tuple[Tensor, Tensor], Tuple[Tensor, Tensor]]]
 
@@ -71,6 +73,32 @@ def _ratio_grads(grad: Tensor, grad_rows: Tensor, grad_cols: Tensor,
     return torch.stack(parts)
 
 
+def sample_terms(var_in: Tensor,
+                 mean_in: Tensor) -> Tuple[Tensor, Tensor, Tensor]:
+    """IN second moment (N, C), LN mean and unclamped variance (N, 1)."""
+    sq_in = torch.addcmul(var_in, mean_in, mean_in)
+    mean_ln = mean_in.mean(1, keepdim=True)
+    return sq_in, mean_ln, sq_in.mean(1, keepdim=True) - mean_ln.square()
+
+
+def combine(ratios: Tensor, means: List[Tensor], variances: List[Tensor],
+            weight: Tensor, bias: Optional[Tensor],
+            eps: float) -> Tuple[Tensor, Tensor, Tensor, Optional[Tensor]]:
+    """Mixed mean, ``1/sqrt(var + eps)``, ``scale`` and ``shift`` (N, C).
+
+    Only the IN term is (N, C); LN (N, 1) and BN (C,) broadcast, so each
+    mix is one small sum and one full-size multiply-add.  ``shift`` is None
+    without ``bias``.
+    """
+    mean, var = (_mix(r, terms)
+                 for r, terms in zip(ratios, (means, variances)))
+    inv_std = torch.rsqrt(var + eps)
+    scale = weight.to(inv_std.dtype) * inv_std
+    if bias is None:
+        return mean, inv_std, scale, None
+    return mean, inv_std, scale, bias.to(inv_std.dtype) - mean * scale
+
+
 def mix_forward(var_in: Tensor, mean_in: Tensor, mean_ratio: Tensor,
                 var_ratio: Tensor, weight: Tensor, bias: Tensor, eps: float,
                 spec: TrainingMix) -> Tuple[Tensor, Tensor, _Saved]:
@@ -90,11 +118,9 @@ def mix_forward(var_in: Tensor, mean_in: Tensor, mean_ratio: Tensor,
         ``spec.batch_moments``.
     """
     dtype = var_in.dtype
-    num, channels = mean_in.shape
     with torch.no_grad():
-        sq_in = torch.addcmul(var_in, mean_in, mean_in)
-        means = [mean_in, mean_in.mean(1, keepdim=True)]
-        diffs = [sq_in.mean(1, keepdim=True) - means[1].square()]
+        sq_in, mean_ln, diff_ln = sample_terms(var_in, mean_in)
+        means, diffs = [mean_in, mean_ln], [diff_ln]
         bn_graph = None
     if spec.using_bn:
         if spec.batch_moments is None:
@@ -114,23 +140,17 @@ def mix_forward(var_in: Tensor, mean_in: Tensor, mean_ratio: Tensor,
         if spec.using_bn and spec.record is not None:
             spec.record(mean_bn, sq_bn, variances[2])
         ratios = torch.stack([mean_ratio, var_ratio]).to(dtype)
-        # Only the IN term is (N, C); LN (N, 1) and BN (C,) broadcast, so
-        # each mix is one small sum and one full-size multiply-add.
-        mean, var = (_mix(r, terms) for r, terms in zip(
-            ratios, (means, variances)))
-        inv_std = torch.rsqrt(var + eps)
-        weight = weight.to(dtype)
-        scale = weight * inv_std
-        shift = bias.to(dtype) - mean * scale
+        mean, inv_std, scale, shift = combine(ratios, means, variances, weight,
+                                              bias, eps)
     masks = [d >= 0 for d in diffs]  # clamp(min=0) passes gradient at 0
-    saved = _Saved(ratios, means, variances, mean, inv_std, scale, weight,
-                   masks, bn_graph)
+    saved = _Saved(ratios, means, variances, mean, inv_std, scale, masks,
+                   bn_graph)
     return scale, shift, saved
 
 
 @torch.no_grad()
 def mix_backward(
-    saved: _Saved, sum_g: Tensor, sum_gx: Tensor
+        saved: _Saved, sum_g: Tensor, sum_gx: Tensor
 ) -> Tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
     """Gradients of the mix from ``∂shift = Σ g`` and ``∂scale = Σ g·x``.
 
@@ -144,50 +164,86 @@ def mix_backward(
         variance ratios (K,) and of weight and bias (C,), all in the
         statistics dtype.
     """
-    num, channels = saved.mean.shape
-    mean_r, var_r = saved.ratios.unbind()
-    grad_mean = -sum_g * saved.scale
-    grad_scale = sum_gx - sum_g * saved.mean
+    batch_grads = None
+    if saved.bn_graph is not None:
+        leaves, outs = saved.bn_graph
+
+        def hook_grads(grad_mean_bn, grad_sq_bn):
+            with torch.enable_grad():
+                return torch.autograd.grad(
+                    outs,
+                    leaves, (grad_mean_bn, grad_sq_bn),
+                    retain_graph=True,
+                    allow_unused=True)
+
+        batch_grads = hook_grads
+    (grad_var_in, grad_mean_in, grad_ratios, grad_weight,
+     grad_bias) = mix_grads(saved.ratios, saved.means, saved.variances,
+                            saved.masks, saved.mean, saved.inv_std,
+                            saved.scale, sum_g, sum_gx, batch_grads)
+    return (grad_var_in, grad_mean_in, grad_ratios[0], grad_ratios[1],
+            grad_weight, grad_bias)
+
+
+def mix_grads(
+    ratios: Tensor,
+    means: List[Tensor],
+    variances: List[Tensor],
+    masks: List[Tensor],
+    mean: Tensor,
+    inv_std: Tensor,
+    scale: Tensor,
+    sum_g: Tensor,
+    sum_gx: Tensor,
+    batch_grads: Optional[Callable[[Tensor, Tensor],
+                                   Sequence[Optional[Tensor]]]] = None
+) -> Tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
+    """The hand-derived backward of :func:`sample_terms` + :func:`combine`.
+
+    Pure tensor code (also traced by ``torch.compile``).  ``batch_grads``
+    maps the gradients of the BN mean and second moment (C,) to those of
+    the IN mean and second moment (None: the plain mean over the batch).
+
+    Returns:
+        Gradients of the IN variance and mean (N, C), of the ratios (2, K)
+        and of weight and bias (C,).
+    """
+    num, channels = mean.shape
+    mean_r, var_r = ratios.unbind()
+    grad_mean = -sum_g * scale
+    grad_scale = sum_gx - sum_g * mean
     grad_bias = sum_g.sum(0)
-    grad_weight = (grad_scale * saved.inv_std).sum(0)
+    grad_weight = (grad_scale * inv_std).sum(0)
     # d rsqrt(v + eps) = -1/2 (v + eps)^(-3/2) dv.
-    grad_var = grad_scale * saved.scale * saved.inv_std.square() * -0.5
+    grad_var = grad_scale * scale * inv_std.square() * -0.5
     mean_rows = grad_mean.sum(1, keepdim=True)
     var_rows = grad_var.sum(1, keepdim=True)
     mean_cols, var_cols = grad_mean.sum(0), grad_var.sum(0)
-    grad_mean_ratio = _ratio_grads(grad_mean, mean_rows, mean_cols,
-                                   saved.means)
-    grad_var_ratio = _ratio_grads(grad_var, var_rows, var_cols,
-                                  saved.variances)
+    grad_ratios = torch.stack([
+        _ratio_grads(grad_mean, mean_rows, mean_cols, means),
+        _ratio_grads(grad_var, var_rows, var_cols, variances)
+    ])
     grad_mean_in = grad_mean * mean_r[0]
     grad_var_in = grad_var * var_r[0]
     # LN: mean over channels of the IN mean and second moment.
-    grad_d = var_rows * var_r[1] * saved.masks[0]
-    grad_m = mean_rows * mean_r[1] - 2 * saved.means[1] * grad_d
+    grad_d = var_rows * var_r[1] * masks[0]
+    grad_m = mean_rows * mean_r[1] - 2 * means[1] * grad_d
     grad_sq_in = (grad_d / channels).expand(num, channels)
     grad_mean_in = grad_mean_in + grad_m / channels
-    if len(saved.means) > 2:
+    if len(means) > 2:
         # BN: mean over the batch (or the layer's hook).
-        grad_d = var_cols * var_r[2] * saved.masks[1]
-        grad_m = mean_cols * mean_r[2] - 2 * saved.means[2] * grad_d
-        if saved.bn_graph is None:
+        grad_d = var_cols * var_r[2] * masks[1]
+        grad_m = mean_cols * mean_r[2] - 2 * means[2] * grad_d
+        if batch_grads is None:
             grad_mean_in = grad_mean_in + grad_m / num
             grad_sq_in = grad_sq_in + grad_d / num
         else:
-            leaves, outs = saved.bn_graph
-            with torch.enable_grad():
-                found = torch.autograd.grad(
-                    outs,
-                    leaves, (grad_m, grad_d),
-                    retain_graph=True,
-                    allow_unused=True)
+            found = batch_grads(grad_m, grad_d)
             if found[0] is not None:
                 grad_mean_in = grad_mean_in + found[0]
             if found[1] is not None:
                 grad_sq_in = grad_sq_in + found[1]
     # sqmean_in = var_in + mean_in².
     grad_var_in = grad_var_in + grad_sq_in
-    grad_mean_in = torch.addcmul(grad_mean_in, saved.means[0], grad_sq_in,
-                                 value=2)
-    return (grad_var_in, grad_mean_in, grad_mean_ratio, grad_var_ratio,
-            grad_weight, grad_bias)
+    grad_mean_in = torch.addcmul(grad_mean_in, means[0], grad_sq_in, value=2)
+    return grad_var_in, grad_mean_in, grad_ratios, grad_weight, grad_bias

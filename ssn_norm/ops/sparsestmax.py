@@ -14,7 +14,10 @@ coordinate from the support, so ``K - 1`` rounds suffice for ``K`` logits
 Everything is expressed with ``torch.where`` over a fixed number of rounds: no
 data-dependent Python control flow, no host synchronisation, any device.
 """
+from typing import Tuple
+
 import torch
+import torch.nn.functional as F
 from torch import Tensor
 
 #: Ratios whose largest entry is within this of 1 count as one-hot.  Pushed
@@ -88,8 +91,8 @@ def sparsestmax(logits: Tensor, radius) -> Tensor:
         # push from near the centre would leave the simplex's plane.
         offset = offset - centre * offset.sum(dim=-1, keepdim=True)
         dist = offset.norm(dim=-1, keepdim=True)
-        towards_vertex = torch.nn.functional.one_hot(
-            point.argmax(dim=-1), num).to(point.dtype) - centre
+        towards_vertex = F.one_hot(point.argmax(dim=-1), num).to(
+            point.dtype) - centre
         direction = torch.where(
             dist > _CENTRE_EPS, offset / dist.clamp(min=_CENTRE_EPS),
             towards_vertex /
@@ -107,3 +110,39 @@ def sparsestmax(logits: Tensor, radius) -> Tensor:
         point = torch.where(done, point, sparsemax(pushed))
         prev_centre = centre
     return torch.where(done, result, point)
+
+
+def ratios_with_freezing(logits: Tensor, radius: Tensor, mean_fixed: Tensor,
+                         var_fixed: Tensor,
+                         freeze: bool) -> Tuple[Tensor, Tensor, Tensor]:
+    """SSN's ratios from its logits (2, K): SparsestMax, frozen rows one-hot.
+
+    Pure (no in-place update), so it can be compiled as one graph.
+
+    Args:
+        logits: mean and variance logits (2, K).
+        radius: SparsestMax radius (scalar or (1,)).
+        mean_fixed, var_fixed: (1,) integer flags, rows already frozen.
+        freeze: also freeze the rows whose SparsestMax is one-hot (within
+            :data:`ONE_HOT_TOL`) now (training).
+
+    Returns:
+        The ratios (2, K): a frozen row is the one-hot vector of its logits'
+        argmax (zero gradient), the others SparsestMax; the logits to store
+        (a newly frozen row becomes its one-hot vector, so the choice
+        survives optimizer drift); the frozen flags (2,) to store.
+    """
+    num = logits.shape[-1]
+    soft = sparsestmax(logits, radius)
+    fixed = torch.cat([mean_fixed, var_fixed]).bool().unsqueeze(-1)
+    current = logits.detach()
+    hot = F.one_hot(current.argmax(-1), num).to(soft.dtype)
+    if freeze:
+        settled = soft.detach()
+        newly = is_one_hot(settled).unsqueeze(-1) & ~fixed
+        hot_now = F.one_hot(settled.argmax(-1), num).to(soft.dtype)
+        current = torch.where(newly, hot_now.to(current.dtype), current)
+        hot = torch.where(newly, hot_now, hot)
+        fixed = fixed | newly
+    ratios = torch.where(fixed, hot, soft)
+    return ratios, current, fixed.squeeze(-1).to(mean_fixed.dtype)

@@ -28,10 +28,14 @@ and the no-gradient path.
 Backends, chosen with the environment variable ``SSN_NORM_BACKEND`` (read at
 import) or :func:`set_backend` / :func:`use_backend`:
 
-* ``compiled`` (default): kernels 1 and 4 go through
-  ``torch.compile(dynamic=True)``.  Sizes are symbolic, so new image or
-  batch sizes reuse the code: one graph per kernel and input dtype (and a
-  second variance graph for rows longer than 4096).  Inputs below
+* ``compiled`` (default): ``torch.compile(dynamic=True)``.  In training
+  (without a ``batch_moments`` hook) the whole layer is one compiled graph
+  per direction (:mod:`ssn_norm.ops.fused_train`: moments, mix and output
+  forward; row sums, the mix's backward and the input gradient backward),
+  and SSN's ratios one more (:func:`fast_ssn_ratios`); otherwise kernels 1
+  and 4 are compiled.  Sizes are symbolic, so new image or batch sizes
+  reuse the code: one graph per kernel and input dtype (the training
+  graphs: one for ``N > 1``, one for ``N = 1``).  Inputs below
   :data:`MIN_COMPILED_NUMEL` elements and 1×1 maps use the eager kernels.
   If compilation fails (no C++ compiler, unsupported Python) a warning is
   issued once and the eager kernels are used from then on.
@@ -53,23 +57,37 @@ from torch import Tensor
 from torch.autograd.function import once_differentiable
 
 from .fused_mix import TrainingMix, mix_backward, mix_forward
+from .fused_train import (grad_input_rows, training_backward, training_forward,
+                          var_mean_rows)
+from .sparsestmax import ratios_with_freezing
 
 __all__ = [
     'BACKENDS', 'MIN_COMPILED_NUMEL', 'MixFn', 'SwitchableNormFunction',
-    'TrainingMix',
-    'batch_norm_inference', 'get_backend', 'set_backend', 'switchable_norm',
-    'use_backend'
+    'TrainingMix', 'batch_norm_inference', 'compiles_for', 'fast_ssn_ratios',
+    'get_backend', 'set_backend', 'switchable_norm', 'use_backend'
 ]
 
 #: Valid values of ``SSN_NORM_BACKEND`` / :func:`set_backend`.
 BACKENDS = ('compiled', 'eager', 'autograd')
 
-#: Inputs with fewer elements run the eager kernels under ``compiled``:
-#: there compiled code hardly pays for its call overhead, and small inputs
-#: (unit tests, tiny data) trigger no compilation at all.
-MIN_COMPILED_NUMEL = 1 << 18
-
 _ENV_VAR = 'SSN_NORM_BACKEND'
+_NUMEL_ENV_VAR = 'SSN_NORM_MIN_COMPILED_NUMEL'
+
+
+def _min_numel_from_env() -> int:
+    value = os.environ.get(_NUMEL_ENV_VAR, str(1 << 18)).strip()
+    if not value.isdigit() or int(value) < 1:
+        raise ValueError(f'{_NUMEL_ENV_VAR}={value!r} must be a positive '
+                         'integer (elements per input)')
+    return int(value)
+
+
+#: Inputs with fewer elements run the eager kernels under ``compiled``, so
+#: small inputs (unit tests, tiny data) trigger no compilation at all.  Set
+#: by ``SSN_NORM_MIN_COMPILED_NUMEL`` (default 2¹⁸); long runs of models
+#: with many small maps (I3D's late stages) gain from a lower value such as
+#: 4096, at the price of compiling in every short process too.
+MIN_COMPILED_NUMEL = _min_numel_from_env()
 
 #: ``mix(var_mean_in, mean_ratio, var_ratio) -> (mean, var)``.
 #: ``var_mean_in()`` returns the per-sample (IN) unbiased variance and mean,
@@ -94,28 +112,6 @@ def _var_mean_reference(x: Tensor) -> Tuple[Tensor, Tensor]:
     return torch.var_mean(xs, dim=-1, correction=int(x.shape[-1] > 1))
 
 
-def _var_mean_formula(x: Tensor) -> Tuple[Tensor, Tensor]:
-    # Two passes over each (cached) row: more accurate than Welford's
-    # update and, compiled, several times faster on short rows.
-    xs = x.to(_stat_dtype(x.dtype))
-    length = xs.shape[-1]
-    mean = xs.sum(-1) / length
-    var = (xs - mean.unsqueeze(-1)).square().sum(-1) / max(length - 1, 1)
-    return var, mean
-
-
-def _grad_input_formula(grad: Tensor, x: Tensor, scale: Tensor, centre: Tensor,
-                        coef: Tensor, const: Tensor) -> Tensor:
-    dtype = scale.dtype
-    # Centred: where the variance is ~0 (a constant row) ``coef`` is huge
-    # and meaningless, but ``x - centre`` is 0.
-    out = (
-        grad.to(dtype) * scale.unsqueeze(-1) +
-        (x.to(dtype) - centre.unsqueeze(-1)) * coef.unsqueeze(-1) +
-        const.unsqueeze(-1))
-    return out.to(x.dtype)
-
-
 def _eager_var_mean(x: Tensor) -> Tuple[Tensor, Tensor]:
     if x.dtype != _stat_dtype(x.dtype) or x.shape[-1] == 1:
         return _var_mean_reference(x)
@@ -130,7 +126,7 @@ def _eager_var_mean(x: Tensor) -> Tuple[Tensor, Tensor]:
 def _eager_grad_input(grad: Tensor, x: Tensor, scale: Tensor, centre: Tensor,
                       coef: Tensor, const: Tensor) -> Tensor:
     if x.dtype != scale.dtype:
-        return _grad_input_formula(grad, x, scale, centre, coef, const)
+        return grad_input_rows(grad, x, scale, centre, coef, const)
     out = x - centre.unsqueeze(-1)
     torch.addcmul(const.unsqueeze(-1), out, coef.unsqueeze(-1), out=out)
     return out.addcmul_(grad, scale.unsqueeze(-1))
@@ -163,8 +159,21 @@ def _zeros_ones(like: Tensor) -> Tuple[Tensor, Tensor]:
     return torch.zeros_like(like), torch.ones_like(like)
 
 
-_EAGER = {'var_mean': _eager_var_mean, 'grad_input': _eager_grad_input}
-_FORMULAS = {'var_mean': _var_mean_formula, 'grad_input': _grad_input_formula}
+# The whole-layer training formulas have no eager twin of their own: run
+# eagerly (after a compiler failure) they are plain ops, and the Function
+# then takes its eager path from the next call on.
+_EAGER = {
+    'var_mean': _eager_var_mean,
+    'grad_input': _eager_grad_input,
+    'training_forward': training_forward,
+    'training_backward': training_backward,
+}
+_FORMULAS = {
+    'var_mean': var_mean_rows,
+    'grad_input': grad_input_rows,
+    'training_forward': training_forward,
+    'training_backward': training_backward,
+}
 
 
 def _alias(t: Tensor, shape: Optional[torch.Size] = None) -> Tensor:
@@ -178,7 +187,9 @@ def _alias(t: Tensor, shape: Optional[torch.Size] = None) -> Tensor:
     if shape is None:
         if t._base is None and not t.requires_grad:
             return t
-        shape = t.shape
+        # detach() drops the autograd view link (no base) and costs less
+        # than a new tensor.
+        return t.detach()
     strides, step = [], 1
     for size in reversed(shape):
         strides.insert(0, step)
@@ -212,12 +223,19 @@ class _CompiledKernels:
     def __getitem__(self, name: str) -> Callable:
         return self._kernels[name]
 
+    def accepts(self, x: Tensor) -> bool:
+        """Whether rows ``x`` (.., L) run compiled code (else eager)."""
+        return self.accepts_size(x.numel(), x.shape[-1])
+
+    def accepts_size(self, numel: int, length: int) -> bool:
+        """:meth:`accepts` for ``numel`` elements in rows of ``length``."""
+        return not (self.failed or length == 1 or numel < MIN_COMPILED_NUMEL)
+
     def _make(self, name: str) -> Callable:
         eager = _EAGER[name]
 
         def kernel(x_or_grad: Tensor, *args):
-            if (self.failed or x_or_grad.shape[-1] == 1
-                    or x_or_grad.numel() < MIN_COMPILED_NUMEL):
+            if not self.accepts(x_or_grad):
                 return eager(x_or_grad, *args)
             try:
                 if self._compiled is None:
@@ -227,9 +245,9 @@ class _CompiledKernels:
                     }
                 # Always without autograd: one compiled graph per dtype.
                 with torch.no_grad():
-                    return self._compiled[name](*(_alias(t)
-                                                  for t in (x_or_grad, ) +
-                                                  args))
+                    return self._compiled[name](
+                        *(_alias(t) if isinstance(t, Tensor) else t
+                          for t in (x_or_grad, ) + args))
             except Exception as err:  # noqa: B902 - see class docstring
                 out = eager(x_or_grad, *args)
                 self.failed = True
@@ -244,6 +262,64 @@ class _CompiledKernels:
 
 
 _COMPILED = _CompiledKernels()
+
+
+class _CompiledDifferentiable:
+    """A differentiable formula through ``torch.compile`` (static shapes).
+
+    Forward and backward are one compiled graph each.  A compiler failure
+    is reported once, as for :class:`_CompiledKernels`, and the eager
+    formula is used from then on.
+    """
+
+    def __init__(self, fn: Callable, **compile_kwargs) -> None:
+        compile_kwargs.setdefault('dynamic', False)
+        self.fn = fn
+        self.compile_kwargs = compile_kwargs
+        self._compiled: Optional[Callable] = None
+        self.failed = False
+
+    def __call__(self, *args):
+        if self.failed:
+            return self.fn(*args)
+        try:
+            if self._compiled is None:
+                self._compiled = torch.compile(self.fn, **self.compile_kwargs)
+            return self._compiled(*args)
+        except Exception as err:  # noqa: B902 - see _CompiledKernels
+            out = self.fn(*args)
+            self.failed = True
+            warnings.warn(
+                f'ssn_norm: torch.compile of {self.fn.__name__} failed '
+                f'({type(err).__name__}: {err}); using eager code from now '
+                f'on (set {_ENV_VAR}=eager to skip the attempt)',
+                RuntimeWarning)
+            return out
+
+
+_COMPILED_SSN_RATIOS = _CompiledDifferentiable(ratios_with_freezing)
+
+
+def compiles_for(x: Tensor) -> bool:
+    """Whether the ``compiled`` backend runs compiled code for input ``x``.
+
+    Layers use it to pick compiled versions of their small per-layer
+    computations (SSN's SparsestMax) where the kernels are compiled too.
+    """
+    numel = x.numel()
+    return (_backend == 'compiled' and not _tracing()
+            and _COMPILED.accepts_size(numel, numel //
+                                       (x.shape[0] * x.shape[1])))
+
+
+def fast_ssn_ratios(*args) -> Tuple[Tensor, Tensor, Tensor]:
+    """:func:`~ssn_norm.ops.sparsestmax.ratios_with_freezing`, compiled.
+
+    Forward and backward run as one compiled graph each, instead of about a
+    hundred small ops each way (static shapes: a graph per ``K``, dtype,
+    ``freeze`` and whether gradients are recorded).
+    """
+    return _COMPILED_SSN_RATIOS(*args)
 
 
 def _backend_from_env() -> str:
@@ -371,25 +447,48 @@ class SwitchableNormFunction(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx, x_in: Tensor, weight: Tensor, bias: Tensor,
-                mean_ratio: Optional[Tensor], var_ratio: Optional[Tensor],
-                mix: MixFn, eps: float, kernels,
+    def forward(ctx,
+                x_in: Tensor,
+                weight: Tensor,
+                bias: Tensor,
+                mean_ratio: Optional[Tensor],
+                var_ratio: Optional[Tensor],
+                mix: MixFn,
+                eps: float,
+                kernels,
                 fused: Optional[TrainingMix] = None) -> Tensor:
         num, channels = x_in.shape[:2]
         x = x_in.detach().reshape(num * channels, -1).contiguous()
         rows = torch.Size((num, channels))
-        ctx.kernels, ctx.rows, ctx.fused = kernels, rows, None
+        ctx.kernels, ctx.rows, ctx.fused, ctx.whole = kernels, rows, None, None
+        ctx.param_dtypes = [
+            None if t is None else t.dtype
+            for t in (weight, bias, mean_ratio, var_ratio)
+        ]
+        if (fused is not None and mean_ratio is not None
+                and fused.batch_moments is None
+                and isinstance(kernels, _CompiledKernels)
+                and kernels.accepts(x)):
+            # One compiled graph for the whole layer (fused_train).
+            (out, var_in, mean_in, mean_bn, sq_bn,
+             var_bn) = kernels['training_forward'](x.view(num, channels,
+                                                          -1), mean_ratio,
+                                                   var_ratio, weight, bias,
+                                                   eps, fused.using_bn)
+            if fused.using_bn and fused.record is not None:
+                fused.record(mean_bn, sq_bn, var_bn)
+            ctx.save_for_backward(x, var_in, mean_in, mean_ratio, var_ratio,
+                                  weight)
+            ctx.whole = (eps, fused.using_bn)
+            return _alias(out, x_in.shape)
         if fused is not None and mean_ratio is not None:
             var, mean = kernels['var_mean'](x)
             var, mean = var.view(rows), mean.view(rows)
             scale, shift, ctx.fused = mix_forward(var, mean, mean_ratio,
-                                                  var_ratio, weight, bias,
-                                                  eps, fused)
+                                                  var_ratio, weight, bias, eps,
+                                                  fused)
             out = _affine(x, scale.reshape(-1), shift.reshape(-1))
             ctx.save_for_backward(x)
-            ctx.param_dtypes = [
-                t.dtype for t in (weight, bias, mean_ratio, var_ratio)
-            ]
             return _alias(out, x_in.shape)
         params = [_leaf(t) for t in (weight, bias, mean_ratio, var_ratio)]
         moments: List[Tensor] = []
@@ -418,6 +517,8 @@ class SwitchableNormFunction(torch.autograd.Function):
     @staticmethod
     @once_differentiable
     def backward(ctx, grad_out: Tensor):
+        if ctx.whole is not None:
+            return _whole_backward(ctx, grad_out)
         if ctx.fused is not None:
             return _fused_backward(ctx, grad_out)
         x, = ctx.saved_tensors
@@ -459,8 +560,23 @@ class SwitchableNormFunction(torch.autograd.Function):
             grad_x = kernels['grad_input'](grad, x,
                                            *(_rows(t, rows) for t in factors))
             grad_x = grad_x.view(grad_out.shape)
-        return (grad_x, *(grad_of(t) for t in params), None, None, None,
-                None)
+        return (grad_x, *(grad_of(t) for t in params), None, None, None, None)
+
+
+def _whole_backward(ctx, grad_out: Tensor) -> tuple:
+    """Backward of the compiled whole-layer path: one kernel call."""
+    x, var_in, mean_in, mean_ratio, var_ratio, weight = ctx.saved_tensors
+    shape = var_in.shape + (-1, )
+    grad = grad_out.reshape(shape).contiguous()
+    grad_x, *grads = ctx.kernels['training_backward'](grad, x.view(shape),
+                                                      var_in, mean_in,
+                                                      mean_ratio, var_ratio,
+                                                      weight, *ctx.whole)
+    grad_x = grad_x.view(grad_out.shape) if ctx.needs_input_grad[0] else None
+    grads = [grads[2], grads[3], grads[0], grads[1]]  # weight, bias, ratios
+    return (grad_x, *(g.to(dtype)
+                      for g, dtype in zip(grads, ctx.param_dtypes)), None,
+            None, None, None)
 
 
 def _fused_backward(ctx, grad_out: Tensor) -> tuple:
