@@ -9,6 +9,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ..ops.fused_train import stat_dtype
 from ..ops.sparsestmax import ratios_with_freezing
 from ..ops.switchable_function import (TrainingMix, batch_norm_inference,
                                        compiles_for, fast_ssn_ratios,
@@ -16,11 +17,6 @@ from ..ops.switchable_function import (TrainingMix, batch_norm_inference,
 
 #: Order of the normalisers in the ratio logits.
 NORMALIZERS = ('IN', 'LN', 'BN')
-
-
-def _stat_dtype(dtype: torch.dtype) -> torch.dtype:
-    """Statistics dtype: fp32 for fp16/bf16/fp32 input, fp64 for fp64."""
-    return torch.promote_types(dtype, torch.float32)
 
 
 class _SwitchableNormBase(nn.Module):
@@ -244,7 +240,7 @@ class _SwitchableNormBase(nn.Module):
         mean_ratio, var_ratio = (
             self._ratios(compiles_for(x)) if selected is None else
             (None, None))
-        dtype = _stat_dtype(x.dtype)
+        dtype = stat_dtype(x.dtype)
 
         def mix(var_mean_in, mean_ratio, var_ratio):
             return self._mixed_moments(var_mean_in, dtype, mean_ratio,

@@ -57,8 +57,8 @@ from torch import Tensor
 from torch.autograd.function import once_differentiable
 
 from .fused_mix import TrainingMix, mix_backward, mix_forward
-from .fused_train import (grad_input_rows, training_backward, training_forward,
-                          var_mean_rows)
+from .fused_train import (grad_input_rows, stat_dtype, training_backward,
+                          training_forward, var_mean_rows)
 from .sparsestmax import ratios_with_freezing
 
 __all__ = [
@@ -99,21 +99,16 @@ MixFn = Callable[
     Tuple[Tensor, Tensor]]
 
 
-def _stat_dtype(dtype: torch.dtype) -> torch.dtype:
-    # fp16/bf16/fp32 -> fp32, fp64 -> fp64.
-    return torch.promote_types(dtype, torch.float32)
-
-
 # ------------------------------------------------------------------ kernels
 # All work on rows: x is (R, L) = (N·C, L), factors are (R,).
 def _var_mean_reference(x: Tensor) -> Tuple[Tensor, Tensor]:
-    xs = x.to(_stat_dtype(x.dtype))
+    xs = x.to(stat_dtype(x.dtype))
     # Released numerics: unbiased IN variance; one element has variance 0.
     return torch.var_mean(xs, dim=-1, correction=int(x.shape[-1] > 1))
 
 
 def _eager_var_mean(x: Tensor) -> Tuple[Tensor, Tensor]:
-    if x.dtype != _stat_dtype(x.dtype) or x.shape[-1] == 1:
+    if x.dtype != stat_dtype(x.dtype) or x.shape[-1] == 1:
         return _var_mean_reference(x)
     # Two passes as well: torch.var_mean's Welford loop divides per element
     # and is several times slower than BatchNorm's statistics on CPU.
@@ -199,6 +194,13 @@ def _alias(t: Tensor, shape: Optional[torch.Size] = None) -> Tensor:
                                    shape, strides)
 
 
+def _warn_compile_failure(what: str, err: Exception) -> None:
+    warnings.warn(
+        f'ssn_norm: torch.compile of {what} failed ({type(err).__name__}: '
+        f'{err}); using eager code from now on (set {_ENV_VAR}=eager to skip '
+        'the attempt)', RuntimeWarning)
+
+
 class _CompiledKernels:
     """``torch.compile``d formulas; on a compiler failure, eager for good.
 
@@ -251,11 +253,7 @@ class _CompiledKernels:
             except Exception as err:  # noqa: B902 - see class docstring
                 out = eager(x_or_grad, *args)
                 self.failed = True
-                warnings.warn(
-                    'ssn_norm: torch.compile of the switchable-norm kernels '
-                    f'failed ({type(err).__name__}: {err}); using the eager '
-                    f'kernels from now on (set {_ENV_VAR}=eager to skip the '
-                    'attempt)', RuntimeWarning)
+                _warn_compile_failure('the switchable-norm kernels', err)
                 return out
 
         return kernel
@@ -289,11 +287,7 @@ class _CompiledDifferentiable:
         except Exception as err:  # noqa: B902 - see _CompiledKernels
             out = self.fn(*args)
             self.failed = True
-            warnings.warn(
-                f'ssn_norm: torch.compile of {self.fn.__name__} failed '
-                f'({type(err).__name__}: {err}); using eager code from now '
-                f'on (set {_ENV_VAR}=eager to skip the attempt)',
-                RuntimeWarning)
+            _warn_compile_failure(self.fn.__name__, err)
             return out
 
 
@@ -378,7 +372,7 @@ def batch_norm_inference(x: Tensor, running_mean: Tensor, running_var: Tensor,
     (fp32 for fp16/bf16/fp32 input); otherwise the same formula in that
     dtype.  The output has ``x``'s dtype; differentiable.
     """
-    dtype = _stat_dtype(x.dtype)
+    dtype = stat_dtype(x.dtype)
     if all(t.dtype == dtype
            for t in (running_mean, running_var, weight, bias)):
         return F.batch_norm(x, running_mean, running_var, weight, bias, False,
