@@ -23,6 +23,10 @@ live in ``tools/install.sh``.
 4. setuptools 80 warns on every ``import pkg_resources``, which mmengine
    does at import (the toolboxes need ``setuptools<81`` for it, see
    ``tools/install.sh``); the warning is not actionable, so it is silenced.
+5. mmengine's ``LoggerHook.after_test_epoch`` writes the test metrics file
+   ``<timestamp>/<timestamp>.json`` from every process of a distributed test,
+   all to the same path; concurrent writes can leave it as invalid JSON.  We
+   write it from the main process only (its metrics are already gathered).
 """
 import functools
 import importlib.util
@@ -77,6 +81,26 @@ def _patch_mmengine_config_metainfo() -> None:
     utils._get_cfg_metainfo = get_cfg_metainfo
 
 
+def _patch_mmengine_test_metrics_dump() -> None:
+    from mmengine.dist import is_main_process
+    from mmengine.fileio import dump
+    from mmengine.hooks import LoggerHook
+    if getattr(LoggerHook.after_test_epoch, '_ssn_norm_main_only', False):
+        return
+
+    def after_test_epoch(self, runner, metrics=None) -> None:
+        tag, log_str = runner.log_processor.get_log_after_epoch(
+            runner, len(runner.test_dataloader), 'test', with_non_scalar=True)
+        runner.logger.info(log_str)
+        if is_main_process():
+            dump(
+                self._process_tags(tag),
+                osp.join(runner.log_dir, self.json_log_path))
+
+    after_test_epoch._ssn_norm_main_only = True
+    LoggerHook.after_test_epoch = after_test_epoch
+
+
 class _MissingDRN:
     """Placeholder for mmaction2's DRN, missing from the 1.2.0 wheel."""
 
@@ -116,5 +140,6 @@ def apply_all() -> None:
             'ignore', message='pkg_resources is deprecated as an API')
         _patch_mmengine_checkpoint_loading()
         _patch_mmengine_config_metainfo()
+        _patch_mmengine_test_metrics_dump()
     _patch_mmaction_missing_drn()
     _applied = True

@@ -246,3 +246,32 @@ def test_import_registers_idempotently():
     ssn_norm.registry.register_all()
     ssn_norm.compat.apply_all()
     assert MODELS.get('SSN') is SSN
+
+
+@pytest.mark.parametrize('rank', [0, 1])
+def test_test_metrics_file_is_written_by_the_main_process_only(
+        rank, tmp_path, monkeypatch):
+    """Every rank of a distributed test used to write the same metrics
+    JSON concurrently (invalid JSON on a race); now only rank 0 writes."""
+    import json
+    from types import SimpleNamespace
+
+    from mmengine.dist import utils as dist_utils
+    from mmengine.hooks import LoggerHook
+
+    monkeypatch.setattr(dist_utils, 'get_rank', lambda group=None: rank)
+    tag = {'mIoU': 12.5, 'time': 0.25}
+    runner = SimpleNamespace(
+        log_processor=SimpleNamespace(
+            get_log_after_epoch=lambda *args, **kwargs: (tag, 'log line')),
+        test_dataloader=[None] * 3,
+        logger=SimpleNamespace(info=lambda msg: None),
+        log_dir=str(tmp_path))
+    hook = LoggerHook()
+    hook.json_log_path = 'metrics.json'
+    hook.after_test_epoch(runner)
+    written = tmp_path / 'metrics.json'
+    if rank == 0:
+        assert json.loads(written.read_text()) == tag
+    else:
+        assert not written.exists()
