@@ -1,3 +1,26 @@
+"""ssn-norm's build: the pure-Python package plus one optional C++ kernel.
+
+``ssn_norm._ext`` (``ssn_norm/csrc``) is built against the installed torch
+when torch and a C++ compiler are present (``pip install --no-build-isolation
+-e .``, as ``tools/install.sh`` does).  It is optional: without it every layer
+works, and :mod:`ssn_norm.ops.native` reports why it is missing.
+"""
 from setuptools import setup
 
-setup()
+
+def native_extension() -> dict:
+    try:
+        from torch.utils.cpp_extension import BuildExtension, CppExtension
+    except ImportError:  # build isolation or no torch: pure Python
+        return {}
+    ext = CppExtension(
+        'ssn_norm._ext', ['ssn_norm/csrc/layer_norm_released.cpp'],
+        extra_compile_args=['-O3', '-fopenmp'],
+        extra_link_args=['-fopenmp'],
+        optional=True)
+    return dict(
+        ext_modules=[ext],
+        cmdclass={'build_ext': BuildExtension.with_options(use_ninja=False)})
+
+
+setup(**native_extension())
