@@ -14,7 +14,7 @@ from ..ops.fused_train import stat_dtype
 from ..ops.sparsestmax import ratios_with_freezing
 from ..ops.switchable_function import (TrainingMix, batch_norm_inference,
                                        compiles_for, fast_ssn_ratios,
-                                       get_backend, switchable_norm)
+                                       switchable_norm, uses_native_layer_norm)
 
 #: Order of the normalisers in the ratio logits.
 NORMALIZERS = ('IN', 'LN', 'BN')
@@ -238,8 +238,8 @@ class _SwitchableNormBase(nn.Module):
             # Frozen on BN for mean and variance: plain BatchNorm in eval.
             return batch_norm_inference(x, self.running_mean, self.running_var,
                                         self.weight, self.bias, self.eps)
-        if (selected == (1, 1) and get_backend() != 'autograd'
-                and native.accepts(x, self.weight, self.bias)):
+        if selected == (1, 1) and uses_native_layer_norm(
+                x, self.weight, self.bias):
             # Frozen on LN for mean and variance: one C++ call with
             # GroupNorm's memory traffic (the released LN variance needs
             # per-channel means, which GroupNorm(1, C) does not take).

@@ -36,15 +36,15 @@ def available() -> bool:
 
 def accepts(x: Tensor, *params: Tensor) -> bool:
     """Whether the kernel can compute ``x`` (inference only: no tensor of
-    the call may need a gradient, since the kernel has no backward)."""
+    the call may need a gradient, since the kernel has no backward).
+
+    Tracers must see plain PyTorch ops: layers ask
+    :func:`ssn_norm.ops.switchable_function.uses_native_layer_norm`.
+    """
     if _ext is None or x.device.type != 'cpu' or x.dtype not in _DTYPES:
         return False
-    if torch.is_grad_enabled() and any(
-            t.requires_grad for t in (x, ) + params):
-        return False
-    # Traced or exported graphs must see plain PyTorch ops.
-    return not (torch.compiler.is_compiling() or torch.jit.is_tracing()
-                or torch.jit.is_scripting() or torch.onnx.is_in_onnx_export())
+    return not (torch.is_grad_enabled()
+                and any(t.requires_grad for t in (x, ) + params))
 
 
 def layer_norm_released(x: Tensor, weight: Tensor, bias: Tensor,

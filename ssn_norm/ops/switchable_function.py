@@ -56,6 +56,7 @@ import torch.nn.functional as F
 from torch import Tensor
 from torch.autograd.function import once_differentiable
 
+from . import native
 from .fused_mix import TrainingMix, mix_backward, mix_forward
 from .fused_train import (grad_input_rows, stat_dtype, training_backward,
                           training_forward, var_mean_rows)
@@ -363,6 +364,14 @@ def _tracing() -> bool:
 
 
 # ------------------------------------------------------------------ helpers
+def uses_native_layer_norm(x: Tensor, weight: Tensor, bias: Tensor) -> bool:
+    """Whether :func:`ssn_norm.ops.native.layer_norm_released` serves a
+    layer frozen on LN: the kernel accepts the call, the backend is not the
+    pure-PyTorch reference, and no tracer is watching."""
+    return (_backend != 'autograd' and not _tracing()
+            and native.accepts(x, weight, bias))
+
+
 def batch_norm_inference(x: Tensor, running_mean: Tensor, running_var: Tensor,
                          weight: Tensor, bias: Tensor, eps: float) -> Tensor:
     """``weight * (x - running_mean) / sqrt(running_var + eps) + bias``.
