@@ -195,9 +195,10 @@ def run_script(script: str, *args, env: dict, cwd) -> None:
         stderr=subprocess.STDOUT,
         text=True,
         timeout=300)
-    # The root cause is in the first traceback, not in torchrun's summary.
-    start = max(proc.stdout.find('Traceback'), 0)
-    assert proc.returncode == 0, proc.stdout[start:start + 8000]
+    # The root cause is in the first traceback, not in torchrun's summary;
+    # a rank killed by a signal leaves its last words just before that.
+    start = max(proc.stdout.find('Traceback') - 3000, 0)
+    assert proc.returncode == 0, proc.stdout[start:start + 11000]
 
 
 def load_checkpoint(work_dir) -> dict:

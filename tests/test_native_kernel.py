@@ -50,6 +50,13 @@ SHAPES = {
     'short rows': (2, 40, 3),  # many rows per flush of the lane sums
     'long rows': (2, 3, 9000),  # rows longer than a lane-sum block
     'res5-like': (2, 64, 7, 7),
+    # Short float rows go 16 at a time on AVX-512: tails, no tail, leftover
+    # rows, groups across a sample's end, the longest short row and one more.
+    'rows of 49, odd C': (3, 37, 7, 7),
+    'rows of 16': (2, 35, 4, 4),
+    'rows of 17': (2, 19, 17),
+    'rows of 256': (2, 20, 16, 16),
+    'rows of 257': (2, 17, 257),
 }
 
 
@@ -68,11 +75,14 @@ def test_matches_released_formula_fp64(name):
 
 @pytest.mark.parametrize('name', sorted(SHAPES))
 @pytest.mark.parametrize('offset', [0.0, 1000.0])
-def test_matches_released_formula_fp32(name, offset):
+@pytest.mark.parametrize('short_row_simd', [True, False])
+def test_matches_released_formula_fp32(name, offset, short_row_simd):
     """fp32 sums stay exact to float rounding, also far from zero (the
-    released formula itself would cancel catastrophically there in fp32)."""
+    released formula itself would cancel catastrophically there in fp32).
+    Both loops for short rows: AVX-512 (where the CPU has it) and generic."""
     x, weight, bias = random_case(SHAPES[name], torch.float32, offset)
-    out = native.layer_norm_released(x, weight, bias, 1e-5)
+    out = native._ext.layer_norm_released(
+        x, weight, bias, 1e-5, short_row_simd=short_row_simd)
     assert out.dtype == torch.float32
     torch.testing.assert_close(
         out.double(), released_ln(x, weight, bias, 1e-5), rtol=1e-5, atol=2e-5)
