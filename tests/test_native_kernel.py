@@ -50,9 +50,11 @@ SHAPES = {
     'short rows': (2, 40, 3),  # many rows per flush of the lane sums
     'long rows': (2, 3, 9000),  # rows longer than a lane-sum block
     'res5-like': (2, 64, 7, 7),
-    # Short float rows go 16 at a time on AVX-512: tails, no tail, leftover
-    # rows, groups across a sample's end, the longest short row and one more.
+    # Short float rows go 16 at a time on AVX-512: tails, no tail, rows left
+    # over after the groups of 16, threads' ranges that split a sample, the
+    # longest short row and one more.
     'rows of 49, odd C': (3, 37, 7, 7),
+    'rows of 49, split samples': (3, 700, 7, 7),
     'rows of 16': (2, 35, 4, 4),
     'rows of 17': (2, 19, 17),
     'rows of 256': (2, 20, 16, 16),
