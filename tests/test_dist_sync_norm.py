@@ -93,26 +93,33 @@ def make_frozen_model() -> nn.Sequential:
 
 
 # ----------------------------------------------------------------- workers
+def _train_steps(layer, case: dict, rows: slice) -> list:
+    """Forward/backward of ``layer`` on ``rows`` of each of the case's
+    batches: outputs, input gradients and parameter gradients per step."""
+    steps = []
+    for x_full, g_full in zip(case['x'], case['g']):
+        x = x_full[rows].clone().requires_grad_()
+        y = layer(x)
+        (y * g_full[rows]).sum().backward()
+        steps.append(
+            dict(
+                y=y.detach(),
+                x_grad=x.grad,
+                grads={
+                    k: p.grad.clone()
+                    for k, p in layer.named_parameters()
+                }))
+        layer.zero_grad()
+    return steps
+
+
 def _layer_scenarios(rank: int, case: dict) -> dict:
     """Forward/backward of each Sync layer on this rank's slice."""
     out = {}
     sl = rank_slice(rank)
     for name, (cls, _, kwargs) in LAYER_CASES.items():
         layer = make_layer(cls, kwargs, case['state'][name])
-        steps = []
-        for x_full, g_full in zip(case['x'], case['g']):
-            x = x_full[sl].clone().requires_grad_()
-            y = layer(x)
-            (y * g_full[sl]).sum().backward()
-            steps.append(
-                dict(
-                    y=y.detach(),
-                    x_grad=x.grad,
-                    grads={
-                        k: p.grad.clone()
-                        for k, p in layer.named_parameters()
-                    }))
-            layer.zero_grad()
+        steps = _train_steps(layer, case, sl)
         layer.eval()
         with torch.no_grad():
             y_eval = layer(case['x_eval'][sl])
@@ -136,21 +143,7 @@ def _empty_scenario(rank: int, case: dict) -> dict:
     """SyncSN where rank 1 holds no sample at all (e.g. no RoI)."""
     cls, _, kwargs = LAYER_CASES['SyncSN']
     layer = make_layer(cls, kwargs, case['state']['SyncSN'])
-    steps = []
-    for x_full, g_full in zip(case['x'], case['g']):
-        n = x_full.shape[0] if rank == 0 else 0
-        x = x_full[:n].clone().requires_grad_()
-        y = layer(x)
-        (y * g_full[:n]).sum().backward()
-        steps.append(
-            dict(
-                y=y.detach(),
-                x_grad=x.grad,
-                grads={
-                    k: p.grad.clone()
-                    for k, p in layer.named_parameters()
-                }))
-        layer.zero_grad()
+    steps = _train_steps(layer, case, slice(None) if rank == 0 else slice(0))
     return dict(steps=steps, stats=running_stats(layer))
 
 

@@ -5,10 +5,8 @@ average of every SN layer's batch moments into its running statistics (the
 SN paper's evaluation setting).  Works under ``--launcher pytorch``.
 """
 import argparse
-import os
 
-from mmengine.config import DictAction
-
+from ssn_norm.apis import add_common_args, parse_tool_args
 from ssn_norm.batch_stats import update_checkpoint_batch_stats
 
 
@@ -28,20 +26,8 @@ def parse_args(argv=None):
         default='loss',
         help='forward mode; "loss" reproduces the training forward')
     parser.add_argument('--work-dir', help='where the runner writes logs')
-    parser.add_argument(
-        '--cfg-options',
-        nargs='+',
-        action=DictAction,
-        help='override config settings, key=value')
-    parser.add_argument(
-        '--launcher',
-        choices=['none', 'pytorch', 'slurm', 'mpi'],
-        default='none',
-        help='job launcher')
-    parser.add_argument('--local_rank', '--local-rank', type=int, default=0)
-    args = parser.parse_args(argv)
-    os.environ.setdefault('LOCAL_RANK', str(args.local_rank))
-    return args
+    add_common_args(parser)
+    return parse_tool_args(parser, argv)
 
 
 def main(argv=None) -> None:

@@ -7,7 +7,7 @@ tools differ (visualisation and result dumping) are handled here.
 import argparse
 import os
 import os.path as osp
-from typing import Optional
+from typing import Optional, Sequence
 
 import torch
 import torch.distributed as dist
@@ -42,9 +42,12 @@ def add_common_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument('--local_rank', '--local-rank', type=int, default=0)
 
 
-def parse_tool_args(parser: argparse.ArgumentParser) -> argparse.Namespace:
-    """Parse, exporting ``LOCAL_RANK`` as the old launchers expect."""
-    args = parser.parse_args()
+def parse_tool_args(
+        parser: argparse.ArgumentParser,
+        argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
+    """Parse ``argv`` (default: the command line), exporting ``LOCAL_RANK``
+    as the old launchers expect."""
+    args = parser.parse_args(argv)
     os.environ.setdefault('LOCAL_RANK', str(args.local_rank))
     return args
 
