@@ -307,20 +307,7 @@ def reference_run(case: dict, name: str) -> dict:
     """The unsynchronised layer on the concatenated batch, one process."""
     _, ref_cls, kwargs = LAYER_CASES[name]
     layer = make_layer(ref_cls, kwargs, case['state'][name])
-    steps = []
-    for x_full, g_full in zip(case['x'], case['g']):
-        x = x_full.clone().requires_grad_()
-        y = layer(x)
-        (y * g_full).sum().backward()
-        steps.append(
-            dict(
-                y=y.detach(),
-                x_grad=x.grad,
-                grads={
-                    k: p.grad.clone()
-                    for k, p in layer.named_parameters()
-                }))
-        layer.zero_grad()
+    steps = _train_steps(layer, case, slice(None))
     layer.eval()
     with torch.no_grad():
         y_eval = layer(case['x_eval'])
