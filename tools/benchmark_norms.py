@@ -11,6 +11,8 @@ Example (the default run, a few minutes on a 2-core CPU)::
 
 Timings are interleaved medians, so ratios hold on a busy machine better
 than absolute times; on a shared machine use ``--threads 1 --clock cpu``.
+``--device cuda`` runs the same cases on a GPU (timed with device
+synchronisation; peak memory from the CUDA allocator).
 """
 import argparse
 import os
@@ -53,6 +55,10 @@ def parse_args(argv=None):
         default='wall',
         help='wall time, or process CPU time (for a shared machine)')
     parser.add_argument(
+        '--device',
+        default='cpu',
+        help='where inputs and models live: cpu (default), cuda, cuda:N')
+    parser.add_argument(
         '--backend',
         choices=('compiled', 'eager', 'autograd'),
         default=None,
@@ -80,7 +86,7 @@ def _split(value):
     ]
 
 
-def main(argv=None):
+def main(argv=None) -> int:
     args = parse_args(argv)
     if args.cold_compile:
         os.environ['TORCHINDUCTOR_CACHE_DIR'] = tempfile.mkdtemp(
@@ -100,10 +106,19 @@ def main(argv=None):
         raise SystemExit(f'unknown --families {sorted(set(families) - known)}'
                          f'; choose from {sorted(known)}')
     norms = _split(args.norms)
-    bad = set(norms) - set(benchmark.NORMS)
+    bad = set(norms) - set(benchmark.LAYER_NORMS)
     if bad:
         raise SystemExit(f'unknown --norms {sorted(bad)}; choose from '
-                         f'{benchmark.NORMS}')
+                         f'{benchmark.LAYER_NORMS}')
+    try:
+        device = benchmark.resolve_device(args.device)
+    except ValueError as error:
+        raise SystemExit(f'--device: {error}') from None
+    if device.type == 'cuda' and args.clock != 'wall':
+        raise SystemExit('--clock cpu cannot time CUDA kernels; use wall')
+    where = (f'{torch.cuda.get_device_name(device)}' if device.type
+             == 'cuda' else f'{platform.processor() or platform.machine()}, '
+             f'{os.cpu_count()} CPUs')
 
     def log(msg):
         print(
@@ -117,8 +132,7 @@ def main(argv=None):
         f'- command: `python tools/benchmark_norms.py '
         f'{" ".join(sys.argv[1:] if argv is None else argv)}`',
         f'- torch {torch.__version__}, {torch.get_num_threads()} threads, '
-        f'{platform.processor() or platform.machine()}, '
-        f'{os.cpu_count()} CPUs, clock: {args.clock}',
+        f'device {device} ({where}), clock: {args.clock}',
         f'- SN/SSN backend: {switchable_function.get_backend()}', ''
     ]
     cases = [c for c in benchmark.LAYER_SHAPES if c.family in families]
@@ -129,7 +143,8 @@ def main(argv=None):
             repeats=args.repeats,
             memory=not args.no_memory,
             clock=args.clock,
-            log=log)
+            log=log,
+            device=args.device)
         parts += [benchmark.layer_table(layers), '']
     tasks = _split(args.models)
     if tasks:
@@ -139,7 +154,8 @@ def main(argv=None):
             repeats=args.model_repeats,
             memory=args.model_memory,
             clock=args.clock,
-            log=log)
+            log=log,
+            device=args.device)
         parts += [benchmark.model_table(models), '']
     parts.append(f'_Total benchmark time: {time.time() - start:.0f} s._')
     text = '\n'.join(parts) + '\n'
@@ -147,7 +163,8 @@ def main(argv=None):
     if args.out:
         with open(args.out, 'w', encoding='utf-8') as f:
             f.write(text)
+    return 0
 
 
 if __name__ == '__main__':
-    main()
+    sys.exit(main())
