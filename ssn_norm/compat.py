@@ -9,8 +9,12 @@ live in ``tools/install.sh``.
    ``weights_only=True`` from torch 2.6 on; its own checkpoints hold
    ``HistoryBuffer`` and numpy objects, so ``--resume`` and ``load_from`` fail
    (open-mmlab/mmengine#1655).  We re-register the local-file loader with
-   ``weights_only=False``, as mmengine did on older torch.  Only load
-   checkpoint files you trust, as with any pickle.
+   :func:`safe_load`: still ``weights_only=True``, plus, for that call only,
+   exactly the types mmengine's checkpoints hold (see
+   :func:`checkpoint_safe_globals`).  Anything else (a pickle that would run
+   code) is refused with :class:`UntrustedCheckpointError`.  Full unpickling
+   happens only when the user sets ``SSN_NORM_TRUST_CHECKPOINTS=1``
+   (:data:`TRUST_CHECKPOINTS_ENV`); importing ``ssn_norm`` never enables it.
 2. The mmaction2 1.2.0 wheel lacks ``mmaction/models/localizers/drn``
    (open-mmlab/mmaction2#2714), so ``import mmaction.models`` raises.  We
    install a placeholder module whose ``DRN`` raises a clear error when built;
@@ -30,24 +34,263 @@ live in ``tools/install.sh``.
 """
 import functools
 import importlib.util
+import os
 import os.path as osp
+import pickle
 import sys
+import tarfile
 import types
 import warnings
+import zipfile
+from typing import Any, BinaryIO, Callable, List, Optional, Tuple, Union
 
 _applied = False
+#: An entry of torch's weights_only allow-list: an object, or an object and
+#: the ``module.name`` it stands for in the pickle.
+_SafeGlobal = Union[Callable, Tuple[Callable, str]]
+
+#: Environment variable that opts in to full (code-running) unpickling of
+#: checkpoints: ``1`` trusts every checkpoint the process loads through
+#: mmengine; unset, empty or ``0`` keeps ``weights_only=True``.
+TRUST_CHECKPOINTS_ENV = 'SSN_NORM_TRUST_CHECKPOINTS'
+
+#: ``HistoryBuffer`` statistics that mmengine pickles as
+#: ``getattr(HistoryBuffer, name)`` (its ``__getstate__`` saves them).
+_HISTORY_BUFFER_STATISTICS = ('min', 'max', 'current', 'mean')
+
+
+class UntrustedCheckpointError(pickle.UnpicklingError):
+    """A checkpoint holds objects that loading it safely does not allow.
+
+    Attributes:
+        reason: what was refused, without the advice on how to opt in
+            (callers with their own opt-in, e.g. ``--trust-pickle``, add
+            theirs).
+    """
+
+    def __init__(self, message: str, reason: str = '') -> None:
+        super().__init__(message)
+        self.reason = reason or message
+
+
+def trust_checkpoints() -> bool:
+    """Whether :data:`TRUST_CHECKPOINTS_ENV` opts in to full unpickling.
+
+    Read at every load, so the opt-in is the user's, per process.
+
+    Raises:
+        ValueError: the variable has a value other than ``''``, ``'0'`` or
+            ``'1'`` (a typo must not silently pick either behaviour).
+    """
+    value = os.environ.get(TRUST_CHECKPOINTS_ENV, '')
+    if value not in ('', '0', '1'):
+        raise ValueError(
+            f'{TRUST_CHECKPOINTS_ENV}={value!r}: expected 1 (unpickle '
+            'checkpoints in full; only for files you trust) or 0 / unset '
+            '(weights_only loading)')
+    return value == '1'
+
+
+def _history_buffer_method(*args: Any) -> Any:
+    """Stands in for ``builtins.getattr`` while unpickling: resolves only
+    the statistics methods a ``HistoryBuffer`` pickles, nothing else."""
+    from mmengine.logging.history_buffer import HistoryBuffer
+    if (len(args) != 2 or args[0] is not HistoryBuffer
+            or args[1] not in _HISTORY_BUFFER_STATISTICS):
+        shown = ', '.join(map(repr, args))
+        raise UntrustedCheckpointError(
+            f'refused getattr({shown}) while unpickling: only '
+            f'HistoryBuffer.{{{", ".join(_HISTORY_BUFFER_STATISTICS)}}} are '
+            'allowed')
+    return getattr(HistoryBuffer, args[1])
+
+
+def checkpoint_safe_globals() -> List[_SafeGlobal]:
+    """The globals, beyond torch's ``weights_only`` defaults, that
+    checkpoints written by mmengine's Runner hold; nothing broader.
+
+    Found by saving Runner checkpoints (mmengine 0.10.7, numpy 1.26) and
+    listing ``torch.serialization.get_unsafe_globals_in_checkpoint``:
+
+    * ``HistoryBuffer`` (message hub scalars); its pickle stores its
+      statistics methods as ``getattr(HistoryBuffer, 'min')`` etc., so
+      ``builtins.getattr`` is mapped to :func:`_history_buffer_method`,
+      which resolves only those four names on ``HistoryBuffer``;
+    * numpy arrays, scalars and dtypes (``HistoryBuffer`` contents, seeds,
+      RNG states): ``ndarray``, ``dtype``, ``multiarray._reconstruct`` and
+      ``multiarray.scalar``, under their numpy 1 (``numpy.core``) and
+      numpy 2 (``numpy._core``) module names, and the classes of dtype
+      instances (``numpy.dtypes.Float64DType`` ...): the list above does not
+      show them, but unpickling a dtype sets its state, which torch allows
+      only for allow-listed types (``type(dtype)``).
+
+    ``HistoryBuffer`` is omitted when mmengine is not installed.
+    """
+    import numpy as np
+    try:
+        from numpy._core import multiarray  # numpy >= 1.26
+    except ImportError:
+        from numpy.core import multiarray
+    allowed: List[_SafeGlobal] = [np.ndarray, np.dtype]
+    for core in ('numpy.core', 'numpy._core'):
+        allowed += [(multiarray._reconstruct,
+                     f'{core}.multiarray._reconstruct'),
+                    (multiarray.scalar, f'{core}.multiarray.scalar')]
+    # The class of each dtype instance (numpy >= 1.25 names them in
+    # numpy.dtypes); a dtype's BUILD step is checked against its type.
+    allowed += sorted({type(np.dtype(code))
+                       for code in np.typecodes['All']},
+                      key=lambda cls: cls.__name__)
+    if importlib.util.find_spec('mmengine') is not None:
+        from mmengine.logging.history_buffer import HistoryBuffer
+        allowed += [
+            HistoryBuffer, (_history_buffer_method, 'builtins.getattr')
+        ]
+    return allowed
+
+
+def safe_load(filename: Union[str, BinaryIO],
+              map_location: Any = None,
+              trust: Optional[bool] = None) -> Any:
+    """``torch.load`` that runs no code from the file unless trusted.
+
+    Loads with ``weights_only=True`` and, for this call only, the types of
+    :func:`checkpoint_safe_globals`: tensors, containers, numbers, strings,
+    numpy values and mmengine's ``HistoryBuffer``, which is what mmengine's
+    Runner checkpoints hold; plain state-dict files (torchvision,
+    mmpretrain, this project's converter) need only torch's defaults.
+    Unpickling a ``HistoryBuffer`` registers statistics methods on its
+    class; anything but its own four is rolled back and refused.
+
+    Args:
+        filename: path or binary file object, as for ``torch.load``.
+        map_location: as for ``torch.load``.
+        trust: True unpickles in full (runs any code the file holds; only
+            for files you trust), False never does; None (default) asks
+            :func:`trust_checkpoints` (``SSN_NORM_TRUST_CHECKPOINTS=1``).
+
+    Raises:
+        ValueError: ``filename`` is a path to a file that is no torch
+            checkpoint at all (see :func:`checkpoint_format`).
+        UntrustedCheckpointError: the file holds other objects; the message
+            names the first one and the opt-in.
+    """
+    import torch
+    if isinstance(filename, (str, os.PathLike)):
+        _check_is_checkpoint(os.fspath(filename))
+    if trust is None:
+        trust = trust_checkpoints()
+    if trust:
+        warnings.warn(
+            f'unpickling {filename} in full (weights_only=False) as '
+            f'{TRUST_CHECKPOINTS_ENV}=1 or --trust-pickle asked: this runs '
+            'any code the file holds')
+        return torch.load(
+            filename, map_location=map_location, weights_only=False)
+    present = torch.serialization.get_safe_globals()
+    # Only what the user has not allowed already: leaving the context
+    # removes what it added, which must not drop the user's own entries.
+    extra = [g for g in checkpoint_safe_globals() if g not in present]
+    methods = _statistics_methods()
+    before = dict(methods) if methods is not None else None
+    try:
+        with torch.serialization.safe_globals(extra):
+            checkpoint = torch.load(
+                filename, map_location=map_location, weights_only=True)
+        _check_statistics_methods(methods, before)
+    except BaseException as error:
+        if methods is not None:  # undo what unpickling registered
+            methods.clear()
+            methods.update(before)
+        if not isinstance(error, pickle.UnpicklingError):
+            raise
+        reason = (error.reason if isinstance(
+            error, UntrustedCheckpointError) else _weights_only_reason(error))
+        raise UntrustedCheckpointError(
+            f'{filename}: refused to unpickle it: {reason}.  Only tensors, '
+            'containers, numbers, strings, numpy values and mmengine\'s '
+            'HistoryBuffer load without running code.  If you trust the '
+            f'file, set {TRUST_CHECKPOINTS_ENV}=1 to unpickle it in full '
+            '(this runs any code it holds)',
+            reason=reason) from error
+    return checkpoint
+
+
+def _statistics_methods() -> Optional[dict]:
+    if importlib.util.find_spec('mmengine') is None:
+        return None
+    from mmengine.logging.history_buffer import HistoryBuffer
+    return HistoryBuffer._statistics_methods
+
+
+def _check_statistics_methods(methods: Optional[dict],
+                              before: Optional[dict]) -> None:
+    """Raises if unpickling put anything but HistoryBuffer's own statistics
+    into its class-level registry (which ``__setstate__`` updates)."""
+    if methods is None:
+        return
+    from mmengine.logging.history_buffer import HistoryBuffer
+    for name, method in methods.items():
+        if name in before and method is before[name]:
+            continue
+        if (name in _HISTORY_BUFFER_STATISTICS
+                and method is getattr(HistoryBuffer, name)):
+            continue
+        raise UntrustedCheckpointError(
+            f'a HistoryBuffer would register {method!r} as its {name!r} '
+            'statistic; only its own '
+            f'{", ".join(_HISTORY_BUFFER_STATISTICS)} are allowed')
+
+
+def _weights_only_reason(error: Exception) -> str:
+    """The part of torch's weights_only error that names the bad object
+    (the rest suggests weights_only=False, which we do not)."""
+    text = str(error)
+    marker = 'WeightsUnpickler error: '
+    if marker in text:
+        reason = text.split(marker, 1)[1].strip().splitlines()[0]
+    else:  # blocked modules: the reason is a paragraph of its own
+        paragraphs = [p.strip() for p in text.split('\n\n') if p.strip()]
+        reason = next((p for p in paragraphs if not p.startswith(
+            ('Weights only load failed', 'Check the documentation'))),
+                      text.strip())
+    return reason.split('. Please use')[0].rstrip('.')
+
+
+def checkpoint_format(path: str) -> Optional[str]:
+    """``'zip'`` (``torch.save`` since torch 1.6), ``'tar'`` (torch < 0.4),
+    ``'pickle'`` (legacy ``torch.save``, pickle protocol >= 2) or None:
+    the file is no checkpoint ``torch.load`` could read."""
+    if zipfile.is_zipfile(path):
+        return 'zip'
+    if tarfile.is_tarfile(path):
+        return 'tar'
+    with open(path, 'rb') as file:
+        head = file.read(2)
+    # Pickle protocol >= 2 starts with the PROTO opcode and its version.
+    if len(head) == 2 and head[0] == 0x80 and 2 <= head[1] <= 5:
+        return 'pickle'
+    return None
+
+
+def _check_is_checkpoint(path: str) -> None:
+    if checkpoint_format(path) is None:
+        with open(path, 'rb') as file:
+            head = file.read(16)
+        raise ValueError(
+            f'{path}: not a PyTorch checkpoint (neither a zip-based '
+            'torch.save file nor a legacy torch pickle; it starts with '
+            f'{head!r})')
 
 
 def _patch_mmengine_checkpoint_loading() -> None:
-    import torch
     from mmengine.runner.checkpoint import CheckpointLoader
 
-    def load_from_local(filename, map_location):
+    def load_from_local(filename: str, map_location: Any = None) -> Any:
         filename = osp.expanduser(filename)
         if not osp.isfile(filename):
             raise FileNotFoundError(f'{filename} can not be found.')
-        return torch.load(
-            filename, map_location=map_location, weights_only=False)
+        return safe_load(filename, map_location=map_location)
 
     CheckpointLoader.register_scheme(prefixes='', force=True)(load_from_local)
 

@@ -16,14 +16,17 @@ place, by
   layer selected.  torch's own ``InstanceNorm``/``LayerNorm`` do not fit:
   SN's IN variance is unbiased (Bessel-corrected, 0 for a single element)
   and its LN moments are derived from the IN moments, so they would differ
-  by up to ``L/(L-1)`` in the variance.  A GraphModule pickles as generated
-  code, so the deployed model loads with ``torch.load`` where ``ssn_norm``
-  is not installed.
+  by up to ``L/(L-1)`` in the variance.
+
+:func:`save_deployed` writes the result as data only (state dict and the
+list of replacements, readable with ``torch.load(weights_only=True)``);
+:func:`load_deployed` rebuilds the module from the config it came from.
 
 SN layers (softmax ratios, never one-hot) and SSN layers whose ratios are
 not one-hot are replaced only when hardening is requested: each takes the
 normaliser of its largest ratio, which changes the outputs.
 """
+import pickle
 from dataclasses import dataclass
 from typing import Any, Callable, Dict, List, Optional, Tuple
 
@@ -31,6 +34,7 @@ import torch
 import torch.fx as fx
 from torch import Tensor, nn
 
+from .compat import _weights_only_reason
 from .layers.switchable_norm import NORMALIZERS, SSN, _SwitchableNormBase
 from .ops.sparsestmax import is_one_hot
 from .utils import switchable_norms, unwrap_model
@@ -365,8 +369,8 @@ def deploy_switchable_norms(model: nn.Module,
 
 
 def assert_plain(model: nn.Module) -> None:
-    """Raises ValueError if ``model`` still holds ``ssn_norm`` modules (it
-    would then not load where ``ssn_norm`` is not installed)."""
+    """Raises ValueError if ``model`` still holds ``ssn_norm`` modules (the
+    deployment is then incomplete: switchable machinery is left)."""
     left = [
         name for name, module in model.named_modules()
         if type(module).__module__.split('.')[0] == 'ssn_norm'
@@ -377,15 +381,220 @@ def assert_plain(model: nn.Module) -> None:
             f'{", ".join(left[:8])}{", ..." if len(left) > 8 else ""}')
 
 
-def save_deployed(model: nn.Module, path: str) -> None:
-    """``torch.save`` of the whole module, after :func:`assert_plain`.
+#: ``meta['format']`` of files written by :func:`save_deployed`.
+DEPLOYED_FORMAT = 'ssn-norm-deployed/1'
+_PLAIN = (str, int, float, bool, type(None))
 
-    Load it with ``torch.load(path, weights_only=False)`` (it is a pickle:
-    only load files you trust); the model's own classes (e.g. mmdet's) must
-    be importable, ``ssn_norm`` need not be.
+
+def deployment_plan(deployed: List[DeployedLayer]) -> List[Dict[str, Any]]:
+    """What :func:`rebuild_deployed` needs to redo the replacements, as
+    plain data (strings, numbers, None; loadable with
+    ``torch.load(weights_only=True)``).
+
+    Each entry has ``name``, ``mean``, ``var``, ``hardened`` and ``kind``:
+    ``'folded'`` (``conv``: the conv it was folded into), ``'batch_norm'``
+    (``spatial_dims``) or ``'switched'``.
+
+    Raises:
+        ValueError: a replacement this module does not produce.
     """
-    assert_plain(unwrap_model(model))
-    torch.save(unwrap_model(model), path)
+    plan = []
+    for layer in deployed:
+        entry = dict(
+            name=layer.name,
+            mean=layer.mean,
+            var=layer.var,
+            hardened=layer.hardened,
+            kind='',
+            conv=None,
+            spatial_dims=None)
+        text = layer.replacement
+        if text.startswith('folded into '):
+            entry.update(kind='folded', conv=text[len('folded into '):])
+        elif text in {f'BatchNorm{d}d' for d in _BATCH_NORMS}:
+            entry.update(kind='batch_norm', spatial_dims=int(text[-2]))
+        elif text == f'SwitchedNorm(mean={layer.mean}, var={layer.var})':
+            entry.update(kind='switched')
+        else:
+            raise ValueError(
+                f'{layer.name}: unknown replacement {text!r}; expected '
+                "'folded into <conv>', 'BatchNorm{1,2,3}d' or "
+                "'SwitchedNorm(mean=.., var=..)'")
+        plan.append(entry)
+    return plan
+
+
+@torch.no_grad()
+def rebuild_deployed(model: nn.Module, plan: List[Dict[str, Any]]) -> None:
+    """Redoes the module replacements of ``plan`` on a freshly built
+    ``model`` (the config's, with its switchable layers), so that it takes
+    the deployed state dict with ``load_state_dict(strict=True)``.
+
+    Only the structure is rebuilt: replacements hold the fresh layers'
+    values until the state dict is loaded.  A conv that a BN choice was
+    folded into gets a bias if it had none, as folding gave it one.
+
+    Raises:
+        ValueError: a plan entry that does not fit ``model`` (no switchable
+            layer or no conv at the named path, an unknown kind).
+    """
+    root = unwrap_model(model)
+    for entry in plan:
+        name, kind = entry['name'], entry['kind']
+        try:
+            layer = root.get_submodule(name)
+        except AttributeError:
+            layer = None
+        if not isinstance(layer, _SwitchableNormBase):
+            raise ValueError(
+                f'{name}: the deployed file replaced a switchable norm '
+                f'here, but the model has {type(layer).__name__}; build '
+                'the model from the config (and --cfg-options) it was '
+                'deployed from')
+        if kind == 'folded':
+            conv = root.get_submodule(entry['conv'])
+            if not isinstance(conv, _CONVS):
+                raise ValueError(f"{entry['conv']}: expected the conv "
+                                 f'{name} was folded into, got '
+                                 f'{type(conv).__name__}')
+            if conv.bias is None:
+                conv.bias = nn.Parameter(
+                    conv.weight.new_zeros(conv.out_channels),
+                    requires_grad=conv.weight.requires_grad)
+            replacement = nn.Identity()
+        elif kind == 'batch_norm':
+            replacement = _batch_norm(layer, entry['spatial_dims'])
+        elif kind == 'switched':
+            replacement = switched_norm(layer, entry['mean'], entry['var'])
+        else:
+            raise ValueError(f'{name}: unknown kind {kind!r}; expected '
+                             "'folded', 'batch_norm' or 'switched'")
+        parent_path, _, attr = name.rpartition('.')
+        parent = root.get_submodule(parent_path) if parent_path else root
+        setattr(parent, attr, replacement)
+    model.eval()
+
+
+def _check_plain(value: Any, where: str) -> None:
+    """Raises ValueError unless ``value`` is plain data (what
+    ``torch.load(weights_only=True)`` reads back without allow-lists)."""
+    if isinstance(value, dict):
+        for key, item in value.items():
+            _check_plain(key, where)
+            _check_plain(item, f'{where}[{key!r}]')
+    elif isinstance(value, (list, tuple)):
+        for index, item in enumerate(value):
+            _check_plain(item, f'{where}[{index}]')
+    elif not isinstance(value, _PLAIN):
+        raise ValueError(f'{where} is a {type(value).__name__}; only '
+                         'dicts, lists, tuples, strings, numbers, bools '
+                         'and None can be saved for weights_only loading')
+
+
+def save_deployed(model: nn.Module,
+                  path: str,
+                  deployed: List[DeployedLayer],
+                  config: Optional[str] = None,
+                  cfg_options: Optional[dict] = None) -> None:
+    """Writes the deployed model as data only: ``{'state_dict': ...,
+    'meta': {'format', 'deployed' (:func:`deployment_plan`), 'config',
+    'cfg_options', 'ssn_norm_version'}}``.
+
+    The file loads with ``torch.load(path, weights_only=True)`` (tensors
+    and plain data, nothing that runs code); :func:`load_deployed` rebuilds
+    the module from the config it was deployed from.  ``model`` must hold
+    no switchable layer any more (:func:`assert_plain`).
+
+    Raises:
+        ValueError: switchable layers remain, or ``cfg_options`` holds
+            values other than plain data.
+    """
+    from .version import __version__
+    module = unwrap_model(model)
+    assert_plain(module)
+    meta = dict(
+        format=DEPLOYED_FORMAT,
+        deployed=deployment_plan(deployed),
+        config=config,
+        cfg_options=dict(cfg_options) if cfg_options else None,
+        ssn_norm_version=__version__)
+    _check_plain(meta, 'meta')
+    torch.save({'state_dict': module.state_dict(), 'meta': meta}, path)
+
+
+def read_deployed(path: str) -> Dict[str, Any]:
+    """The ``{'state_dict', 'meta'}`` of a :func:`save_deployed` file, read
+    with ``torch.load(weights_only=True)`` (no code from the file runs).
+
+    Raises:
+        ValueError: the file is not one :func:`save_deployed` wrote (an
+            older deployed file, a pickled module, is refused unread).
+    """
+    try:
+        data = torch.load(path, map_location='cpu', weights_only=True)
+    except pickle.UnpicklingError as error:
+        raise ValueError(
+            f'{path}: holds pickled objects ({_weights_only_reason(error)})'
+            '; deployed files of earlier versions were whole pickled '
+            'modules, which are not read because unpickling them can run '
+            'code: deploy the trained checkpoint again with '
+            'tools/deploy_ssn.py') from error
+    meta = data.get('meta') if isinstance(data, dict) else None
+    found = meta.get('format') if isinstance(meta, dict) else None
+    if found != DEPLOYED_FORMAT:
+        raise ValueError(
+            f'{path}: meta.format is {found!r}, not {DEPLOYED_FORMAT!r}: '
+            'not a file written by tools/deploy_ssn.py (files of older '
+            'versions, whole pickled modules, are not read; deploy the '
+            'trained checkpoint again)')
+    return data
+
+
+def _build_model(config: str, cfg_options: Optional[dict]) -> nn.Module:
+    from mmengine.config import Config
+    from mmengine.registry import MODELS, init_default_scope
+
+    import ssn_norm  # noqa: F401  registers SN/SSN, applies compat fixes
+    cfg = Config.fromfile(config)
+    if cfg_options:
+        cfg.merge_from_dict(cfg_options)
+    init_default_scope(cfg.get('default_scope') or 'mmengine')
+    return MODELS.build(cfg.model)
+
+
+def load_deployed(config: str,
+                  path: str,
+                  cfg_options: Optional[dict] = None) -> nn.Module:
+    """The deployed model of ``path`` (written by :func:`save_deployed`),
+    rebuilt from ``config`` in eval mode, on the CPU.
+
+    Builds ``config``'s model, redoes the replacements
+    (:func:`rebuild_deployed`) and loads the state dict strictly.  The file
+    is read with ``weights_only=True``; only the config (yours, as for any
+    mmengine run) is code.
+
+    Args:
+        config: the config the model was deployed from.
+        path: the deployed file.
+        cfg_options: the ``--cfg-options`` it was deployed with; must equal
+            the recorded ones.
+
+    Raises:
+        ValueError: not a deployed file, ``cfg_options`` differ from the
+            recorded ones, or the plan does not fit the config's model.
+    """
+    data = read_deployed(path)
+    meta = data['meta']
+    recorded = meta.get('cfg_options') or None
+    if (dict(cfg_options) if cfg_options else None) != recorded:
+        raise ValueError(
+            f'{path} was deployed with cfg_options={recorded!r}, got '
+            f'{cfg_options!r}; pass the same options so the model matches')
+    model = _build_model(config, cfg_options)
+    rebuild_deployed(model, meta['deployed'])
+    model.load_state_dict(data['state_dict'], strict=True)
+    model.eval()  # not ``return model.eval()``: mmdet's train() returns None
+    return model
 
 
 def deploy_checkpoint(
@@ -398,19 +607,12 @@ def deploy_checkpoint(
         check_shape: Optional[Tuple[int, ...]] = None,
         cfg_options: Optional[dict] = None) -> List[DeployedLayer]:
     """Builds ``config``'s model, loads ``checkpoint`` strictly, deploys it
-    (:func:`deploy_switchable_norms`) and saves the whole module to ``out``
-    (:func:`save_deployed`).  ``check_shape`` runs the output check on a
+    (:func:`deploy_switchable_norms`) and writes it to ``out``
+    (:func:`save_deployed`: state dict and replacement plan, loaded back by
+    :func:`load_deployed`).  ``check_shape`` runs the output check on a
     random input of that shape."""
-    from mmengine.config import Config
-    from mmengine.registry import MODELS, init_default_scope
     from mmengine.runner import load_checkpoint
-
-    import ssn_norm  # noqa: F401  registers SN/SSN, applies compat fixes
-    cfg = Config.fromfile(config)
-    if cfg_options:
-        cfg.merge_from_dict(cfg_options)
-    init_default_scope(cfg.get('default_scope') or 'mmengine')
-    model = MODELS.build(cfg.model)
+    model = _build_model(config, cfg_options)
     load_checkpoint(model, checkpoint, map_location='cpu', strict=True)
     check_input = (
         torch.randn(*check_shape) if check_shape is not None else None)
@@ -420,5 +622,5 @@ def deploy_checkpoint(
         fold=fold,
         spatial_dims=spatial_dims,
         check_input=check_input)
-    save_deployed(model, out)
+    save_deployed(model, out, deployed, config, cfg_options)
     return deployed

@@ -29,9 +29,9 @@ class _AllReduceSum(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, grad: Tensor):
-        grad = grad.clone()
-        dist.all_reduce(grad, op=dist.ReduceOp.SUM, group=ctx.group)
-        return grad, None
+        # Through the Function again, so that a double backward
+        # (create_graph=True) sees the collective as an op, not a copy.
+        return _AllReduceSum.apply(grad, ctx.group), None
 
 
 def all_reduce_sum(tensor: Tensor, group: Optional[object] = None) -> Tensor:

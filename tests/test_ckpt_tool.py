@@ -1,15 +1,20 @@
 """tools/convert_checkpoint.py end to end: files in, files out."""
+import hashlib
 import importlib.util
 import os.path as osp
 import re
 from collections import OrderedDict
 
+import numpy as np
+import pytest
 import torch
 from mmdet.models.backbones import ResNet
+from mmengine.logging import HistoryBuffer
 from mmengine.runner import load_checkpoint
 from test_ckpt_resnet import bn_resnet, released
 
 import ssn_norm  # noqa: F401
+from ssn_norm.convert import files
 
 ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
 
@@ -56,14 +61,18 @@ def test_released_sn_file_converts_and_loads_through_init_cfg(
 def test_foreign_and_unreadable_files_exit_nonzero(tmp_path, capsys):
     dst = tmp_path / 'out.pth'
     text = tmp_path / 'notes.txt'
-    text.write_text('hello')
+    # torch's weights_only unpickler reads this as a pickle it refuses.
+    text.write_text("model = dict(type='ResNet')\n")
     detector = tmp_path / 'mask_rcnn.pth'
     state = OrderedDict(
         ('backbone.' + k, v) for k, v in bn_resnet(18).state_dict().items())
     state['neck.lateral_convs.0.conv.weight'] = torch.ones(256, 64, 1, 1)
     torch.save({'state_dict': state, 'meta': {}}, detector)
     cases = {
-        str(text): 'not a PyTorch checkpoint',
+        # Said first, not advice to trust the file (it is no pickle).
+        str(text): r"^error: \S*notes.txt: not a PyTorch checkpoint \(neither "
+        r"a zip-based torch.save file nor a legacy torch pickle; it starts "
+        r"with b'model = dict\(typ'\)",
         str(detector): r'1 keys are not part of a ResNet backbone '
         r'\(mmpretrain layout\): neck.lateral_convs.0.conv.weight',
         str(tmp_path / 'missing.pth'): 'no such file',
@@ -72,18 +81,124 @@ def test_foreign_and_unreadable_files_exit_nonzero(tmp_path, capsys):
         assert convert_tool.main([src, str(dst)]) == 1
         err = capsys.readouterr().err
         assert re.search(message, err), err
-        assert 'nothing written' in err
+        assert 'nothing written' in err and '--trust-pickle' not in err
         assert not dst.exists()
 
 
-def test_pickled_objects_need_trust(tmp_path, capsys):
+def test_pickled_objects_need_trust(tmp_path, capsys, monkeypatch):
+    monkeypatch.delenv('SSN_NORM_TRUST_CHECKPOINTS', raising=False)
     src, dst = tmp_path / 'ckpt.pth', tmp_path / 'out.pth'
     state = bn_resnet(18).state_dict()
     # A pickled module object is refused by weights_only loading.
     torch.save({'state_dict': state, 'meta': {'cls': torch.nn.ReLU()}}, src)
     assert convert_tool.main([str(src), str(dst)]) == 1
-    assert '--trust-pickle' in capsys.readouterr().err
-    assert convert_tool.main([str(src), str(dst), '--trust-pickle']) == 0
+    assert re.search(
+        r'ckpt.pth: holds pickled objects that loading without running code '
+        r'refuses \(Unsupported global: GLOBAL torch.nn.modules.activation.'
+        r'ReLU was not an allowed global by default\); if you trust the '
+        r'file, retry with trust_pickle=True \(--trust-pickle\)',
+        capsys.readouterr().err)
+    assert not dst.exists()
+    with pytest.warns(UserWarning, match='unpickling .* in full'):
+        assert convert_tool.main([str(src), str(dst), '--trust-pickle']) == 0
+    dst.unlink()
+    # The process-wide opt-in works for the converter too.
+    monkeypatch.setenv('SSN_NORM_TRUST_CHECKPOINTS', '1')
+    with pytest.warns(UserWarning, match='unpickling .* in full'):
+        assert convert_tool.main([str(src), str(dst)]) == 0
+
+
+def test_training_checkpoint_converts_without_trust(tmp_path, capsys,
+                                                    monkeypatch):
+    """numpy values and mmengine logger state (what Runner checkpoints
+    hold) load without --trust-pickle: nothing in them runs code."""
+    monkeypatch.delenv('SSN_NORM_TRUST_CHECKPOINTS', raising=False)
+    src, dst = tmp_path / 'iter_10.pth', tmp_path / 'out.pth'
+    torch.save(
+        {
+            'state_dict': bn_resnet(18).state_dict(),
+            'meta': {
+                'seed': np.int64(3),
+                'iter': 10
+            },
+            'message_hub': {
+                'log_scalars': {
+                    'train/loss': HistoryBuffer([0.5, 0.25], [1, 1])
+                }
+            }
+        }, src)
+    assert convert_tool.main([str(src), str(dst)]) == 0
+    assert 'target: SN ResNet-18' in capsys.readouterr().out
+
+
+SSN_RELEASE_MD5 = {
+    '5c9fb111577b040e62461db51ffce69b': ('SSN ResNet-50 (8,32)', 77.2),
+    'd7085632529a9b1945a28a4d3bf4cacb': ('SSN ResNet-50 (8,16)', 77.0),
+    'af85a39920644421fc48e216aba6ff0e': ('SSN ResNet-50 (8,8)', 76.8),
+    '949d4bd54a7c63a3371b941eb4d3ea69': ('SSN ResNet-50 (8,4)', 76.1),
+    'dadb0f1a0c49c31aedd6cb83d4996a03': ('SSN ResNet-50 (8,2)', 75.9),
+}
+
+
+def test_known_releases_are_the_published_md5s():
+    # The released SSN model zoo (papers/README.md): MD5 -> model, top-1.
+    assert {
+        md5: (release.name, release.top1)
+        for md5, release in files.KNOWN_RELEASES.items()
+    } == SSN_RELEASE_MD5
+    assert {(r.source_format, r.depth)
+            for r in files.KNOWN_RELEASES.values()} == {('released-ssn', 50)}
+
+
+def test_released_ssn_file_is_recognised_by_md5(tmp_path, capsys,
+                                                monkeypatch):
+    _, checkpoint = released(sparse=True)
+    src, dst = tmp_path / 'ssn_8x2.pth', tmp_path / 'out.pth'
+    torch.save(checkpoint, src)
+    md5 = hashlib.md5(src.read_bytes()).hexdigest()
+    # We do not have the released files: this file stands for (8,2).
+    monkeypatch.setattr(files, 'KNOWN_RELEASES', {
+        md5: files.Release('SSN ResNet-50 (8,2)', 'released-ssn', 50, 75.9)
+    })
+    assert convert_tool.main([str(src), str(dst)]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith(
+        f'recognised by MD5 {md5}: the released SSN ResNet-50 (8,2) '
+        'ImageNet model (top-1 75.9 in its release)\n'
+        'source: released-ssn (released-ssn), ResNet-50')
+    assert 'matches no released' not in out
+    meta = torch.load(dst, weights_only=True)['meta']
+    assert (meta['release'], meta['source_md5']) == ('SSN ResNet-50 (8,2)',
+                                                     md5)
+
+
+def test_unknown_file_is_converted_with_a_note(tmp_path, capsys):
+    src, dst = tmp_path / 'r18.pth', tmp_path / 'out.pth'
+    torch.save({'state_dict': bn_resnet(18).state_dict()}, src)
+    md5 = hashlib.md5(src.read_bytes()).hexdigest()
+    assert convert_tool.main([str(src), str(dst)]) == 0
+    out = capsys.readouterr().out
+    assert (f'note: MD5 {md5} matches no released SSN checkpoint known to '
+            'this tool; converted by its keys alone') in out
+    assert 'recognised' not in out
+    meta = torch.load(dst, weights_only=True)['meta']
+    assert (meta['release'], meta['source_md5']) == (None, md5)
+
+
+def test_release_hash_with_other_keys_is_refused(tmp_path, capsys,
+                                                 monkeypatch):
+    src, dst = tmp_path / 'r18.pth', tmp_path / 'out.pth'
+    torch.save({'state_dict': bn_resnet(18).state_dict()}, src)
+    md5 = hashlib.md5(src.read_bytes()).hexdigest()
+    monkeypatch.setattr(files, 'KNOWN_RELEASES', {
+        md5: files.Release('SSN ResNet-50 (8,32)', 'released-ssn', 50, 77.2)
+    })
+    assert convert_tool.main([str(src), str(dst)]) == 1
+    err = capsys.readouterr().err
+    assert (f'its MD5 {md5} is that of the released SSN ResNet-50 (8,32) '
+            'model, but its keys read as bn ResNet-18; please report '
+            'this') in err
+    assert not dst.exists()
 
 
 def test_config_check_refuses_v1_weights_for_a_deep_stem(tmp_path, capsys):

@@ -1,9 +1,6 @@
-"""SSN deployment: plain modules, unchanged outputs, no ssn_norm at load."""
+"""SSN deployment: plain modules, unchanged outputs, data-only files."""
 import importlib.util
 import os.path as osp
-import subprocess
-import sys
-import textwrap
 
 import pytest
 import torch
@@ -15,7 +12,8 @@ from torch import nn
 import ssn_norm  # noqa: F401  registers SN / SSN
 from ssn_norm import SN, SSN, SyncSSN
 from ssn_norm.deploy import (assert_plain, deploy_switchable_norms,
-                             layer_choice, save_deployed)
+                             layer_choice, load_deployed, read_deployed,
+                             rebuild_deployed, save_deployed)
 
 NAMES = ('IN', 'LN', 'BN')
 ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
@@ -210,51 +208,94 @@ def test_bad_arguments_are_named():
         deploy_switchable_norms(nn.Sequential(), spatial_dims=4)
 
 
-BLOCK_SSN_NORM = textwrap.dedent("""
-    import sys
-    sys.modules['ssn_norm'] = None  # any import of it now fails
-    import torch
-    try:
-        import ssn_norm  # noqa: F401
-    except ImportError:
-        pass
-    else:
-        raise SystemExit('ssn_norm importable')
-""")
+def plain_model():
+    """Every kind of replacement: folded conv (with no bias before),
+    BatchNorm, SwitchedNorm."""
+    return nn.Sequential(
+        nn.Conv2d(3, 8, 3, bias=False), frozen_ssn(8, 2, 2), nn.ReLU(),
+        frozen_ssn(8, 0, 1), nn.Conv2d(8, 8, 3), frozen_ssn(8, 1, 2),
+        nn.ReLU(), frozen_ssn(8, 2, 2))
 
 
-def test_saved_model_loads_without_ssn_norm(tmp_path):
-    # Every kind of replacement: folded conv, BatchNorm, SwitchedNorm.
-    model = nn.Sequential(
-        nn.Conv2d(3, 8, 3), frozen_ssn(8, 2,
-                                       2), nn.ReLU(), frozen_ssn(8, 0, 1),
-        nn.Conv2d(8, 8, 3), frozen_ssn(8, 1, 2), nn.ReLU(),
-        frozen_ssn(8, 2, 2))
+def test_saved_file_is_data_only_and_rebuilds(tmp_path):
+    torch.manual_seed(0)
+    model = plain_model()
     model.eval()
     x = torch.randn(2, 3, 16, 16)
     with torch.no_grad():
-        torch.save({'x': x, 'y': model(x)}, tmp_path / 'expected.pth')
+        expected = model(x)
     deployed = deploy_switchable_norms(model)
     assert {d.replacement.split('(')[0]
             for d in deployed
             } == {'folded into 0', 'SwitchedNorm', 'BatchNorm2d'}
-    save_deployed(model, str(tmp_path / 'plain.pth'))
-    script = BLOCK_SSN_NORM + textwrap.dedent(f"""
-        folder = {str(tmp_path)!r}
-        expected = torch.load(folder + '/expected.pth')
-        model = torch.load(folder + '/plain.pth', weights_only=False)
-        with torch.no_grad():
-            torch.testing.assert_close(model(expected['x']), expected['y'],
-                                       rtol=1e-5, atol=1e-5)
-        print('loaded', [type(m).__name__ for m in model])
-    """)
-    result = subprocess.run([sys.executable, '-c', script],
-                            capture_output=True,
-                            text=True,
-                            timeout=120)
-    assert result.returncode == 0, result.stderr
-    assert "'SwitchedNorm', 'Conv2d'" in result.stdout
-    assert 'ssn_norm' not in result.stdout
+    path = str(tmp_path / 'plain.pth')
+    save_deployed(model, path, deployed, config='r.py',
+                  cfg_options={'a.b': [1, 2]})
+    # Nothing in the file needs more than torch's weights_only defaults.
+    assert torch.serialization.get_unsafe_globals_in_checkpoint(path) == []
+    data = read_deployed(path)
+    meta = data['meta']
+    assert meta['format'] == 'ssn-norm-deployed/1'
+    assert (meta['config'], meta['cfg_options']) == ('r.py', {'a.b': [1, 2]})
+    assert [(e['name'], e['kind'], e['conv'], e['spatial_dims'])
+            for e in meta['deployed']] == [('1', 'folded', '0', None),
+                                           ('3', 'switched', None, None),
+                                           ('5', 'switched', None, None),
+                                           ('7', 'batch_norm', None, 2)]
+    # A fresh model (other random values) takes the file strictly once
+    # its structure is rebuilt, and computes the deployed outputs.
+    torch.manual_seed(1)
+    fresh = plain_model()
+    rebuild_deployed(fresh, meta['deployed'])
+    fresh.load_state_dict(data['state_dict'], strict=True)
+    assert not fresh.training
+    with torch.no_grad():
+        torch.testing.assert_close(fresh(x), expected, **TOL)
+    assert [type(m).__name__ for m in fresh] == [
+        'Conv2d', 'Identity', 'ReLU', 'SwitchedNorm', 'Conv2d',
+        'SwitchedNorm', 'ReLU', 'BatchNorm2d'
+    ]
+
+
+def test_rebuild_refuses_a_plan_that_does_not_fit(tmp_path):
+    model = plain_model()
+    deployed = deploy_switchable_norms(model)
+    save_deployed(model, str(tmp_path / 'd.pth'), deployed)
+    plan = read_deployed(str(tmp_path / 'd.pth'))['meta']['deployed']
+    other = nn.Sequential(nn.Conv2d(3, 8, 3), nn.BatchNorm2d(8))
+    with pytest.raises(ValueError,
+                       match='1: the deployed file replaced a switchable '
+                       'norm here, but the model has BatchNorm2d'):
+        rebuild_deployed(other, plan)
+    with pytest.raises(ValueError, match="unknown kind 'fused'"):
+        rebuild_deployed(plain_model(), [dict(plan[1], kind='fused')])
+
+
+def test_old_and_foreign_files_are_refused(tmp_path):
+    path = str(tmp_path / 'old.pth')
+    torch.save({'state_dict': {}, 'meta': {}}, path)
+    with pytest.raises(ValueError,
+                       match="meta.format is None, not 'ssn-norm-deployed/1'"):
+        read_deployed(path)
+    # The old format, a pickled whole module, is not even unpickled.
+    torch.save(nn.Sequential(nn.ReLU()), path)
+    with pytest.raises(
+            ValueError,
+            match=r'old.pth: holds pickled objects \(Unsupported global: '
+            r'GLOBAL torch.nn.modules.container.Sequential was not an allowed '
+            r'global by default\); deployed files of earlier versions were '
+            r'whole pickled modules, .* deploy the trained checkpoint again'):
+        read_deployed(path)
+
+
+def test_save_refuses_what_weights_only_cannot_read(tmp_path):
+    model = plain_model()
+    deployed = deploy_switchable_norms(model)
+    with pytest.raises(ValueError,
+                       match=r"meta\['cfg_options'\]\['x'\] is a ReLU"):
+        save_deployed(model, str(tmp_path / 'd.pth'), deployed,
+                      cfg_options={'x': nn.ReLU()})
+    assert not (tmp_path / 'd.pth').exists()
 
 
 def test_tool_deploys_a_config_and_checkpoint(tmp_path, capsys):
@@ -277,9 +318,18 @@ def test_tool_deploys_a_config_and_checkpoint(tmp_path, capsys):
     ])
     printed = capsys.readouterr().out
     assert 'replaced 20 layers (0 hardened)' in printed
-    deployed = torch.load(out, weights_only=False)
+    assert (f'load with ssn_norm.deploy.load_deployed({str(config)!r}, '
+            f'{str(out)!r})') in printed
+    assert torch.serialization.get_unsafe_globals_in_checkpoint(
+        str(out)) == []
+    deployed = load_deployed(str(config), str(out))
+    assert_plain(deployed)
     x = torch.randn(1, 3, 32, 32)
     with torch.no_grad():
         for got, ref in zip(deployed(x), backbone(x)):
             torch.testing.assert_close(got / ref.abs().max(),
                                        ref / ref.abs().max(), **TOL)
+    with pytest.raises(ValueError,
+                       match=r"deployed with cfg_options=None, got "
+                       r"\{'model.depth': 34\}"):
+        load_deployed(str(config), str(out), {'model.depth': 34})

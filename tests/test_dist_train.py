@@ -296,7 +296,8 @@ def test_dist_test_reproduces_the_validation_of_the_checkpoint(run, tmp_path):
         tmp_path,
         env=train_env(folder / 'data'),
         cwd=tmp_path)
-    (result_file, ) = glob.glob(osp.join(tmp_path, '*', '*.json'))
+    # <timestamp>/<timestamp>.json (tools/test.py also writes run_info.json)
+    (result_file, ) = glob.glob(osp.join(tmp_path, '*', '[0-9]*_[0-9]*.json'))
     with open(result_file) as f:
         metrics = json.load(f)
     (val, ) = [r for r in train_records(work_dir) if 'mIoU' in r]

@@ -59,8 +59,8 @@ def _save(model: nn.Module, path, wrap: bool = False) -> str:
     state = model.state_dict()
     if wrap:  # as a DistributedDataParallel model saves
         state = {'module.' + k: v for k, v in state.items()}
-    # numpy objects in meta, as in real mmengine checkpoints (these need
-    # weights_only=False, which ssn_norm.compat restores).
+    # numpy objects in meta, as in real mmengine checkpoints (plain
+    # weights_only loading refuses them; ssn_norm.compat allows them).
     torch.save(
         {
             'state_dict': state,

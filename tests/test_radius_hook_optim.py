@@ -41,8 +41,9 @@ def test_radius_schedule_is_linear_and_clamped():
 
 
 @pytest.mark.parametrize('kwargs, match', [
-    (dict(start_radius=-0.1), r'radii must be >= 0, got start_radius=-0.1'),
-    (dict(end_radius=-1), r'end_radius=-1'),
+    (dict(start_radius=-0.1),
+     r'start_radius must be a finite number >= 0 .*got -0.1'),
+    (dict(end_radius=-1), r'end_radius must be a finite number >= 0 .*got -1'),
     (dict(begin=5, end=5), r'end \(5\) must be greater than begin \(5\)'),
     (dict(interval=0), r'interval must be >= 1, got 0'),
 ])

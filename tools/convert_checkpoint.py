@@ -1,7 +1,9 @@
 """Convert an ImageNet ResNet checkpoint for SN / SSN backbones.
 
-Sources: the SN/SSN authors' released ResNet v1 checkpoints, and BN ResNets
-from torchvision, mmpretrain or open-mmlab:// (see docs/checkpoints.md).
+Sources: the SN/SSN authors' released ResNet v1 checkpoints (the released
+SSN ImageNet models are recognised by their MD5), and BN ResNets from
+torchvision, mmpretrain or open-mmlab:// (see docs/checkpoints.md).  The
+source is loaded without running code from it unless --trust-pickle is given.
 """
 import argparse
 import sys
@@ -26,8 +28,9 @@ def parse_args(argv=None):
     parser.add_argument(
         '--trust-pickle',
         action='store_true',
-        help='allow a full unpickle when weights_only loading refuses the '
-        'file (only for files you trust)')
+        help='unpickle the source in full, which runs any code it holds '
+        '(only for files you trust); without it, only tensors, containers, '
+        'numbers, strings, numpy values and mmengine logger state load')
     return parser.parse_args(argv)
 
 

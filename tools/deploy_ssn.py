@@ -2,9 +2,10 @@
 
 Every SSN layer whose ratios have frozen to one-hot becomes the normaliser
 it selected (BN folded into the preceding conv or an eval BatchNorm; IN, LN
-and mixed choices a small exact module), and the whole model is saved with
-torch.save; it loads with torch.load(OUT, weights_only=False) without
-ssn_norm.
+and mixed choices a small exact module).  OUT holds data only (the state
+dict and the list of replacements, readable with weights_only=True); load it
+with ssn_norm.deploy.load_deployed(CONFIG, OUT), which rebuilds the model
+from the config.
 """
 import argparse
 
@@ -69,7 +70,10 @@ def main(argv=None) -> None:
           f'({sum(d.hardened for d in deployed)} hardened):')
     for (choice, how), count in sorted(kinds.items()):
         print(f'  {count:4d} x mean/var {choice}: {how}')
-    print(f'wrote {args.out}; load with torch.load(path, weights_only=False)')
+    options = (f', cfg_options={dict(args.cfg_options)!r}'
+               if args.cfg_options else '')
+    print(f'wrote {args.out}; load with ssn_norm.deploy.load_deployed('
+          f'{args.config!r}, {args.out!r}{options})')
 
 
 if __name__ == '__main__':

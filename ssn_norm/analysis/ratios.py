@@ -247,8 +247,8 @@ def checkpoint_ratios(filename: str) -> List[LayerRatios]:
 
     ``filename`` is anything mmengine's ``CheckpointLoader`` reads (a local
     file, a URL, ``open-mmlab://``); mmengine-style ``{'state_dict': ...,
-    'meta': ...}`` files and bare state dicts are both accepted.  Loading
-    unpickles the file: only read checkpoints you trust.
+    'meta': ...}`` files and bare state dicts are both accepted.  Local
+    files load without running code from them (``ssn_norm.compat``).
 
     Raises:
         ValueError: the file holds no state dict, or no SN/SSN layer.

@@ -11,6 +11,7 @@ Run as ``python -m ssn_norm.apis.train_test CONFIG --work-dir DIR``.
 import argparse
 import glob
 import json
+import os
 import os.path as osp
 import time
 from typing import Dict, Optional
@@ -84,8 +85,12 @@ def train_and_test(config: str,
         test_seconds=round(tested - trained, 1),
         resumed=resume is not None,
         log_dir=runner.log_dir)
-    with open(osp.join(work_dir, RESULT_FILE), 'w') as f:
+    # Written whole or not at all: the suite takes a run with this file as
+    # done, and a kill must not leave half a record behind.
+    path = osp.join(work_dir, RESULT_FILE)
+    with open(f'{path}.partial', 'w') as f:
         json.dump(record, f, indent=2)
+    os.replace(f'{path}.partial', path)
     return record
 
 

@@ -1,53 +1,85 @@
 """Reading source checkpoints, checking and writing converted ones."""
 import copy
+import hashlib
 import importlib.util
 import os
 import os.path as osp
-import pickle
 from collections import OrderedDict
-from typing import Dict, Mapping, Optional
+from typing import Dict, Mapping, NamedTuple, Optional, Tuple
 
 import torch
 from torch import Tensor, nn
 
+from ..compat import UntrustedCheckpointError, checkpoint_format, safe_load
 from ..version import __version__
-from .resnet import (ConversionError, check_loadable, convert_resnet,
-                     extract_state_dict)
+from .resnet import (RELEASED_SSN, ConversionError, check_loadable,
+                     convert_resnet, extract_state_dict)
 
 #: ``to`` values of :func:`convert_checkpoint_file`.
 FILE_TARGETS = ('sn', 'ssn', 'i3d')
+
+
+class Release(NamedTuple):
+    """A released ImageNet checkpoint, recognised by its file's MD5.
+
+    Attributes:
+        name: what the user is told, e.g. ``'SSN ResNet-50 (8,32)'``.
+        source_format: the format its keys must be detected as.
+        depth: its ResNet depth.
+        top1: ImageNet top-1 (%) its release reports.
+    """
+    name: str
+    source_format: str
+    depth: int
+    top1: float
+
+
+#: The SSN authors' ImageNet ResNet-50 checkpoints
+#: (switchablenorms/Sparse_SwitchNorm model zoo), by MD5; (8,k) is 8 GPUs
+#: with k images each.  Top-1 from that repository's README.
+KNOWN_RELEASES: Dict[str, Release] = {
+    '5c9fb111577b040e62461db51ffce69b':
+    Release('SSN ResNet-50 (8,32)', RELEASED_SSN, 50, 77.2),
+    'd7085632529a9b1945a28a4d3bf4cacb':
+    Release('SSN ResNet-50 (8,16)', RELEASED_SSN, 50, 77.0),
+    'af85a39920644421fc48e216aba6ff0e':
+    Release('SSN ResNet-50 (8,8)', RELEASED_SSN, 50, 76.8),
+    '949d4bd54a7c63a3371b941eb4d3ea69':
+    Release('SSN ResNet-50 (8,4)', RELEASED_SSN, 50, 76.1),
+    'dadb0f1a0c49c31aedd6cb83d4996a03':
+    Release('SSN ResNet-50 (8,2)', RELEASED_SSN, 50, 75.9),
+}
 
 
 def load_source(path: str,
                 trust_pickle: bool = False) -> 'OrderedDict[str, Tensor]':
     """The prefix-free state dict of the checkpoint file ``path``.
 
-    The file is read with ``torch.load(weights_only=True)``, which refuses
-    arbitrary pickled objects; ``trust_pickle=True`` falls back to a full
-    unpickle for files (e.g. training checkpoints holding logger state) you
-    trust.  Raises :class:`ConversionError` naming the file and the reason.
+    The file is read with :func:`ssn_norm.compat.safe_load`:
+    ``torch.load(weights_only=True)`` plus the numpy and mmengine types of
+    training checkpoints, so nothing in it runs.  ``trust_pickle=True`` (or
+    ``SSN_NORM_TRUST_CHECKPOINTS=1``) unpickles in full instead, for files
+    you trust that hold other objects.  Raises :class:`ConversionError`
+    naming the file and the reason; a file that is no torch checkpoint at
+    all is reported as such before any advice on trusting it.
     """
     if not osp.isfile(path):
         raise ConversionError(f'{path}: no such file')
+    if checkpoint_format(path) is None:
+        with open(path, 'rb') as file:
+            head = file.read(16)
+        raise ConversionError(
+            f'{path}: not a PyTorch checkpoint (neither a zip-based '
+            f'torch.save file nor a legacy torch pickle; it starts with '
+            f'{head!r})')
     try:
-        checkpoint = torch.load(path, map_location='cpu', weights_only=True)
-    except pickle.UnpicklingError as error:
-        if 'Weights only load failed' not in str(error):
-            raise ConversionError(
-                f'{path}: not a PyTorch checkpoint ({error})') from error
-        if not trust_pickle:
-            raise ConversionError(
-                f'{path}: holds pickled objects that '
-                'torch.load(weights_only=True) refuses; if you trust the '
-                'file, retry with trust_pickle=True (--trust-pickle)'
-            ) from error
-        try:
-            checkpoint = torch.load(
-                path, map_location='cpu', weights_only=False)
-        except Exception as error2:  # reported with the path
-            raise ConversionError(
-                f'{path}: not a PyTorch checkpoint '
-                f'({type(error2).__name__}: {error2})') from error2
+        checkpoint = safe_load(
+            path, map_location='cpu', trust=True if trust_pickle else None)
+    except UntrustedCheckpointError as error:
+        raise ConversionError(
+            f'{path}: holds pickled objects that loading without running '
+            f'code refuses ({error.reason}); if you trust the file, retry '
+            'with trust_pickle=True (--trust-pickle)') from error
     except Exception as error:  # reported with the path
         raise ConversionError(f'{path}: not a PyTorch checkpoint '
                               f'({type(error).__name__}: {error})') from error
@@ -55,6 +87,22 @@ def load_source(path: str,
         return extract_state_dict(checkpoint)
     except ConversionError as error:
         raise ConversionError(f'{path}: {error}') from None
+
+
+def file_md5(path: str) -> str:
+    """Hex MD5 of the file's bytes (read in 1 MiB chunks)."""
+    digest = hashlib.md5(usedforsecurity=False)
+    with open(path, 'rb') as file:
+        for chunk in iter(lambda: file.read(1 << 20), b''):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def known_release(path: str) -> Tuple[str, Optional[Release]]:
+    """``(md5, release)`` of the file; ``release`` is None when the hash
+    matches no entry of :data:`KNOWN_RELEASES`."""
+    md5 = file_md5(path)
+    return md5, KNOWN_RELEASES.get(md5)
 
 
 def save_converted(path: str, state_dict: Mapping[str, Tensor],
@@ -122,7 +170,9 @@ def convert_checkpoint_file(src: str,
         trust_pickle: see :func:`load_source`.
 
     Returns:
-        The summary to show the user.
+        The summary to show the user.  It names the release when the MD5 of
+        ``src`` is in :data:`KNOWN_RELEASES` (also written to
+        ``meta['release']``), and says so in a note when it is not.
 
     Raises:
         ConversionError: nothing is written then.
@@ -136,6 +186,7 @@ def convert_checkpoint_file(src: str,
             'to="i3d" needs the I3D config whose backbone to inflate into '
             '(--config)')
     state_dict = load_source(src, trust_pickle)
+    md5, release = known_release(src)
     backbone = backbone_of_config(config) if config else None
     norm = to
     if to == 'i3d':
@@ -148,9 +199,27 @@ def convert_checkpoint_file(src: str,
         converted, report = convert_resnet(state_dict, norm)
     except ConversionError as error:
         raise ConversionError(f'{src}: {error}') from None
+    if release is None:
+        report.notes.append(
+            f'MD5 {md5} matches no released SSN checkpoint known to this '
+            'tool; converted by its keys alone')
+    elif (report.source_format, report.depth) != (release.source_format,
+                                                  release.depth):
+        # The bytes are the release's, so the detection must agree; a
+        # mismatch is a converter bug, not something to write out.
+        raise ConversionError(
+            f'{src}: its MD5 {md5} is that of the released {release.name} '
+            f'model, but its keys read as {report.source_format} '
+            f'ResNet-{report.depth}; please report this')
     summary = report.summary()
+    if release is not None:
+        summary = (f'recognised by MD5 {md5}: the released {release.name} '
+                   f'ImageNet model (top-1 {release.top1} in its release)\n'
+                   + summary)
     meta = {
         'converted_from': osp.basename(src),
+        'source_md5': md5,
+        'release': release.name if release is not None else None,
         'source_format': report.source_format,
         'source_flavour': report.source_flavour,
         'norm': report.target,

@@ -102,6 +102,23 @@ def sync_running_stats(model: nn.Module, group=None) -> int:
     return len(layers)
 
 
+def checkpoint_due_after_iter(runner) -> bool:
+    """Whether an iteration-based CheckpointHook saves after this iter.
+
+    The same test ``CheckpointHook.after_train_iter`` makes; it depends only
+    on the iteration, so all ranks agree and can enter a collective together
+    (``Runner.save_checkpoint`` itself runs on the main process only).
+    """
+    for hook in runner.hooks:
+        if not isinstance(hook, CheckpointHook) or hook.by_epoch:
+            continue
+        if hook.every_n_train_iters(runner, hook.interval, hook.save_begin):
+            return True
+        if hook.save_last and hook.is_last_train_iter(runner):
+            return True
+    return False
+
+
 @HOOKS.register_module()
 class SyncNormStatsHook(Hook):
     """Synchronises BN / SN / SSN running statistics where they matter.
@@ -145,7 +162,7 @@ class SyncNormStatsHook(Hook):
                          batch_idx: int,
                          data_batch=None,
                          outputs=None) -> None:
-        if self._checkpoint_due(runner):
+        if checkpoint_due_after_iter(runner):
             sync_running_stats(runner.model)
 
     def after_train_epoch(self, runner) -> None:
@@ -153,21 +170,3 @@ class SyncNormStatsHook(Hook):
 
     def before_val_epoch(self, runner) -> None:
         sync_running_stats(runner.model)
-
-    @staticmethod
-    def _checkpoint_due(runner) -> bool:
-        """Whether an iteration-based CheckpointHook saves after this iter.
-
-        The same test ``CheckpointHook.after_train_iter`` makes; it depends
-        only on the iteration, so all ranks agree and enter the collective
-        together.
-        """
-        for hook in runner.hooks:
-            if not isinstance(hook, CheckpointHook) or hook.by_epoch:
-                continue
-            if hook.every_n_train_iters(runner, hook.interval,
-                                        hook.save_begin):
-                return True
-            if hook.save_last and hook.is_last_train_iter(runner):
-                return True
-        return False

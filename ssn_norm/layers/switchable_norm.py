@@ -3,6 +3,7 @@
 Pure PyTorch: nothing here imports mmcv or mmengine.
 """
 import math
+import numbers
 from typing import Callable, Optional, Tuple
 
 import torch
@@ -18,6 +19,35 @@ from ..ops.switchable_function import (TrainingMix, batch_norm_inference,
 
 #: Order of the normalisers in the ratio logits.
 NORMALIZERS = ('IN', 'LN', 'BN')
+
+#: Starting logits of :meth:`SSN.unfreeze`.
+UNFREEZE_LOGITS = ('uniform', 'soften')
+
+# 'soften': the selected logit; SparsestMax at radius 0 then gives the
+# selected normaliser 2/3 of the weight (K = 3; 3/4 for K = 2).
+_SOFTENED_LOGIT = 0.5
+
+# What works instead of TorchScript (the layers' forward holds closures and
+# Python state, such as SSN's freezing and its eval-time selection).
+_NO_TORCHSCRIPT = (
+    'use the layer in eager mode, under torch.compile (it sees plain ops), '
+    'or export it with torch.onnx.export')
+
+
+def _state_key(*tensors: Tensor) -> tuple:
+    """Changes whenever one of ``tensors`` is written in place or replaced.
+
+    The version counter counts in-place writes (``fill_``, ``copy_``,
+    ``load_state_dict``, optimizer steps); the data pointer changes with a
+    new tensor (``.to()``, assignment).  Writes through ``.data`` bypass
+    the counter.
+    """
+    return tuple((t.data_ptr(), t._version) for t in tensors)
+
+
+def _refuse_torchscript(layer: nn.Module, how: str) -> RuntimeError:
+    return RuntimeError(
+        f'{type(layer).__name__} does not support {how}; {_NO_TORCHSCRIPT}')
 
 
 class _SwitchableNormBase(nn.Module):
@@ -158,18 +188,25 @@ class _SwitchableNormBase(nn.Module):
         self.running_var.copy_(
             (sqmean_run - self.running_mean.square()).clamp(min=0))
 
-    def _mixed_moments(
-            self, var_mean_in: Callable[[], Tuple[Tensor,
-                                                  Tensor]], dtype: torch.dtype,
-            mean_ratio: Optional[Tensor], var_ratio: Optional[Tensor],
-            selected: Optional[Tuple[int, int]]) -> Tuple[Tensor, Tensor]:
+    def _mixed_moments(self,
+                       var_mean_in: Callable[[], Tuple[Tensor, Tensor]],
+                       dtype: torch.dtype,
+                       mean_ratio: Optional[Tensor],
+                       var_ratio: Optional[Tensor],
+                       selected: Optional[Tuple[int, int]],
+                       training: bool,
+                       record: bool = True) -> Tuple[Tensor, Tensor]:
         """Mixed mean and variance in ``dtype``, broadcastable to (N, C).
 
         ``var_mean_in()`` returns the per-sample (IN) variance and mean, each
         (N, C) in ``dtype``; it is called only when they are needed.
+        ``training``: the mode of the forward (batch or running BN
+        statistics), fixed there so that a later replay uses the same.
+        ``record=False`` leaves the running statistics alone (the
+        double-backward replay of a forward that already updated them).
         """
-        use_batch_stats = self.using_bn and self.training
-        use_running = self.using_bn and not self.training
+        use_batch_stats = self.using_bn and training
+        use_running = self.using_bn and not training
         bn = 2 if self.using_bn else None
         needs_sample_stats = (
             use_batch_stats or selected is None
@@ -189,15 +226,17 @@ class _SwitchableNormBase(nn.Module):
         if use_batch_stats:
             mean_bn, sqmean_bn = self._batch_moments(mean_in, sqmean_in)
             var_bn = (sqmean_bn - mean_bn.square()).clamp(min=0)
-            self._update_running_stats(mean_bn.detach(), sqmean_bn.detach(),
-                                       var_bn.detach())
+            if record:
+                self._update_running_stats(mean_bn.detach(),
+                                           sqmean_bn.detach(),
+                                           var_bn.detach())
             mean_terms.append(mean_bn)
             var_terms.append(var_bn)
         elif use_running:
             mean_terms.append(self.running_mean.to(dtype))
             var_terms.append(self.running_var.to(dtype))
 
-        if selected is not None and not self.training:
+        if selected is not None and not training:
             mean_idx, var_idx = selected
             if not needs_sample_stats:
                 return mean_terms[0], var_terms[0]
@@ -229,7 +268,15 @@ class _SwitchableNormBase(nn.Module):
             anchor = anchor * 0
         return x + anchor.to(x.dtype)
 
+    def __prepare_scriptable__(self):
+        # torch.jit.script calls this on every submodule before compiling.
+        raise _refuse_torchscript(self, 'torch.jit.script')
+
     def forward(self, x: Tensor) -> Tensor:
+        if torch.jit.is_tracing() and not torch.onnx.is_in_onnx_export():
+            # A trace records one path of Python control flow (SSN's
+            # freezing, the eval-time selection) and fails its own check.
+            raise _refuse_torchscript(self, 'torch.jit.trace')
         self._check_input(x)
         if x.numel() == 0:
             return self._forward_empty(x)
@@ -249,10 +296,11 @@ class _SwitchableNormBase(nn.Module):
             self._ratios(compiles_for(x)) if selected is None else
             (None, None))
         dtype = stat_dtype(x.dtype)
+        training = self.training
 
-        def mix(var_mean_in, mean_ratio, var_ratio):
+        def mix(var_mean_in, mean_ratio, var_ratio, record=True):
             return self._mixed_moments(var_mean_in, dtype, mean_ratio,
-                                       var_ratio, selected)
+                                       var_ratio, selected, training, record)
 
         # The heavy O(N·C·L) work runs in fused kernels (ssn_norm.ops); in
         # training, so does the O(N·C) mix on the fast backends.
@@ -317,6 +365,10 @@ class SN(_SwitchableNormBase):
         convention; the released code started the variance at 0).
         The class deliberately does not subclass ``_BatchNorm``: mmengine
         would convert it to SyncBatchNorm or fold it into convs as BN.
+        Double backward (``create_graph=True``) is exact on every backend.
+        TorchScript is refused (``torch.jit.script`` and ``torch.jit.trace``
+        raise a ``RuntimeError`` naming what works: eager,
+        ``torch.compile``, ``torch.onnx.export``).
     """
 
     def _ratios(self, fast: bool = False) -> Tuple[Tensor, Tensor]:
@@ -339,9 +391,18 @@ class SSN(_SwitchableNormBase):
 
     Arguments as :class:`SN`.
 
+    The radius must be finite and ≥ 0: :meth:`set_radius` checks it where
+    it is written, and a value written to the buffer some other way (or
+    loaded from a checkpoint) is checked before its first use.  A frozen
+    layer (e.g. the released ImageNet weights, every layer frozen) learns
+    its ratios again after :meth:`unfreeze`.
+
     Note:
         The logits take part in every training forward even once frozen (with
-        zero gradient), so DDP never sees an unused parameter.
+        zero gradient), so DDP never sees an unused parameter.  The eval-time
+        selection is cached per layer and follows in-place writes to the
+        flags and logits (``fill_``, ``copy_``, ``load_state_dict``), but
+        not writes through ``.data``.
     """
 
     def __init__(self, num_features: int, **kwargs) -> None:
@@ -351,6 +412,7 @@ class SSN(_SwitchableNormBase):
         self.register_buffer('var_fixed', torch.zeros(1, dtype=torch.long))
         self.register_buffer('radius', torch.zeros(1))
         self._selection_cache = None
+        self._radius_key = None
 
     def reset_parameters(self) -> None:
         super().reset_parameters()
@@ -358,6 +420,101 @@ class SSN(_SwitchableNormBase):
             self.mean_fixed.zero_()
             self.var_fixed.zero_()
         self._selection_cache = None
+
+    # ----------------------------------------------------------- radius
+    def _check_radius(self, value, where: str) -> float:
+        """``value`` as a float if it is a finite number ≥ 0, else raise."""
+        if isinstance(value, bool) or not isinstance(value, numbers.Real):
+            raise TypeError(f'{type(self).__name__}: {where} must be a real '
+                            f'number, got {value!r}')
+        value = float(value)
+        if not (math.isfinite(value) and value >= 0):
+            one_hot = max_radius(self.mean_weight.numel())
+            raise ValueError(
+                f'{type(self).__name__}: {where} must be a finite number '
+                f'>= 0 (0: sparsemax; >= {one_hot:.4f}: one-hot for every '
+                f'input), got {value!r}')
+        return value
+
+    def set_radius(self, radius: float) -> None:
+        """Set the SparsestMax radius; raise unless finite and ≥ 0.
+
+        No host synchronisation: the value is checked on the host before
+        it is written.
+        """
+        value = self._check_radius(radius, 'radius')
+        self.radius.fill_(value)
+        self._radius_key = _state_key(self.radius)
+
+    def _checked_radius(self) -> Tensor:
+        # A radius written around set_radius (fill_, .to(), DDP's buffer
+        # broadcast) is checked once before use: a negative one would act
+        # as its absolute value (sparsestmax squares it), NaN fails deep
+        # in sparsemax.
+        if (not torch.compiler.is_compiling()
+                and _state_key(self.radius) != self._radius_key):
+            if self.radius.device.type == 'cpu':
+                self._check_radius(float(self.radius.reshape(-1)[0]),
+                                   'the radius buffer')
+            else:
+                self._assert_radius_async(self.radius)
+            self._radius_key = _state_key(self.radius)
+        return self.radius
+
+    def _assert_radius_async(self, radius: Tensor) -> None:
+        """The radius check without a host read, for accelerators (where
+        a buffer broadcast every step would otherwise cost a host
+        synchronisation per layer); a failure is a device-side assert."""
+        valid = (torch.isfinite(radius) & (radius >= 0)).all()
+        torch._assert_async(
+            valid, f'{type(self).__name__}: the radius buffer must be a '
+            'finite number >= 0')
+
+    # --------------------------------------------------------- unfreezing
+    @torch.no_grad()
+    def unfreeze(self, logits: str = 'uniform', radius: float = 0.0) -> None:
+        """Let frozen ratios learn again, e.g. to fine-tune frozen weights.
+
+        Clearing the flags alone is not enough: a frozen row's logits are
+        one-hot, their SparsestMax is one-hot at any radius, so the row
+        freezes again on the next training step.  Each frozen row (mean
+        and/or variance) therefore gets new logits; rows not frozen are
+        still learning and keep theirs.
+
+        Args:
+            logits: starting logits of the frozen rows.  ``'uniform'``
+                (default): zeros, equal ratios, SSN's own starting point
+                (equal logits), so the ratios are learned anew for the new
+                task under a growing radius, as in the paper's training;
+                the pretrained choice was made for ImageNet's batch
+                statistics, which detection batch sizes do not have.
+                ``'soften'``: keep the pretrained choice as the start,
+                softened to 0.5 on the selected normaliser and 0 elsewhere,
+                so at radius 0 it keeps 2/3 of the weight (3/4 for
+                ``using_bn=False``) and every logit gets a gradient.
+            radius: the new radius, normally the start of the schedule (0:
+                plain sparsemax, where only one-hot logits freeze).
+                :class:`~ssn_norm.hooks.SparsestMaxRadiusHook` sets it from
+                its schedule again at every step.
+
+        Guarantees: afterwards no row is frozen, no reset row's ratios are
+        one-hot at radius 0 (so none re-freezes there), and the eval-time
+        selection follows.
+        """
+        if logits not in UNFREEZE_LOGITS:
+            raise ValueError(f'{type(self).__name__}.unfreeze: logits must '
+                             f'be one of {UNFREEZE_LOGITS}, got {logits!r}')
+        self.set_radius(radius)
+        for param, fixed in ((self.mean_weight, self.mean_fixed),
+                             (self.var_weight, self.var_fixed)):
+            if logits == 'uniform':
+                start = torch.zeros_like(param)
+            else:
+                start = F.one_hot(param.argmax(), param.numel()).to(
+                    param.dtype) * _SOFTENED_LOGIT
+            # On the device: no host read of the flags.
+            param.copy_(torch.where(fixed.bool(), start, param))
+            fixed.zero_()
 
     @property
     def frozen(self) -> Tensor:
@@ -367,12 +524,11 @@ class SSN(_SwitchableNormBase):
     def _ratios(self, fast: bool = False) -> Tuple[Tensor, Tensor]:
         logits = torch.stack([self.mean_weight, self.var_weight])
         freeze = self.training and torch.is_grad_enabled()
+        radius = self._checked_radius().to(logits.dtype)
         ratios, new_logits, new_fixed = (fast_ssn_ratios
                                          if fast else ratios_with_freezing)(
-                                             logits,
-                                             self.radius.to(logits.dtype),
-                                             self.mean_fixed, self.var_fixed,
-                                             freeze)
+                                             logits, radius, self.mean_fixed,
+                                             self.var_fixed, freeze)
         if freeze:
             with torch.no_grad():
                 # Newly frozen rows: their one-hot logits and flags.
@@ -384,23 +540,35 @@ class SSN(_SwitchableNormBase):
         return ratios[0], ratios[1]
 
     def _selected(self) -> Optional[Tuple[int, int]]:
-        if self._selection_cache is None:
-            # One host read per layer after each train()/load, then cached.
-            frozen = self.frozen.tolist()
-            if all(frozen):
-                self._selection_cache = (int(self.mean_weight.argmax()),
-                                         int(self.var_weight.argmax()))
-            else:
-                self._selection_cache = False
-        return self._selection_cache or None
+        # One host read per layer, then cached until the flags or logits
+        # change (an edit, load_state_dict, unfreeze, a training step).
+        if torch.compiler.is_compiling():
+            key = None if self._selection_cache is None else (
+                self._selection_cache[0])
+        else:
+            key = _state_key(self.mean_fixed, self.var_fixed,
+                             self.mean_weight, self.var_weight)
+        if self._selection_cache is None or self._selection_cache[0] != key:
+            selection = None
+            if all(self.frozen.tolist()):
+                selection = (int(self.mean_weight.argmax()),
+                             int(self.var_weight.argmax()))
+            self._selection_cache = (key, selection)
+        return self._selection_cache[1]
 
     def train(self, mode: bool = True):
         self._selection_cache = None
         return super().train(mode)
 
-    def _load_from_state_dict(self, *args, **kwargs):
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
         self._selection_cache = None
-        return super()._load_from_state_dict(*args, **kwargs)
+        radius = state_dict.get(prefix + 'radius')
+        if isinstance(radius, Tensor) and radius.numel() == 1:
+            # Fail at the load, naming the key, not at the first forward.
+            self._check_radius(float(radius.reshape(-1)[0]),
+                               f'checkpoint entry {prefix}radius')
+        return super()._load_from_state_dict(state_dict, prefix, *args,
+                                             **kwargs)
 
     def extra_repr(self) -> str:
         return super().extra_repr() + f', radius={float(self.radius):.4g}'

@@ -42,9 +42,20 @@ import) or :func:`set_backend` / :func:`use_backend`:
 * ``eager``: the same autograd Function with kernels 1 and 4 made of ATen
   ops; no warm-up, no compiler needed.
 * ``autograd``: plain differentiable ops, the reference the others are
-  tested against and the only backend that supports double backward.  It is
-  used automatically while ``torch.compile``, ``torch.jit`` or ONNX export
-  trace the model, so an outer compiler sees ordinary ops.
+  tested against.  It is used automatically while ``torch.compile`` or
+  ONNX export trace the model, so an outer compiler sees ordinary ops (the
+  layers refuse TorchScript otherwise).
+
+Double backward (``torch.autograd.grad(..., create_graph=True)``: gradient
+penalties, meta-learning) is exact on every backend.  The forward cannot
+know whether the graph of the gradient will be wanted, so the decision is
+taken in the backward: grad mode is on there exactly when ``create_graph``
+is, and then the backward re-runs the ``autograd`` reference on the saved
+inputs (``mix`` called with ``record=False``: no second running-statistics
+update) and differentiates it with ``create_graph=True``.  The fast
+kernels serve every ordinary backward; the replay costs one more forward,
+only when a graph of the gradient is asked for.  The same holds for SSN's
+compiled ratios (:func:`fast_ssn_ratios`).
 """
 import contextlib
 import os
@@ -54,13 +65,12 @@ from typing import Callable, Dict, Iterator, List, Optional, Tuple
 import torch
 import torch.nn.functional as F
 from torch import Tensor
-from torch.autograd.function import once_differentiable
 
 from . import native
 from .fused_mix import TrainingMix, mix_backward, mix_forward
 from .fused_train import (grad_input_rows, stat_dtype, training_backward,
                           training_forward, var_mean_rows)
-from .sparsestmax import ratios_with_freezing
+from .sparsestmax import ratios_with_freezing, sparsestmax
 
 __all__ = [
     'BACKENDS', 'MIN_COMPILED_NUMEL', 'MixFn', 'SwitchableNormFunction',
@@ -90,14 +100,14 @@ def _min_numel_from_env() -> int:
 #: 4096, at the price of compiling in every short process too.
 MIN_COMPILED_NUMEL = _min_numel_from_env()
 
-#: ``mix(var_mean_in, mean_ratio, var_ratio) -> (mean, var)``.
+#: ``mix(var_mean_in, mean_ratio, var_ratio, record=True) -> (mean, var)``.
 #: ``var_mean_in()`` returns the per-sample (IN) unbiased variance and mean,
 #: each ``(N, C)`` in the statistics dtype (fp32; fp64 for fp64 input);
 #: ``mix`` calls it only if it needs them.  ``mean`` and ``var`` are in the
-#: same dtype and broadcast to ``(N, C)``.
-MixFn = Callable[
-    [Callable[[], Tuple[Tensor, Tensor]], Optional[Tensor], Optional[Tensor]],
-    Tuple[Tensor, Tensor]]
+#: same dtype and broadcast to ``(N, C)``.  With ``record=False`` (the
+#: double-backward replay) ``mix`` must compute the same moments without
+#: side effects: no running-statistics update, no moment recorder.
+MixFn = Callable[..., Tuple[Tensor, Tensor]]
 
 
 # ------------------------------------------------------------------ kernels
@@ -307,14 +317,67 @@ def compiles_for(x: Tensor) -> bool:
                                        (x.shape[0] * x.shape[1])))
 
 
-def fast_ssn_ratios(*args) -> Tuple[Tensor, Tensor, Tensor]:
+class _CompiledRatiosFunction(torch.autograd.Function):
+    """The compiled ratios, with an exact double backward.
+
+    A compiled (AOTAutograd) backward cannot itself be differentiated, and
+    may run only once.  The forward records the compiled graph on a
+    detached leaf; the first ordinary backward runs its compiled backward,
+    and one under ``create_graph=True`` (or a repeated one) differentiates
+    the eager SparsestMax of the saved logits instead (the rows frozen by
+    this call have constant one-hot ratios: no gradient).
+    """
+
+    @staticmethod
+    def forward(ctx, logits: Tensor, radius: Tensor, mean_fixed: Tensor,
+                var_fixed: Tensor, freeze: bool):
+        leaf = logits.detach().requires_grad_()
+        with torch.enable_grad():
+            ratios, stored, flags = _COMPILED_SSN_RATIOS(
+                leaf, radius, mean_fixed, var_fixed, freeze)
+        # The layer writes its radius and flags in place after this call:
+        # keep copies (a few elements) for a later backward.
+        ctx.save_for_backward(logits, radius.detach().clone(), flags.clone())
+        ctx.graph = (leaf, ratios)
+        ctx.mark_non_differentiable(stored, flags)
+        return ratios.detach(), stored, flags
+
+    @staticmethod
+    def backward(ctx, grad: Tensor, *unused):
+        create_graph = torch.is_grad_enabled()
+        if not create_graph and ctx.graph is not None:
+            leaf, ratios = ctx.graph
+            # Compiled backwards may reuse their buffers (inductor donates
+            # them) and so run once: a second backward (retain_graph=True
+            # outside) takes the eager formula below.
+            ctx.graph = None
+            with torch.enable_grad():
+                found, = torch.autograd.grad(ratios, leaf, grad)
+            return found, None, None, None, None
+        logits, radius, flags = ctx.saved_tensors
+        with torch.enable_grad():
+            soft = sparsestmax(logits, radius)
+            frozen = flags.bool().unsqueeze(-1)
+            grad = torch.where(frozen, torch.zeros_like(grad), grad)
+            found, = torch.autograd.grad(
+                soft, logits, grad, create_graph=create_graph)
+        return found, None, None, None, None
+
+
+def fast_ssn_ratios(logits: Tensor, radius: Tensor, mean_fixed: Tensor,
+                    var_fixed: Tensor,
+                    freeze: bool) -> Tuple[Tensor, Tensor, Tensor]:
     """:func:`~ssn_norm.ops.sparsestmax.ratios_with_freezing`, compiled.
 
     Forward and backward run as one compiled graph each, instead of about a
     hundred small ops each way (static shapes: a graph per ``K``, dtype,
-    ``freeze`` and whether gradients are recorded).
+    ``freeze`` and whether gradients are recorded).  Twice differentiable:
+    a backward with ``create_graph=True`` uses the eager formula.
     """
-    return _COMPILED_SSN_RATIOS(*args)
+    args = (logits, radius, mean_fixed, var_fixed, freeze)
+    if not (torch.is_grad_enabled() and logits.requires_grad):
+        return _COMPILED_SSN_RATIOS(*args)
+    return _CompiledRatiosFunction.apply(*args)
 
 
 def _backend_from_env() -> str:
@@ -446,7 +509,9 @@ class SwitchableNormFunction(torch.autograd.Function):
     variance ``v``; the input gradient is
     ``g·scale + ∂v·2(x - m)/(L - 1) + ∂m/L``, one fused kernel.
 
-    Not twice differentiable (the ``autograd`` backend is).
+    Only the input is saved at full size (as in BatchNorm).  A backward
+    with ``create_graph=True`` (grad mode on inside the backward) replays
+    the ``autograd`` reference instead, so double backward is exact.
     """
 
     @staticmethod
@@ -461,9 +526,12 @@ class SwitchableNormFunction(torch.autograd.Function):
                 kernels,
                 fused: Optional[TrainingMix] = None) -> Tensor:
         num, channels = x_in.shape[:2]
-        x = x_in.detach().reshape(num * channels, -1).contiguous()
+        x = _rows_of(x_in)
         rows = torch.Size((num, channels))
         ctx.kernels, ctx.rows, ctx.fused, ctx.whole = kernels, rows, None, None
+        # For a backward with create_graph=True (see _replay_backward).
+        ctx.replay = (mix, eps)
+        inputs = (x_in, weight, bias, mean_ratio, var_ratio)
         ctx.param_dtypes = [
             None if t is None else t.dtype
             for t in (weight, bias, mean_ratio, var_ratio)
@@ -480,8 +548,7 @@ class SwitchableNormFunction(torch.autograd.Function):
                                                    eps, fused.using_bn)
             if fused.using_bn and fused.record is not None:
                 fused.record(mean_bn, sq_bn, var_bn)
-            ctx.save_for_backward(x, var_in, mean_in, mean_ratio, var_ratio,
-                                  weight)
+            ctx.save_for_backward(*inputs, var_in, mean_in)
             ctx.whole = (eps, fused.using_bn)
             return _alias(out, x_in.shape)
         if fused is not None and mean_ratio is not None:
@@ -491,7 +558,7 @@ class SwitchableNormFunction(torch.autograd.Function):
                                                   var_ratio, weight, bias, eps,
                                                   fused)
             out = _affine(x, scale.reshape(-1), shift.reshape(-1))
-            ctx.save_for_backward(x)
+            ctx.save_for_backward(*inputs)
             return _alias(out, x_in.shape)
         params = [_leaf(t) for t in (weight, bias, mean_ratio, var_ratio)]
         moments: List[Tensor] = []
@@ -511,20 +578,22 @@ class SwitchableNormFunction(torch.autograd.Function):
             scale, shift = _scale_shift(mean, var, params[0], params[1], eps)
         out = _affine(x, _rows(scale.detach(), rows),
                       _rows(shift.detach(), rows))
-        ctx.save_for_backward(x)
+        ctx.save_for_backward(*inputs)
         ctx.small_graph = (scale, shift, params, moments)
         # Not a view: in-place ops on the output (ReLU(inplace=True)) must
         # stay allowed.
         return _alias(out, x_in.shape)
 
     @staticmethod
-    @once_differentiable
     def backward(ctx, grad_out: Tensor):
+        if torch.is_grad_enabled():
+            # create_graph=True: the gradient must itself be differentiable.
+            return _replay_backward(ctx, grad_out)
         if ctx.whole is not None:
             return _whole_backward(ctx, grad_out)
         if ctx.fused is not None:
             return _fused_backward(ctx, grad_out)
-        x, = ctx.saved_tensors
+        x = _rows_of(ctx.saved_tensors[0])
         scale, shift, params, moments = ctx.small_graph
         kernels, rows = ctx.kernels, ctx.rows
         grad = grad_out.reshape(x.shape).contiguous()
@@ -566,9 +635,60 @@ class SwitchableNormFunction(torch.autograd.Function):
         return (grad_x, *(grad_of(t) for t in params), None, None, None, None)
 
 
+def _rows_of(x_in: Tensor) -> Tensor:
+    """Detached ``x_in`` (N, C, *) as contiguous rows (N·C, L).
+
+    A view for contiguous input; a non-contiguous input is copied (again
+    in the backward: only the input itself is kept for it).
+    """
+    num, channels = x_in.shape[:2]
+    return x_in.detach().reshape(num * channels, -1).contiguous()
+
+
+def _replay_backward(ctx, grad_out: Tensor) -> tuple:
+    """Twice-differentiable backward: the reference re-run and differentiated.
+
+    Used when the backward runs with grad mode on (``create_graph=True``).
+    The saved inputs carry their own graph there, so the gradients returned
+    are differentiable functions of them, exactly as on the ``autograd``
+    backend.  ``mix`` is re-run with ``record=False``: the running
+    statistics were updated once, in the forward.
+    """
+    mix, eps = ctx.replay
+    inputs = ctx.saved_tensors[:5]
+    x_in, weight, bias, mean_ratio, var_ratio = inputs
+
+    def replay_mix(var_mean_in, mean_ratio, var_ratio):
+        return mix(var_mean_in, mean_ratio, var_ratio, record=False)
+
+    wanted = [
+        t for t, need in zip(inputs, ctx.needs_input_grad[:5])
+        if need and t is not None
+    ]
+    found = {}
+    if wanted:
+        out = _autograd_switchable_norm(x_in.flatten(2), weight, bias,
+                                        mean_ratio, var_ratio, replay_mix,
+                                        eps)
+        grads = torch.autograd.grad(
+            out,
+            wanted,
+            grad_out.reshape(out.shape),
+            create_graph=True,
+            allow_unused=True)
+        found = {id(t): g for t, g in zip(wanted, grads)}
+    result = [
+        found.get(id(t)) if need and t is not None else None
+        for t, need in zip(inputs, ctx.needs_input_grad[:5])
+    ]
+    return (*result, None, None, None, None)
+
+
 def _whole_backward(ctx, grad_out: Tensor) -> tuple:
     """Backward of the compiled whole-layer path: one kernel call."""
-    x, var_in, mean_in, mean_ratio, var_ratio, weight = ctx.saved_tensors
+    x_in, weight, _, mean_ratio, var_ratio, var_in, mean_in = (
+        ctx.saved_tensors)
+    x = _rows_of(x_in)
     shape = var_in.shape + (-1, )
     grad = grad_out.reshape(shape).contiguous()
     grad_x, *grads = ctx.kernels['training_backward'](grad, x.view(shape),
@@ -584,7 +704,7 @@ def _whole_backward(ctx, grad_out: Tensor) -> tuple:
 
 def _fused_backward(ctx, grad_out: Tensor) -> tuple:
     """Backward of the :class:`TrainingMix` path (no small graph)."""
-    x, = ctx.saved_tensors
+    x = _rows_of(ctx.saved_tensors[0])
     saved, rows = ctx.fused, ctx.rows
     grad = grad_out.reshape(x.shape).contiguous()
     sum_g, sum_gx = (
@@ -634,7 +754,7 @@ def switchable_norm(x: Tensor,
         ``(x - mean) * weight / sqrt(var + eps) + bias``, contiguous, in
         ``x``'s dtype and shape; statistics and factors are computed and
         applied in fp32 (fp64 for fp64 input).  All backends agree up to
-        rounding; only ``autograd`` is twice differentiable.
+        rounding, also in double backward.
     """
     if _backend == 'autograd' or _tracing():
         return _autograd_switchable_norm(

@@ -1,0 +1,251 @@
+"""Double backward (``create_graph=True``) of SN/SSN/SyncSN on every backend.
+
+The fast backends' custom Function and SSN's compiled ratios have
+hand-written or compiled backwards; under ``create_graph=True`` they must
+give a gradient that is itself exactly differentiable, as the ``autograd``
+backend (plain ops) does.  Checked with ``gradgradcheck`` in float64 on
+tiny 4-D and 5-D inputs, and with a WGAN-GP style gradient penalty whose
+parameter gradients must equal the ``autograd`` backend's.
+"""
+import copy
+
+import pytest
+import torch
+from torch import nn
+from torch.func import functional_call
+
+from ssn_norm import SN, SSN, SyncSN
+from ssn_norm.ops import switchable_function as sf
+
+SHAPES = {'4d': (2, 3, 2, 3), '5d': (2, 3, 2, 2, 2)}
+PARAMS = ('weight', 'bias', 'mean_weight', 'var_weight')
+
+
+class EagerGraphs:
+    """A torch.compile backend running the captured graph eagerly."""
+
+    def __call__(self, graph_module, example_inputs):
+        return graph_module.forward
+
+
+@pytest.fixture
+def compiled_paths(monkeypatch):
+    """The ``compiled`` backend on tiny inputs: every kernel through Dynamo
+    (the whole-layer training graphs included), SSN's ratios through
+    AOTAutograd, whose backward is not differentiable by itself."""
+    monkeypatch.setattr(sf, 'MIN_COMPILED_NUMEL', 1)
+    monkeypatch.setattr(sf, '_COMPILED',
+                        sf._CompiledKernels(backend=EagerGraphs()))
+    monkeypatch.setattr(
+        sf, '_COMPILED_SSN_RATIOS',
+        sf._CompiledDifferentiable(sf.ratios_with_freezing,
+                                   backend='aot_eager'))
+    torch._dynamo.reset()
+    yield
+    torch._dynamo.reset()
+
+
+def make_layer(cls, channels, training):
+    torch.manual_seed(0)
+    layer = cls(channels).double().train(training)
+    with torch.no_grad():
+        layer.weight.normal_(1, 0.3)
+        layer.bias.normal_(0, 0.3)
+        # Small logits: no SSN row is one-hot (frozen) at radius 0.3.
+        layer.mean_weight.normal_(0, 0.3)
+        layer.var_weight.normal_(0, 0.3)
+        layer.running_mean.normal_(0, 1)
+        layer.running_var.uniform_(0.5, 2)
+    if isinstance(layer, SSN):
+        layer.set_radius(0.3)
+    return layer
+
+
+def random_input(shape):
+    view = (1, shape[1]) + (1, ) * (len(shape) - 2)
+    x = torch.randn(shape, dtype=torch.float64)
+    return x * torch.linspace(0.5, 2, shape[1]).double().view(view) + (
+        torch.linspace(-1, 1, shape[1]).double().view(view))
+
+
+@pytest.mark.parametrize('training', [True, False])
+@pytest.mark.parametrize('dims', ['4d', '5d'])
+@pytest.mark.parametrize('cls', [SN, SSN, SyncSN])
+@pytest.mark.parametrize('backend', ['eager', 'compiled', 'autograd'])
+def test_gradgradcheck(compiled_paths, backend, cls, dims, training):
+    shape = SHAPES[dims]
+    layer = make_layer(cls, shape[1], training)
+    x = random_input(shape).requires_grad_()
+    params = [
+        getattr(layer, name).detach().clone().requires_grad_()
+        for name in PARAMS
+    ]
+
+    def fn(x, *params):
+        return functional_call(layer, dict(zip(PARAMS, params)), (x, ))
+
+    with sf.use_backend(backend):
+        # fast_mode: random projections of the Jacobians, as strict.
+        assert torch.autograd.gradgradcheck(
+            fn, (x, *params),
+            eps=1e-6,
+            atol=1e-6,
+            rtol=1e-5,
+            fast_mode=True)
+    if isinstance(layer, SSN):
+        assert not layer.frozen.any()  # the ratios took part throughout
+
+
+class Critic(nn.Module):
+
+    def __init__(self, norm, dims):
+        super().__init__()
+        conv = nn.Conv2d if dims == '4d' else nn.Conv3d
+        self.conv1 = conv(2, 3, 1).double()
+        self.norm = norm
+        self.conv2 = conv(3, 1, 1).double()
+
+    def forward(self, x):
+        return self.conv2(self.norm(self.conv1(x)).tanh()).sum()
+
+
+def penalty_gradients(critic, x, backend):
+    """Parameter gradients of a WGAN-GP penalty and the buffers after it."""
+    x = x.clone().requires_grad_()
+    with sf.use_backend(backend):
+        grad_x, = torch.autograd.grad(critic(x), x, create_graph=True)
+        penalty = (grad_x.flatten(1).norm(dim=1) - 1).square().mean()
+        # conv2.bias does not reach the input gradient.
+        grads = torch.autograd.grad(
+            penalty, list(critic.parameters()), materialize_grads=True)
+    return list(grads), [b.clone() for b in critic.buffers()]
+
+
+@pytest.mark.parametrize('dims', ['4d', '5d'])
+@pytest.mark.parametrize('cls', [SN, SSN, SyncSN])
+@pytest.mark.parametrize('backend', ['eager', 'compiled'])
+def test_gradient_penalty_matches_autograd_backend(compiled_paths, backend,
+                                                   cls, dims):
+    """The gradient of the input gradient reaches the conv weights and the
+    norm's parameters, as with plain ops; the running statistics are
+    updated once (by the forward, not again by the replay)."""
+    shape = (3, 2) + SHAPES[dims][2:]
+    x = random_input(shape)
+    reference = Critic(make_layer(cls, 3, True), dims)
+    critic = copy.deepcopy(reference)
+    expected = penalty_gradients(reference, x, 'autograd')
+    actual = penalty_gradients(critic, x, backend)
+    for a, e in zip(actual[0] + actual[1], expected[0] + expected[1]):
+        torch.testing.assert_close(a, e, rtol=1e-9, atol=1e-12)
+    # The norm's own second-order terms are there (not silently zero).
+    for name, grad in zip(dict(critic.named_parameters()), actual[0]):
+        assert name == 'conv2.bias' or grad.abs().sum() > 0, name
+
+
+def test_compiled_ssn_ratios_are_twice_differentiable(compiled_paths):
+    logits = torch.tensor([[0.3, -0.2, 0.1], [0.0, 0.25, -0.4]],
+                          dtype=torch.float64,
+                          requires_grad=True)
+    radius = torch.tensor([0.3], dtype=torch.float64)
+    fixed = torch.zeros(1, dtype=torch.long), torch.zeros(1, dtype=torch.long)
+
+    def fn(logits):
+        return sf.fast_ssn_ratios(logits, radius, *fixed, True)[0]
+
+    assert torch.autograd.gradgradcheck(fn, (logits, ), eps=1e-6, atol=1e-7)
+    # A frozen row has constant ratios: no gradient of any order.
+    frozen = torch.ones(1, dtype=torch.long), fixed[1]
+    ratios = sf.fast_ssn_ratios(logits, radius, *frozen, False)[0]
+    grad, = torch.autograd.grad((ratios**3).sum(), logits, create_graph=True)
+    assert grad[0].abs().sum() == 0
+    second, = torch.autograd.grad(grad.square().sum(), logits)
+    assert second[0].abs().sum() == 0 and second[1].abs().sum() > 0
+
+
+@pytest.mark.parametrize('cls', [SN, SSN])
+@pytest.mark.parametrize('backend', ['eager', 'compiled'])
+def test_logit_gradients_are_differentiable(compiled_paths, backend, cls):
+    """Meta-learning style: the gradient of the ratio logits, taken with
+    create_graph=True, differentiated again w.r.t. the input and the
+    affine parameters, as on the ``autograd`` backend."""
+    x = random_input(SHAPES['4d'])
+    v = torch.randn(2, 3, dtype=torch.float64)
+    results = []
+    for name in (backend, 'autograd'):
+        layer = make_layer(cls, 3, True)
+        inp = x.clone().requires_grad_()
+        with sf.use_backend(name):
+            loss = (layer(inp) * x.flip(0)).square().sum()
+            logits = [layer.mean_weight, layer.var_weight]
+            grads = torch.autograd.grad(loss, logits, create_graph=True)
+            inner = sum((g * w).sum() for g, w in zip(grads, v))
+            results.append(
+                torch.autograd.grad(inner, [inp, layer.weight, layer.bias]))
+    for actual, expected in zip(*results):
+        assert expected.abs().sum() > 0
+        torch.testing.assert_close(actual, expected, rtol=1e-9, atol=1e-12)
+
+
+def test_compiled_ssn_ratios_backward_twice(compiled_paths):
+    """A repeated ordinary backward (retain_graph=True outside) of the
+    compiled ratios, whose compiled backward may run only once."""
+    logits = torch.tensor([[0.3, -0.2, 0.1], [0.0, 0.25, -0.4]],
+                          dtype=torch.float64,
+                          requires_grad=True)
+    radius = torch.tensor([0.3], dtype=torch.float64)
+    fixed = torch.zeros(1, dtype=torch.long), torch.zeros(1, dtype=torch.long)
+    ratios = sf.fast_ssn_ratios(logits, radius, *fixed, True)[0]
+    weights = torch.tensor([[1.0, -2.0, 0.5], [0.3, 0.2, -1.0]],
+                           dtype=torch.float64)
+    loss = (ratios.square() * weights).sum()
+    first, = torch.autograd.grad(loss, logits, retain_graph=True)
+    second, = torch.autograd.grad(loss, logits)
+    torch.testing.assert_close(second, first, rtol=1e-14, atol=1e-15)
+    assert first.abs().sum() > 0
+
+
+def test_replay_uses_the_mode_of_the_forward(compiled_paths):
+    """A layer switched to eval between the forward and a create_graph
+    backward still differentiates its training forward (batch statistics)
+    and leaves its running statistics as the forward left them."""
+    x = random_input(SHAPES['4d'])
+    results = []
+    for backend in ('eager', 'autograd'):
+        layer = make_layer(SN, 3, True)
+        inp = x.clone().requires_grad_()
+        with sf.use_backend(backend):
+            out = layer(inp)
+            layer.eval()
+            grad, = torch.autograd.grad((out * x).square().sum(), inp,
+                                        create_graph=True)
+            second = torch.autograd.grad(grad.square().sum(), layer.weight)
+        results.append(second + tuple(layer.buffers()))
+    for actual, expected in zip(*results):
+        torch.testing.assert_close(actual, expected, rtol=1e-9, atol=1e-12)
+
+
+@pytest.mark.parametrize('choice', [(2, 2), (1, 1), (0, 2)])
+@pytest.mark.parametrize('backend', ['eager', 'compiled'])
+def test_gradgradcheck_frozen_ssn_in_eval(compiled_paths, backend, choice):
+    """The eval shortcuts of a frozen layer: BatchNorm inference for BN,
+    the selected statistics otherwise (the C++ LN kernel has no backward
+    and is not used when a gradient is needed)."""
+    layer = make_layer(SSN, 3, False)
+    with torch.no_grad():
+        for logits, index in zip((layer.mean_weight, layer.var_weight),
+                                 choice):
+            logits.copy_(torch.eye(3, dtype=torch.float64)[index])
+    layer.mean_fixed.fill_(1)
+    layer.var_fixed.fill_(1)
+    x = random_input(SHAPES['4d']).requires_grad_()
+    affine = [
+        t.detach().clone().requires_grad_() for t in (layer.weight, layer.bias)
+    ]
+
+    def fn(x, weight, bias):
+        return functional_call(layer, dict(weight=weight, bias=bias), (x, ))
+
+    with sf.use_backend(backend):
+        assert torch.autograd.gradgradcheck(
+            fn, (x, *affine), eps=1e-6, atol=1e-6, rtol=1e-5)
+    assert layer._selected() == choice
