@@ -13,8 +13,10 @@ Presets:
   trained and tested with ``torch.distributed.run`` on ``gpus`` GPUs.
 
 Every run gets ``<root>/work_dirs/suite-<preset>/<config name>``.  A run is
-done once its ``suite_result.json`` exists; an interrupted run resumes from
-its last checkpoint, so the same command continues where it stopped.
+done once its ``suite_result.json`` holds a complete record
+(:func:`read_suite_result`); an interrupted run, or one whose record is
+unreadable, resumes from its last checkpoint, so the same command continues
+where it stopped.
 """
 import glob
 import json
@@ -23,6 +25,7 @@ import os.path as osp
 import subprocess
 import sys
 import time
+import warnings
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass, field
 from importlib import import_module
@@ -89,9 +92,14 @@ FULL = {
                          'mask-rcnn_r50_fpn_2x_coco')),
     'seg':
     TaskSpec(
-        configs=_configs('configs/deeplabv3',
-                         'deeplabv3_r50b-d8-{}_8xb2-40k_cityscapes-769x769',
-                         'syncbn')),
+        configs=dict(
+            _configs('configs/deeplabv3',
+                     'deeplabv3_r50b-d8-{}_8xb2-40k_cityscapes-713x713',
+                     'syncbn'),
+            # SN from the (8,32) ImageNet checkpoint; Table VII's (8,2) and
+            # (8,4) rows have configs of their own.
+            sn='configs/deeplabv3/'
+            'deeplabv3_r50b-d8-sn-8x32_8xb2-40k_cityscapes-713x713.py')),
     'video':
     TaskSpec(
         configs=_configs(
@@ -181,6 +189,53 @@ def _last_checkpoint(work_dir: str) -> Optional[str]:
     return found[-1] if found else None
 
 
+def read_suite_result(work_dir: str) -> Optional[dict]:
+    """The run's complete ``suite_result.json`` record, else None.
+
+    Complete means a JSON object with the run's ``config`` (a string) and
+    its ``metrics`` (an object), as ``train_and_test``
+    (:mod:`ssn_norm.apis.train_test`) and the full preset write it.  A
+    missing file means the run has not finished (None, no warning); an
+    unreadable, truncated or incomplete one (a run killed while writing it,
+    a full disk) is warned about with a
+    :class:`~ssn_norm.analysis.ResultWarning` and also gives None, so the
+    run counts as not done and is run again (resuming from its last
+    checkpoint).
+    """
+    from .analysis.runs import ResultWarning
+    path = osp.join(work_dir, RESULT_FILE)
+    if not osp.exists(path):
+        return None
+    try:
+        with open(path, encoding='utf-8') as f:
+            record = json.load(f)
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
+        problem = f'unreadable ({error})'
+    else:
+        if not isinstance(record, dict):
+            problem = f'not a JSON object but {type(record).__name__}'
+        elif not isinstance(record.get('config'), str) or not isinstance(
+                record.get('metrics'), dict):
+            keys = ', '.join(sorted(record)) or 'no key'
+            problem = ('incomplete: needs "config" (a string) and "metrics" '
+                       f'(an object), has {keys}')
+        else:
+            return record
+    warnings.warn(
+        f'{path}: {problem}; the run is not done and will be run again',
+        ResultWarning,
+        stacklevel=2)
+    return None
+
+
+def _write_json_atomically(path: str, record: dict) -> None:
+    # A kill while writing leaves the old file or none, never half a file.
+    partial = f'{path}.partial'
+    with open(partial, 'w', encoding='utf-8') as f:
+        json.dump(record, f, indent=2)
+    os.replace(partial, path)
+
+
 def execute_run(run: RunSpec, work_dir: str, preset: str, root: str, gpus: int,
                 threads: int, schedule: float) -> dict:
     """Train and test one run in child processes; returns its record.
@@ -217,16 +272,22 @@ def execute_run(run: RunSpec, work_dir: str, preset: str, root: str, gpus: int,
             code = subprocess.call(
                 test, cwd=root, env=env, stdout=log, stderr=subprocess.STDOUT)
             if code == 0:
-                with open(osp.join(work_dir, RESULT_FILE), 'w') as f:
-                    json.dump(dict(config=run.config, metrics={}), f)
+                _write_json_atomically(
+                    osp.join(work_dir, RESULT_FILE),
+                    dict(config=run.config, metrics={}))
     seconds = time.perf_counter() - start
     if code != 0:
         with open(log_path) as f:
             tail = f.readlines()[-25:]
         return dict(
             status='failed', seconds=seconds, log=log_path, tail=''.join(tail))
-    with open(osp.join(work_dir, RESULT_FILE)) as f:
-        record = json.load(f)
+    record = read_suite_result(work_dir)
+    if record is None:
+        return dict(
+            status='failed',
+            seconds=seconds,
+            log=log_path,
+            tail=f'exited 0 without a complete {RESULT_FILE} in {work_dir}')
     record.update(status='done', seconds=seconds)
     return record
 
@@ -263,10 +324,12 @@ def run_suite(preset: str = 'mini',
     prepare_data(preset, tasks, root)
     jobs = 1 if preset == 'full' else max(1, jobs)
     threads = max(1, (os.cpu_count() or 1) // jobs)
-    pending = [
-        r for r in runs
-        if not osp.exists(osp.join(suite_dir, r.name, RESULT_FILE))
-    ]
+    done = {
+        r.name
+        for r in runs
+        if read_suite_result(osp.join(suite_dir, r.name)) is not None
+    }
+    pending = [r for r in runs if r.name not in done]
     print(
         f'[suite] {preset}: {len(runs)} runs, {len(runs) - len(pending)} '
         f'already done; {jobs} at a time, {threads} thread(s) each; logs '
@@ -286,6 +349,7 @@ def run_suite(preset: str = 'mini',
             run = futures[future]
             record = future.result()
             if record['status'] == 'done':
+                done.add(run.name)
                 value = record.get('metrics', {}).get(HEADLINE[run.task])
                 shown = '' if value is None else \
                     f', {HEADLINE[run.task]} = {value:.4g}'
@@ -305,7 +369,7 @@ def run_suite(preset: str = 'mini',
     for run in runs:
         if run.norm in ('sn', 'ssn'):
             work_dir = osp.join(suite_dir, run.name)
-            if osp.exists(osp.join(work_dir, RESULT_FILE)):
+            if run.name in done:
                 out = plot_run_ratios(work_dir, run.name)
                 if out:
                     print(f'[suite] ratios of {run.name}: {out}')

@@ -2,7 +2,8 @@
 
 Models are built on the ``meta`` device: construction, module types and the
 optimizer's parameter groups are real, but no memory is allocated and no
-weights are initialised, so the 36 configs build in seconds.
+weights are initialised, so the 45 configs build in seconds.  Which paper
+row each config stands beside is tested in ``test_det_paper_rows.py``.
 """
 import ast
 import functools
@@ -34,13 +35,16 @@ FULL_CONFIGS = [c for c in CONFIGS if osp.sep + 'mini' + osp.sep not in c]
 MINI_CONFIGS = [c for c in CONFIGS if c not in FULL_CONFIGS]
 
 NAME = re.compile(r'^(?P<arch>mask|faster)-rcnn_r(?P<depth>18|50)'
-                  r'(?:-(?P<backbone>gn|sn|ssn|syncsn))?_fpn'
-                  r'(?:_(?P<head>gn|sn|ssn|syncsn)-head)?'
-                  r'_(?P<schedule>1x|2x|mini)_(?P<data>coco|tiny-coco)\.py$')
+                  r'(?:-(?P<backbone>bn|gn|sn|ssn|syncsn))?_(?P<neck>fpn|c4)'
+                  r'(?:_(?P<head>bn|gn|sn|ssn|syncsn)-head)?'
+                  r'(?:_(?P<scratch>scratch))?'
+                  r'_(?P<schedule>1x|2x|mini|4xb3-120k)'
+                  r'_(?P<data>coco|tiny-coco)\.py$')
 # The exact class each name token stands for (subclasses do not count: an
-# SSN is no SN here).  No backbone token: upstream's frozen BN.
+# SSN is no SN here).  No backbone token: frozen BN†.
 NORM_CLASSES = {
     None: nn.BatchNorm2d,
+    'bn': nn.BatchNorm2d,
     'gn': nn.GroupNorm,
     'sn': SN,
     'ssn': SSN,
@@ -50,29 +54,32 @@ NORM_BASES = (_BatchNorm, nn.GroupNorm, nn.LayerNorm, _InstanceNorm,
               _SwitchableNormBase)
 BACKBONE_CHECKPOINTS = {
     None: 'torchvision://resnet50',
+    'bn': 'torchvision://resnet50',
     'gn': 'open-mmlab://contrib/resnet50_gn',
     'sn': 'checkpoints/resnet50-v1_sn-8x32_in1k.pth',
     'syncsn': 'checkpoints/resnet50-v1_sn-8x32_in1k.pth',
     'ssn': 'checkpoints/resnet50-v1_ssn-8x32_in1k.pth',
 }
-# Paper rows (SN paper, Tables V and VI: box AP, and mask AP for Mask R-CNN)
-# by (arch, backbone token, head token); they sit beside the 2x configs.
-PAPER = {
-    ('faster', None, None): ('V', 'BN†', [36.7]),
-    ('faster', None, 'gn'): ('V', 'BN†+GN', [37.2]),
-    ('faster', None, 'sn'): ('V', 'BN†+SN', [38.0]),
-    ('faster', 'gn', 'gn'): ('V', 'GN+GN', [38.2]),
-    ('faster', 'sn', 'sn'): ('V', 'SN+SN', [39.3]),
-    ('mask', None, None): ('VI', 'BN†', [38.6, 34.2]),
-    ('mask', None, 'gn'): ('VI', 'BN†+GN', [39.5, 34.4]),
-    ('mask', None, 'sn'): ('VI', 'BN†+SN', [40.0, 34.8]),
-    ('mask', 'gn', 'gn'): ('VI', 'GN+GN', [40.2, 35.7]),
-    ('mask', 'gn', 'sn'): ('VI', 'GN+SN', [40.4, 36.0]),
-    ('mask', 'sn', 'sn'): ('VI', 'SN+SN', [41.0, 36.5]),
+# mmdet ResNet's own initialisation, which the from-scratch rows name.
+SCRATCH_INIT = [
+    dict(type='Kaiming', layer='Conv2d'),
+    dict(type='Constant', val=1, layer=['_BatchNorm', 'GroupNorm'])
+]
+# The FPN rows the issue asks for: (backbone token, head token), each on
+# Detectron's 1x and 2x schedules.
+FPN_ROWS = [(None, None), (None, 'gn'), (None, 'sn'), ('gn', 'gn'),
+            ('gn', 'sn'), ('sn', 'sn'), ('ssn', 'ssn'), ('syncsn', 'syncsn')]
+# The C4 rows (Table IV and SSN beside it): one normaliser in backbone and
+# conv5 head, fine-tuned from ImageNet or (scratch) trained from scratch.
+C4_ROWS = [(None, False), ('bn', False), ('gn', False), ('sn', False),
+           ('ssn', False), ('bn', True), ('gn', True), ('sn', True),
+           ('ssn', True)]
+# Iterations, LR steps and warm-up end of each schedule token.
+SCHEDULES = {
+    '1x': (90000, [60000, 80000], 500),
+    '2x': (180000, [120000, 160000], 500),
+    '4xb3-120k': (120000, [80000], None),
 }
-# The rows the issue asks for: (backbone token, head token).
-ROWS = [(None, None), (None, 'gn'), (None, 'sn'), ('gn', 'gn'), ('gn', 'sn'),
-        ('sn', 'sn'), ('ssn', 'ssn'), ('syncsn', 'syncsn')]
 
 
 def _parse(config):
@@ -103,16 +110,40 @@ def _expected(token):
     return set() if token is None else {NORM_CLASSES[token]}
 
 
+def _resnet_parts(model):
+    """(prefix, module) of every ResNet part: the backbone, and for C4 the
+    conv5 RoI head, which carries the backbone's normaliser."""
+    parts = [('backbone', model.backbone)]
+    if model.roi_head.with_shared_head:
+        parts.append(('shared_head', model.roi_head.shared_head))
+    return parts
+
+
+def _frozen_stage(model, part, name):
+    """Whether module ``name`` of ``part`` is in a stage that mmdet's
+    ``frozen_stages`` freezes (stem and the first ``frozen_stages``)."""
+    if part == 'shared_head':
+        return False
+    frozen_stages = model.backbone.frozen_stages
+    stem = name.split('.')[0] in ('conv1', model.backbone.norm1_name)
+    return (stem and frozen_stages >= 0) or any(
+        name.startswith(f'layer{i}.') for i in range(1, frozen_stages + 1))
+
+
 def test_config_set_is_complete():
     names = {osp.basename(c) for c in FULL_CONFIGS}
     expected = set()
     for arch in ('mask', 'faster'):
-        for backbone, head in ROWS:
+        for backbone, head in FPN_ROWS:
             for schedule in ('1x', '2x'):
                 expected.add(f'{arch}-rcnn_r50'
                              f'{"-" + backbone if backbone else ""}_fpn'
                              f'{"_" + head + "-head" if head else ""}'
                              f'_{schedule}_coco.py')
+    for norm, scratch in C4_ROWS:
+        expected.add(f'faster-rcnn_r50{"-" + norm if norm else ""}_c4'
+                     f'{"_" + norm + "-head" if norm else ""}'
+                     f'{"_scratch" if scratch else ""}_4xb3-120k_coco.py')
     assert names == expected
     assert [_parse(c)['backbone']
             for c in MINI_CONFIGS] == ['gn', 'sn', 'ssn', None]
@@ -140,18 +171,34 @@ def test_norms_are_what_the_name_says(config):
     backbone_norms = [
         m for m in model.backbone.modules() if isinstance(m, NORM_BASES)
     ]
-    # ResNet-50: stem + 16 blocks x 3 + 4 downsamples; ResNet-18: 1+8x2+3.
-    assert len(backbone_norms) == {'50': 53, '18': 20}[name['depth']]
     assert _norm_types(model.backbone) == {NORM_CLASSES[backbone]}
     assert model.backbone.norm1 is backbone_norms[0]
     # SN/SSN take BN's attribute names, so checkpoint keys are torchvision's.
     assert model.backbone.norm1_name == ('gn1' if backbone == 'gn' else 'bn1')
+    assert _norm_types(model.rpn_head) == set()
+    bbox_head = model.roi_head.bbox_head
+    if name['neck'] == 'c4':
+        # conv1-conv4 backbone (stem + 3+4+6 blocks x 3 + 3 downsamples),
+        # conv5 the RoI head (3 blocks x 3 + 1 downsample), one normaliser.
+        assert head == backbone
+        assert len(backbone_norms) == 43
+        assert model.backbone.out_indices == (2, )
+        assert not model.with_neck
+        shared_head = model.roi_head.shared_head
+        assert type(shared_head).__name__ == 'ResLayer'
+        assert len([
+            m for m in shared_head.modules() if isinstance(m, NORM_BASES)
+        ]) == 10
+        assert _norm_types(shared_head) == {NORM_CLASSES[backbone]}
+        assert _norm_types(bbox_head) == set()
+        return
 
+    # ResNet-50: stem + 16 blocks x 3 + 4 downsamples; ResNet-18: 1+8x2+3.
+    assert len(backbone_norms) == {'50': 53, '18': 20}[name['depth']]
+    assert not model.roi_head.with_shared_head
     # Head norm: every FPN conv, the four shared convs of the box head and
     # the four convs of the mask head; never the RPN head.
-    assert _norm_types(model.rpn_head) == set()
     neck_convs = list(model.neck.lateral_convs) + list(model.neck.fpn_convs)
-    bbox_head = model.roi_head.bbox_head
     parts = [(model.neck, neck_convs), (bbox_head, bbox_head.shared_convs)]
     if name['arch'] == 'mask':
         parts.append(
@@ -170,21 +217,36 @@ def test_norms_are_what_the_name_says(config):
 
 
 @pytest.mark.parametrize('config', CONFIGS)
-def test_norm_eval_is_explicit_and_effective(config):
-    backbone = _parse(config)['backbone']
+def test_frozen_bn_is_a_constant_transform_and_the_rest_trains(config):
+    """BN† (no backbone token) is "a constant linear transformation":
+    statistics in eval mode and affine parameters without gradient, in the
+    backbone and (C4) the conv5 head.  Every other normaliser trains both,
+    outside the stages upstream's ``frozen_stages`` freezes."""
+    name = _parse(config)
+    frozen = name['backbone'] is None
+    cfg = _load(config)
     model = _build(config)
-    # Set in our own file, not inherited from mmdet's base by accident.
-    assert _load(config).model.backbone.norm_eval is (backbone is None)
+    # Set in our own files, not inherited from mmdet's base by accident.
+    assert cfg.model.backbone.norm_eval is frozen
+    assert cfg.model.backbone.norm_cfg.requires_grad is not frozen
+    if name['neck'] == 'c4':
+        assert cfg.model.roi_head.shared_head.norm_eval is frozen
+        assert cfg.model.roi_head.shared_head.norm_cfg == (
+            cfg.model.backbone.norm_cfg)
     model.train()
-    frozen_stages = model.backbone.frozen_stages
-    for name, module in model.backbone.named_modules():
-        if not isinstance(module, NORM_BASES):
-            continue
-        in_stem = name == model.backbone.norm1_name
-        in_frozen_stage = in_stem and frozen_stages >= 0 or any(
-            name.startswith(f'layer{i}.') for i in range(1, frozen_stages + 1))
-        assert module.training == (backbone is not None
-                                   and not in_frozen_stage), name
+    checked = 0
+    for part, module in _resnet_parts(model):
+        for mod_name, norm in module.named_modules():
+            if not isinstance(norm, NORM_BASES):
+                continue
+            in_frozen_stage = _frozen_stage(model, part, mod_name)
+            trains = not frozen and not in_frozen_stage
+            assert norm.training == trains, (part, mod_name)
+            for param_name, param in norm.named_parameters():
+                assert param.requires_grad == trains, (part, mod_name,
+                                                       param_name)
+                checked += 1
+    assert checked > 0
 
 
 @pytest.mark.parametrize('config', CONFIGS)
@@ -237,25 +299,43 @@ def test_hooks(config):
 
 
 @pytest.mark.parametrize('config', FULL_CONFIGS)
-def test_upstream_schedule_data_and_pretraining(config):
+def test_schedule_data_and_pretraining(config):
     name = _parse(config)
     cfg = _load(config)
-    assert cfg.train_dataloader.batch_size == 2  # x 8 GPUs
-    assert cfg.auto_scale_lr.base_batch_size == 16
+    c4 = name['neck'] == 'c4'
+    images, lr = (3, 0.01) if c4 else (2, 0.02)
+    assert cfg.train_dataloader.batch_size == images
+    assert cfg.auto_scale_lr.base_batch_size == images * (4 if c4 else 8)
     assert cfg.optim_wrapper.optimizer == dict(
-        type='SGD', lr=0.02, momentum=0.9, weight_decay=0.0001)
-    epochs, milestones = {
-        '1x': (12, [8, 11]),
-        '2x': (24, [16, 22])
-    }[name['schedule']]
-    assert cfg.train_cfg.max_epochs == epochs
-    warmup, steps = cfg.param_scheduler
-    assert warmup.type == 'LinearLR' and warmup.end == 500
-    assert (steps.type, steps.milestones, steps.end) == ('MultiStepLR',
-                                                         milestones, epochs)
+        type='SGD', lr=lr, momentum=0.9, weight_decay=0.0001)
+    iters, milestones, warmup_end = SCHEDULES[name['schedule']]
+    assert cfg.train_cfg == dict(
+        type='IterBasedTrainLoop',
+        max_iters=iters,
+        val_interval=cfg.train_cfg.val_interval)
+    *warmup, steps = cfg.param_scheduler
+    if warmup_end is None:
+        assert warmup == []
+    else:
+        assert [(w.type, w.end, w.by_epoch) for w in warmup] == [
+            ('LinearLR', warmup_end, False)
+        ]
+    assert (steps.type, steps.milestones, steps.end,
+            steps.by_epoch) == ('MultiStepLR', milestones, iters, False)
+    assert cfg.default_hooks.checkpoint.by_epoch is False
+    assert cfg.log_processor.by_epoch is False
     assert cfg.train_dataloader.dataset.data_root == 'data/coco/'
-    assert cfg.model.backbone.init_cfg == dict(
-        type='Pretrained', checkpoint=BACKBONE_CHECKPOINTS[name['backbone']])
+    inits = [cfg.model.backbone.init_cfg]
+    if c4:
+        inits.append(cfg.model.roi_head.shared_head.init_cfg)
+    for init in inits:
+        if name['scratch']:
+            assert init == SCRATCH_INIT
+        else:
+            assert init == dict(
+                type='Pretrained',
+                checkpoint=BACKBONE_CHECKPOINTS[name['backbone']])
+    assert cfg.model.backbone.frozen_stages == (-1 if name['scratch'] else 1)
 
 
 @pytest.mark.parametrize('config', MINI_CONFIGS)
@@ -277,6 +357,7 @@ def test_mini_configs_are_shrunk_children_of_the_real_ones(config):
     assert cfg.optim_wrapper.get('type') == parent_cfg.optim_wrapper.get(
         'type')
     assert cfg.model.backbone.norm_cfg == parent_cfg.model.backbone.norm_cfg
+    assert cfg.model.backbone.norm_eval == parent_cfg.model.backbone.norm_eval
     # Shrunk, from scratch, on the tiny set, evaluated once at the end.
     assert cfg.model.backbone.init_cfg is None
     assert cfg.model.roi_head.bbox_head.num_classes == len(CLASSES)
@@ -288,27 +369,38 @@ def test_mini_configs_are_shrunk_children_of_the_real_ones(config):
         assert cfg[evaluator].ann_file == (
             'data/tiny_coco/annotations/instances_val2017.json')
         assert cfg[evaluator].metric == ['bbox', 'segm']
-    assert cfg.train_cfg.val_interval == cfg.train_cfg.max_epochs
+    # Epochs, not the parent's 90k iterations, with checkpoints and logs
+    # counted in epochs (the suite reads epoch_<n>.pth).
+    assert cfg.train_cfg == dict(
+        type='EpochBasedTrainLoop', max_epochs=4, val_interval=4)
+    assert cfg.default_hooks.checkpoint.by_epoch is True
+    assert cfg.log_processor.by_epoch is True
+    assert all(s.end <= 4 for s in cfg.param_scheduler if s.by_epoch)
     assert name['depth'] == '18'
 
 
 @pytest.mark.parametrize('family', FAMILIES)
-def test_metafile_lists_every_config_with_the_paper_numbers(family):
+def test_metafile_lists_every_config_with_its_setting(family):
     with open(osp.join(REPO, 'configs', family, 'metafile.yml')) as f:
         meta = yaml.safe_load(f)
-    collections = {c['Name'] for c in meta['Collections']}
+    collections = {c['Name']: c for c in meta['Collections']}
     models = {m['Name']: m for m in meta['Models']}
     configs = [c for c in CONFIGS if c.split(osp.sep)[1] == family]
     assert len(models) == len(meta['Models'])  # no duplicate names
     assert sorted(models) == sorted(
         osp.splitext(osp.basename(c))[0] for c in configs)
-    metric_names = ['box AP', 'mask AP']
+    for collection in collections.values():
+        assert collection['Paper']['Title'] == (
+            'Switchable Normalization for Learning-to-Normalize Deep '
+            'Representation')
     for config in configs:
         model = models[osp.splitext(osp.basename(config))[0]]
         name = _parse(config)
+        cfg = _load(config)
         assert model['Config'] == config.replace(osp.sep, '/')
         assert model['In Collection'] in collections
         assert model['Results'] == []
+        meta_data = model['Metadata']
         if name['schedule'] == 'mini':
             # The leaderboard shows the shrunk parent's paper row, marked
             # as a different setting (docs/model_zoo.md).
@@ -317,20 +409,23 @@ def test_metafile_lists_every_config_with_the_paper_numbers(family):
             assert reference == osp.splitext(osp.basename(config))[0].replace(
                 'r18', 'r50').replace('mini_tiny-coco', '2x_coco')
             assert reference in models
+            # The SN paper has no SSN row: that reference shows nothing.
+            assert ('Paper' in models[reference]) == (name['backbone']
+                                                      != 'ssn')
+            assert meta_data['Epochs'] == cfg.train_cfg.max_epochs
             continue
-        assert model['Metadata']['Training Data'] == 'COCO'
-        assert model['Metadata']['Batch Size'] == 16
-        assert model['Metadata']['Epochs'] == {
-            '1x': 12,
-            '2x': 24
-        }[name['schedule']]
-        row = PAPER.get((name['arch'], name['backbone'], name['head']))
-        if row is None or name['schedule'] != '2x':
-            assert 'Paper' not in model
-            continue
-        table, setting, values = row
-        paper = model['Paper']
-        assert (paper['Table'], paper['Setting']) == (table, setting)
-        assert model['Metadata']['Normalization'] == setting
-        assert paper['Metrics'] == dict(zip(metric_names, values))
-        assert 'Switchable Normalization' in paper['Title']
+        assert 'Paper Reference' not in model
+        gpus = 4 if name['neck'] == 'c4' else 8
+        assert meta_data['Training Data'] == 'COCO'
+        assert meta_data['GPUs'] == gpus
+        assert meta_data['Batch Size'] == (
+            gpus * cfg.train_dataloader.batch_size)
+        assert meta_data['Iterations'] == cfg.train_cfg.max_iters
+        assert 'Epochs' not in meta_data
+        if name['scratch']:
+            assert meta_data['Pretrained'] == 'none (from scratch)'
+        else:
+            assert meta_data['Pretrained'].split()[0] == (
+                BACKBONE_CHECKPOINTS[name['backbone']])
+        if 'ssn' in (name['backbone'], name['head']):
+            assert 'Paper' not in model  # the SN paper has no SSN row

@@ -130,7 +130,8 @@ def test_user_child_trains_saves_and_evaluates(norm, user_coco, tmp_path):
 
     test_dir = str(tmp_path / 'test')
     _run('test.py', str(config), checkpoint, '--work-dir', test_dir)
-    with open(_only(osp.join(test_dir, '*', '*.json'))) as f:
+    # <timestamp>/<timestamp>.json; tools/test.py also writes run_info.json.
+    with open(_only(osp.join(test_dir, '*', '[0-9]*_[0-9]*.json'))) as f:
         results = json.load(f)
     for key in METRICS:
         assert 0.0 <= results[key] <= 1.0, (key, results[key])

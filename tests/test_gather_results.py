@@ -18,14 +18,20 @@ TOOL = osp.join(
     'gather_results.py')
 
 MASK_SN = 'mask-rcnn_r50-sn_fpn_sn-head_2x_coco'
-DEEPLAB_SN = 'deeplabv3_r50b-d8-sn_8xb2-40k_cityscapes-769x769'
-DEEPLAB_SN_MS = DEEPLAB_SN + '_ms-flip-test'
+DEEPLAB_SN = 'deeplabv3_r50b-d8-sn-8x32_8xb2-40k_cityscapes-713x713'
+PSP_SN = 'pspnet_r50b-d8-sn_8xb2-40k_cityscapes-713x713'
+PSP_SN_MS = PSP_SN + '_ms-flip-test'  # the old, name-marked style
+FASTER_SN_2X = 'faster-rcnn_r50-sn_fpn_sn-head_2x_coco'
 I3D_SN = 'i3d_r50-sn_8xb8-32x2x1-100e_kinetics400-rgb'
 MINI_SN = 'mask-rcnn_r50-sn_fpn_sn-head_mini'
 MINI_SSN = 'mask-rcnn_r50-ssn_fpn_ssn-head_mini'
 MINI_BN = 'mask-rcnn_r18_fpn_mini_tiny-coco'  # frozen-BN baseline
 MINI_SEG = 'deeplabv3_r18-sn_1xb4-200_tiny-cityscapes'
-TITLE = 'Differentiable Learning-to-Normalize via Switchable Normalization'
+TITLE = ('Switchable Normalization for Learning-to-Normalize Deep '
+         'Representation')
+RELEASED = ('switchablenorms/SwitchNorm_Detection (released '
+            're-implementation, not the paper)')
+RELEASED_URL = 'https://github.com/switchablenorms/SwitchNorm_Detection'
 
 
 def _write(path, text):
@@ -33,8 +39,10 @@ def _write(path, text):
     path.write_text(text)
 
 
-def _test_result(run, timestamp, metrics):
+def _test_result(run, timestamp, metrics, tta=None):
     _write(run / timestamp / f'{timestamp}.json', json.dumps(metrics))
+    if tta is not None:  # as tools/test.py writes it
+        _write(run / timestamp / 'run_info.json', json.dumps(dict(tta=tta)))
 
 
 def _scalars(run, timestamp, lines):
@@ -56,7 +64,11 @@ def _det(box, mask=None):
     for suffix, offset in offsets.items():
         metrics[f'coco/bbox_mAP{suffix}'] = box + offset
     if mask is not None:
-        metrics['coco/segm_mAP'] = mask
+        metrics.update({
+            'coco/segm_mAP': mask,
+            'coco/segm_mAP_50': mask + .2,
+            'coco/segm_mAP_75': mask + .03
+        })
     return metrics
 
 
@@ -86,9 +98,24 @@ def work_dirs(tmp_path):
         _val_line(20, _seg(72.34, 95.5, 80.2)),
         '{"loss": 1.0, "st',
     ])
-    # Its multi-scale + flip test: joins the same row.
-    _test_result(root / 'seg' / DEEPLAB_SN_MS, '20240104_000000',
-                 _seg(75.01, 96.0, 81.0))
+    # Its multi-scale test (tools/test.py --tta) in the same work
+    # directory: joins the same row, known from its run info.
+    _test_result(
+        root / 'seg' / DEEPLAB_SN,
+        '20240104_000000',
+        _seg(75.01, 96.0, 81.0),
+        tta=True)
+    # An old-style name-marked multi-scale run, and its single-scale test
+    # (whose run info says so).
+    _test_result(
+        root / 'seg' / PSP_SN,
+        '20240104_000000',
+        _seg(77.0, 96.0, 84.0),
+        tta=False)
+    _test_result(root / 'seg' / PSP_SN_MS, '20240104_000000',
+                 _seg(77.5, 96.2, 84.1))
+    # Detection with only a labelled non-paper reference.
+    _test_result(root / FASTER_SN_2X, '20240104_000000', _det(0.391))
     # Video: fractions, tested.
     video = {'acc/top1': 0.7361, 'acc/top5': 0.9104, 'acc/mean1': 0.7}
     _test_result(root / I3D_SN, '20240105_000000', video)
@@ -110,6 +137,9 @@ def work_dirs(tmp_path):
     (root / 'no_results' / '20240101_000000').mkdir(parents=True)
     _write(root / 'no_results' / '20240101_000000' / '20240101_000000.log',
            'training crashed')
+    _test_result(root / 'bad_info', '20240101_000000', _seg(1., 2., 3.))
+    _write(root / 'bad_info' / '20240101_000000' / 'run_info.json',
+           '{"tta": "yes"}')
     return root
 
 
@@ -129,7 +159,8 @@ Models:
       Title: '{TITLE}'
       Table: 'VI'
       Setting: 'SN+SN'
-      Metrics: {{box AP: 41.0, mask AP: 36.5, AP50: n/a, box mAP: 41}}
+      Metrics: {{box AP: 41.0, mask AP: 36.5, AP50: n/a, box mAP: 41,
+                 mask AP50: 58.2, mask AP75: 38.9}}
   - Name: {MINI_SN}
     Metadata: {{Normalization: SN}}
     Paper Reference: {MASK_SN}
@@ -143,6 +174,12 @@ Models:
       Metrics: {{box AP: 38.6, mask AP: 34.2}}
   - Name: {MINI_BN}
     Paper Reference: mask-rcnn_r50_fpn_2x_coco
+  - Name: {FASTER_SN_2X}
+    Reference:
+      Title: '{RELEASED}'
+      URL: {RELEASED_URL}
+      Setting: 'Faster R-CNN R-50-FPN SN(8,2) 2x'
+      Metrics: {{box AP: 39.10}}
 """)
     _write(
         tmp_path / 'configs' / 'deeplabv3' / 'metafile.yml', f"""
@@ -152,7 +189,15 @@ Models:
       Title: '{TITLE}'
       Table: 'VII'
       Setting: 'SN(8,32)'
-      Metrics: {{mIoU: 72.2, mIoU(ms+flip): 75.8}}
+      Split: test
+      Metrics: {{mIoU: 72.2, mIoU(ms): 75.8}}
+  - Name: {PSP_SN}
+    Paper:
+      Title: '{TITLE}'
+      Table: 'VIII'
+      Setting: 'SN(8,32)'
+      Metrics: {{mIoU: 76.2, mIoU(ms+flip): 77.3}}
+      Dataset: Cityscapes
   - Name: {I3D_SN}
     Paper:
       Title: '{TITLE}'
@@ -208,6 +253,13 @@ def test_every_broken_input_is_warned_about_and_skipped(work_dirs, metafiles):
             r"Paper\.Metrics has unknown metric 'box mAP'; known: box AP, ",
             r'has Paper Reference mask-rcnn_r50-ssn_fpn_ssn-head_2x_coco, '
             r'which is not defined in any metafile',
+            r'bad_info/20240101_000000/run_info\.json: run info must be a '
+            r'JSON object with "tta": true or false, got '
+            r"\{'tta': 'yes'\}; its test result is skipped",
+            r"Paper\.Metrics has 'mIoU\(ms\+flip\)', which is now called "
+            r"'mIoU\(ms\)'; rename it; ignored",
+            r'Paper has unknown key\(s\) Dataset; known: Title, Table, '
+            r'Setting, Split and Metrics; ignored',
     ]:
         assert re.search(expected, text), expected
     names = {
@@ -217,15 +269,16 @@ def test_every_broken_input_is_warned_about_and_skipped(work_dirs, metafiles):
         for run in row.runs
     }
     assert names == {
-        MASK_SN, DEEPLAB_SN, DEEPLAB_SN_MS, I3D_SN, MINI_SN, MINI_SSN, MINI_BN,
-        MINI_SEG
+        MASK_SN, DEEPLAB_SN, PSP_SN, PSP_SN_MS, FASTER_SN_2X, I3D_SN, MINI_SN,
+        MINI_SSN, MINI_BN, MINI_SEG
     }
     assert board.warnings == messages
 
 
 def test_latest_test_result_wins_and_says_which(work_dirs):
     with pytest.warns(ResultWarning):
-        runs = {run.name: run for run in find_runs([str(work_dirs)])}
+        found = find_runs([str(work_dirs)])
+    runs = {run.name: run for run in found if not run.multi_scale}
     det = runs[MASK_SN]
     assert det.evaluation.kind == 'test'
     assert det.evaluation.timestamp == '20240103_000000'
@@ -234,6 +287,11 @@ def test_latest_test_result_wins_and_says_which(work_dirs):
     seg = runs[DEEPLAB_SN]  # never tested: the last validation entry
     assert seg.describe() == 'val step 20 (20240101_000000) (latest of 2)'
     assert seg.evaluation.metrics['mIoU'] == 72.34
+    # Its --tta test is a run of its own, not "the latest test" of it.
+    (tta, ) = [run for run in found if run.multi_scale]
+    assert tta.name == DEEPLAB_SN and tta.num_evaluations == 1
+    assert tta.describe() == 'test --tta 20240104_000000'
+    assert tta.evaluation.metrics['mIoU'] == 75.01
 
 
 def test_tables_in_paper_layout_with_paper_numbers(work_dirs, metafiles):
@@ -242,17 +300,36 @@ def test_tables_in_paper_layout_with_paper_numbers(work_dirs, metafiles):
     assert det.values['box AP'] == pytest.approx(41.23)
     assert det.values['AP50'] == pytest.approx(61.23)
     assert det.values['mask AP'] == pytest.approx(36.61)
+    assert det.values['mask AP75'] == pytest.approx(39.61)
     assert det.setting == 'SN+SN' and det.same_setting
-    assert det.deltas == pytest.approx({'box AP': 0.23, 'mask AP': 0.11})
+    assert det.deltas == pytest.approx({
+        'box AP': 0.23,
+        'mask AP': 0.11,
+        'mask AP50': -1.59,
+        'mask AP75': 0.71
+    })
+    assert det.reference is None
+    faster = _rows(board, DETECTION)[FASTER_SN_2X]
+    assert faster.paper is None and faster.deltas == {}
+    assert faster.reference.metrics == {'box AP': 39.1}
+    assert faster.reference.url == RELEASED_URL
     seg = _rows(board, SEGMENTATION)[DEEPLAB_SN]
-    assert [run.name for run in seg.runs] == [DEEPLAB_SN, DEEPLAB_SN_MS]
+    assert [(run.name, run.multi_scale)
+            for run in seg.runs] == [(DEEPLAB_SN, False), (DEEPLAB_SN, True)]
     assert seg.values == pytest.approx({
         'mIoU': 72.34,
         'aAcc': 95.5,
         'mAcc': 80.2,
-        'mIoU(ms+flip)': 75.01
+        'mIoU(ms)': 75.01
     })
-    assert seg.deltas == pytest.approx({'mIoU': 0.14, 'mIoU(ms+flip)': -0.79})
+    # The paper's Cityscapes numbers are on the test split: no difference.
+    assert seg.paper.split == 'test' and seg.same_setting
+    assert seg.deltas == {}
+    # An old name-marked multi-scale run still fills the column.
+    psp = _rows(board, SEGMENTATION)[PSP_SN]
+    assert [run.name for run in psp.runs] == [PSP_SN, PSP_SN_MS]
+    assert psp.values['mIoU(ms)'] == 77.5
+    assert psp.deltas == pytest.approx({'mIoU': 0.8})
     video = _rows(board, VIDEO)[I3D_SN]
     assert video.values['Top 1 Accuracy'] == pytest.approx(73.61)
     assert video.deltas == pytest.approx({
@@ -262,13 +339,26 @@ def test_tables_in_paper_layout_with_paper_numbers(work_dirs, metafiles):
 
     md = board.to_markdown()
     assert ('| Config | Setting | box AP | paper | Δ | AP50 | AP75 | APs | '
-            'APm | APl | mask AP | paper | Δ | Evaluation |') in md
+            'APm | APl | mask AP | paper | Δ | mask AP50 | paper | Δ | '
+            'mask AP75 | paper | Δ | Reference (not the paper) | Evaluation |'
+            ) in md
     assert (f'| {MASK_SN} | SN+SN (Table VI) | 41.2 | 41.0 | +0.2 | 61.2 | '
-            '46.2 | 31.2 | 42.2 | 51.2 | 36.6 | 36.5 | +0.1 | '
+            '46.2 | 31.2 | 42.2 | 51.2 | 36.6 | 36.5 | +0.1 | 56.6 | 58.2 | '
+            '-1.6 | 39.6 | 38.9 | +0.7 | — | '
             'test 20240103_000000 (latest of 3) |') in md
-    assert ('| 72.3 | 72.2 | +0.1 | 75.0 | 75.8 | -0.8 | 95.5 | 80.2 | '
-            'ss: val step 20 (20240101_000000) (latest of 2); ms+flip: test '
+    # The reference is its own labelled column, never a paper number.
+    assert (
+        f'| {FASTER_SN_2X} | SN+SN | 39.1 | — | — | 59.1 | 44.1 | 29.1 | '
+        '40.1 | 49.1 | — | — | — | — | — | — | — | — | — | box AP 39.1 '
+        '(Faster R-CNN R-50-FPN SN(8,2) 2x) | test 20240104_000000 |') in md
+    assert (f'Reference (not the paper): {RELEASED} <{RELEASED_URL}>.') in md
+    # The paper's split is marked on each of its numbers and the setting.
+    assert (f'| {DEEPLAB_SN} | SN(8,32) (Table VII, test split) | 72.3 | '
+            '72.2 (test) | — | 75.0 | 75.8 (test) | 95.5 | 80.2 | '
+            'ss: val step 20 (20240101_000000) (latest of 2); ms: test --tta '
             '20240104_000000 |') in md
+    assert '(test): the paper\'s number is on that split' in md
+    assert '| mIoU | paper | Δ | mIoU(ms) | paper | aAcc | mAcc |' in md
 
 
 def test_mini_runs_are_rows_per_normaliser_with_marked_parent(
@@ -288,13 +378,16 @@ def test_mini_runs_are_rows_per_normaliser_with_marked_parent(
     assert mini['SSN+SSN'].paper is None
     md = board.to_markdown()
     assert '## Detection (COCO) — mini suite' in md
-    assert ('| SN | 12.0 | 41.0* | 32.0 | 17.0 | 2.0 | 13.0 | 22.0 | '
+    # Every number of the parent's paper row is shown, also where the mini
+    # run has none (mask AP: '—').
+    assert ('| SN | 12.0 | 41.0* | 32.0 | 17.0 | 2.0 | 13.0 | 22.0 | — | '
+            '36.5* | — | 58.2* | — | 38.9* | '
             'mask-rcnn_r50-sn_fpn_sn-head_mini | Table VI, SN+SN '
             f'({MASK_SN}) | val step 8 (20240106_000000) |') in md
     # A small number is not rounded to a zero, no paper number is a '—',
-    # COCO's -1 (no small objects) is 'n/a'; no mask AP column as no mini
-    # run has one.
-    assert '| SSN+SSN | 0.4 | — | 20.4 | 5.4 | n/a | 1.4 | 10.4 |' in md
+    # COCO's -1 (no small objects) is 'n/a'.
+    assert ('| SSN+SSN | 0.4 | — | 20.4 | 5.4 | n/a | 1.4 | 10.4 | — | — | '
+            '— | — | — | — |') in md
     assert mini['SSN+SSN'].values['APs'] is None
     assert 'a different setting' in md and 'n/a: COCO reports -1' in md
 
@@ -318,11 +411,32 @@ def test_tool_writes_markdown_csv_and_json(tmp_path, work_dirs, metafiles,
     assert float(det['box AP paper']) == 41.0
     assert det['box AP delta'] == '0.23'  # rounded, no float noise
     assert det['mIoU'] == '' and det['paper row'] == 'Table VI, SN+SN'
+    assert float(det['mask AP75 paper']) == 38.9
+    faster = next(r for r in rows if r['configs'] == FASTER_SN_2X)
+    assert float(faster['box AP reference']) == 39.1
+    assert faster['box AP paper'] == '' and faster['paper row'] == ''
+    assert faster['reference'] == (
+        f'{RELEASED}: Faster R-CNN R-50-FPN SN(8,2) 2x')
+    assert faster['reference url'] == RELEASED_URL
+    seg = next(r for r in rows if r['label'] == DEEPLAB_SN)
+    assert seg['paper split'] == 'test' and seg['mIoU delta'] == ''
+    assert float(seg['mIoU(ms)']) == 75.01
 
     data = json.loads((tmp_path / 'out' / 'board.json').read_text())
     video = next(r for r in data['rows'] if r['task'] == 'video')
     assert video['metrics']['Top 5 Accuracy'] == pytest.approx(91.04)
     assert video['paper']['same_setting'] is True
+    assert video['paper']['split'] is None and video['reference'] is None
+    seg = next(r for r in data['rows'] if r['label'] == DEEPLAB_SN)
+    assert seg['paper']['split'] == 'test'
+    assert [e['multi_scale'] for e in seg['evaluations']] == [False, True]
+    faster = next(r for r in data['rows'] if r['label'] == FASTER_SN_2X)
+    assert faster['paper'] is None
+    assert faster['reference'] == dict(
+        title=RELEASED,
+        url=RELEASED_URL,
+        setting='Faster R-CNN R-50-FPN SN(8,2) 2x',
+        metrics={'box AP': 39.1})
     assert video['evaluations'][0]['raw_metrics']['acc/top1'] == 0.7361
     assert any('bad_json' in w for w in data['warnings'])
 
@@ -343,7 +457,12 @@ def test_metafile_entries_and_duplicates(tmp_path, metafiles):
     text = '\n'.join(str(w.message) for w in record)
     assert f'model {MASK_SN} is already defined' in text
     assert 'Models[1] has no Name' in text
-    assert entries[MASK_SN].paper.metrics == {'box AP': 41.0, 'mask AP': 36.5}
+    assert entries[MASK_SN].paper.metrics == {
+        'box AP': 41.0,
+        'mask AP': 36.5,
+        'mask AP50': 58.2,
+        'mask AP75': 38.9
+    }
     assert entries[MASK_SN].paper.cite() == 'Table VI, SN+SN'
 
 

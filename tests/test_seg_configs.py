@@ -12,7 +12,6 @@ import re
 
 import pytest
 import torch
-import yaml
 from mmengine.config import Config
 from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
@@ -28,9 +27,18 @@ CONFIGS = sorted(
     osp.relpath(path, REPO) for family in FAMILIES for path in glob.glob(
         osp.join(REPO, 'configs', family, '**', '*.py'), recursive=True)
     if '/_base_/' not in path)
-MS_TEST = [c for c in CONFIGS if c.endswith('_ms-flip-test.py')]
 MINI = [c for c in CONFIGS if '/mini/' in c]
-REAL = [c for c in CONFIGS if c not in MS_TEST and c not in MINI]
+REAL = [c for c in CONFIGS if c not in MINI]
+# The SN paper's eight rows of Tables VII / VIII per family and dataset,
+# plus SSN (no paper row): the normaliser token of each config name.
+ROW_TOKENS = ('syncbn', 'gn', 'sn-8x2', 'sn-8x4', 'sn-8x32', 'syncsn-8x2',
+              'syncsn-8x4', 'syncsn-8x32', 'ssn')
+SETTINGS = {
+    ('deeplabv3', 'cityscapes'):
+    'deeplabv3_r50b-d8-{}_8xb2-40k_cityscapes-713x713',
+    ('deeplabv3', 'ade20k'): 'deeplabv3_r50b-d8-{}_8xb2-80k_ade20k-512x512',
+    ('pspnet', 'cityscapes'): 'pspnet_r50b-d8-{}_8xb2-40k_cityscapes-713x713',
+}
 
 NORM_TYPES = {
     'syncbn': nn.SyncBatchNorm,
@@ -39,23 +47,35 @@ NORM_TYPES = {
     'syncsn': SyncSN,
     'ssn': SSN,
 }
-SN_CHECKPOINT = 'checkpoints/resnet50-v1_sn-8x32_in1k.pth'
-SSN_CHECKPOINT = 'checkpoints/resnet50-v1_ssn-8x32_in1k.pth'
 BACKBONE_INIT = {
     'syncbn': 'torchvision://resnet50',
     'gn': 'open-mmlab://contrib/resnet50_gn',
-    'sn': SN_CHECKPOINT,
-    'syncsn': SN_CHECKPOINT,
-    'ssn': SSN_CHECKPOINT,
+    'ssn': 'checkpoints/resnet50-v1_ssn-8x32_in1k.pth',
 }
 NORM_LAYERS = (_BatchNorm, _InstanceNorm, nn.GroupNorm, nn.LayerNorm,
                _SwitchableNormBase)
 
 
 def norm_of(config):
-    match = re.search(r'-(syncbn|gn|sn|syncsn|ssn)_', osp.basename(config))
+    """The normaliser in a config name: ``...-syncsn-8x2_...`` → 'syncsn'."""
+    match = re.search(r'-(syncbn|gn|sn|syncsn|ssn)(-8x\d+)?_',
+                      osp.basename(config))
     assert match, f'{config}: no norm in the name'
     return match.group(1)
+
+
+def imagenet_batch_of(config):
+    """The k of an SN (8,k) config name, None for the other normalisers."""
+    match = re.search(r'-(?:sn|syncsn)-8x(\d+)_', osp.basename(config))
+    return int(match.group(1)) if match else None
+
+
+def backbone_init(config):
+    """The ImageNet model the backbone of ``config`` must start from."""
+    k = imagenet_batch_of(config)
+    if k is not None:
+        return f'checkpoints/resnet50-v1_sn-8x{k}_in1k.pth'
+    return BACKBONE_INIT[norm_of(config)]
 
 
 @pytest.fixture(scope='module', autouse=True)
@@ -113,9 +133,12 @@ def is_promised(layer_type, norm):
 
 
 def test_the_suite_is_complete():
-    assert len(REAL) == 15 and len(MS_TEST) == 15
-    for config in REAL:
-        assert config.replace('.py', '_ms-flip-test.py') in MS_TEST
+    expected = {
+        f'configs/{family}/{pattern.format(token)}.py'
+        for (family, _), pattern in SETTINGS.items()
+        for token in ROW_TOKENS
+    }
+    assert set(REAL) == expected
     assert {norm_of(c) for c in MINI} == {'syncbn', 'gn', 'sn', 'ssn'}
 
 
@@ -146,14 +169,29 @@ def test_real_config_settings(config):
     norm = norm_of(config)
     assert cfg.model.pretrained is None
     assert cfg.model.backbone.init_cfg == dict(
-        type='Pretrained', checkpoint=BACKBONE_INIT[norm])
+        type='Pretrained', checkpoint=backbone_init(config))
     assert cfg.train_dataloader.batch_size == 2  # x 8 GPUs
     assert cfg.train_cfg.max_iters == (80000 if 'ade20k' in config else 40000)
-    crop = re.search(r'(\d+)x\1\.py$', config).group(1)
-    assert cfg.model.data_preprocessor.size == (int(crop), int(crop))
+    # One norm_cfg, and it is the one in the model.
+    assert cfg.model.decode_head.norm_cfg == {
+        k: v
+        for k, v in cfg.norm_cfg.items() if k != '_scope_'
+    }
+    crop = int(re.search(r'(\d+)x\1\.py$', config).group(1))
+    assert crop == (512 if 'ade20k' in config else 713)
+    assert cfg.model.data_preprocessor.size == (crop, crop)
+    crops = [
+        t for t in cfg.train_dataloader.dataset.pipeline
+        if t['type'] == 'RandomCrop'
+    ]
+    assert [t['crop_size'] for t in crops] == [(crop, crop)]
     if 'cityscapes' in config:
-        assert cfg.model.test_cfg.mode == 'slide'
-        assert cfg.model.test_cfg.crop_size == (int(crop), int(crop))
+        # 713x713 windows at 2/3 stride over the full-size image.
+        assert cfg.model.test_cfg == dict(
+            mode='slide', crop_size=(713, 713), stride=(476, 476))
+        assert cfg.model.decode_head.align_corners is True
+    else:
+        assert cfg.model.test_cfg == dict(mode='whole')
     hooks = [h['type'] for h in cfg.get('custom_hooks', [])]
     custom_keys = cfg.optim_wrapper.get('paramwise_cfg',
                                         {}).get('custom_keys', {})
@@ -171,30 +209,6 @@ def test_real_config_settings(config):
         assert hooks == ([] if norm == 'syncsn' else ['SyncNormStatsHook'])
     else:
         assert not custom_keys and hooks == []
-
-
-@pytest.mark.parametrize('config', MS_TEST)
-def test_multi_scale_test_configs(config):
-    cfg = load(config)
-    parent = load(config.replace('_ms-flip-test.py', '.py'))
-    assert cfg.model.type == 'SegTTAModel'
-    assert cfg.model.module == parent.model
-    pipeline = cfg.test_dataloader.dataset.pipeline
-    assert pipeline == parent.tta_pipeline
-    aug = pipeline[1]
-    assert aug['type'] == 'TestTimeAug'
-    assert [t['scale_factor'] for t in aug['transforms'][0]
-            ] == [0.5, 0.75, 1.0, 1.25, 1.5, 1.75]
-    assert [t['prob'] for t in aug['transforms'][1]] == [0., 1.]
-    # Test only: nothing to train with.
-    assert cfg.train_cfg is None and cfg.train_dataloader is None
-
-
-def test_multi_scale_model_builds_around_the_parent():
-    config = [c for c in MS_TEST if '-sn_' in c and 'pspnet' in c][0]
-    model = build_model(load(config).model, 'meta')
-    assert type(model).__name__ == 'SegTTAModel'
-    assert norm_types(model.module.decode_head) == {SN}
 
 
 @pytest.mark.parametrize('norm', ['sn', 'ssn'])
@@ -240,10 +254,20 @@ def test_mini_configs_are_shrunk_children_of_the_real_ones(config):
     family = config.split('/')[1]
     if '_my-cityscapes' in config:  # the user-data example: a grandchild
         assert first_base == './deeplabv3_r18-d8-sn_mini_tiny-cityscapes.py'
-    else:
-        assert re.fullmatch(
-            rf'\.\./{family}_r50b-d8-{norm_of(config)}_8xb2-40k_'
-            r'cityscapes-(769x769|713x713)\.py', first_base), first_base
+        return
+    # SN minis shrink the SN(8,32) config.
+    token = {'sn': 'sn-8x32'}.get(norm_of(config), norm_of(config))
+    assert first_base == \
+        f'../{SETTINGS[(family, "cityscapes")].format(token)}.py'
+    # The real config's recipe is kept.
+    parent = load(
+        osp.relpath(
+            osp.normpath(osp.join(REPO, osp.dirname(config), first_base)),
+            REPO))
+    for key in ('type', 'constructor', 'paramwise_cfg'):
+        assert cfg.optim_wrapper.get(key) == parent.optim_wrapper.get(key)
+    assert cfg.get('custom_hooks') == parent.get('custom_hooks')
+    assert cfg.norm_cfg == parent.norm_cfg
 
 
 def test_mini_data_root_follows_the_environment(monkeypatch, tmp_path):
@@ -271,69 +295,17 @@ def test_user_data_child_overrides_paths_and_pipelines_in_every_loader():
     assert cfg.model.decode_head.norm_cfg.type == 'SN'
 
 
-# Paper numbers from the issue (single-scale, multi-scale + flip mIoU).
-PAPER = {
-    ('deeplabv3', 'ade20k'): {
-        'syncbn': (36.4, 37.7),
-        'gn': (35.7, 36.3),
-        'sn': (37.7, 38.4),
-        'syncsn': (40.0, 40.4),
-    },
-    ('deeplabv3', 'cityscapes'): {
-        'syncbn': (69.7, 73.0),
-        'gn': (68.4, 73.1),
-        'sn': (72.2, 75.8),
-        'syncsn': (76.7, 77.5),
-    },
-    ('pspnet', 'cityscapes'): {
-        'syncbn': (76.3, 76.9),
-        'gn': (72.6, 74.3),
-        'sn': (76.2, 77.3),
-        'syncsn': (76.7, 77.8),
-    },
-}
-
-
-@pytest.mark.parametrize('family', FAMILIES)
-def test_metafile(family):
-    with open(osp.join(REPO, 'configs', family, 'metafile.yml')) as f:
-        meta = yaml.safe_load(f)
-    collections = {c['Name'] for c in meta['Collections']}
-    models = meta['Models']
-    listed = sorted(m['Config'] for m in models)
-    assert listed == sorted(c for c in REAL if f'/{family}/' in c)
-    for model in models:
-        config = model['Config']
-        assert model['Name'] == osp.splitext(osp.basename(config))[0]
-        assert model['In Collection'] in collections
-        assert model['Results'] == []
-        dataset = 'ade20k' if 'ade20k' in config else 'cityscapes'
-        assert model['Metadata']['Training Data'] == (
-            'ADE20K' if dataset == 'ade20k' else 'Cityscapes')
-        assert model['Metadata']['Batch Size'] == 16
-        assert model['Metadata']['Iterations'] == load(
-            config).train_cfg.max_iters
-        norm = norm_of(config)
-        if norm == 'ssn':
-            assert 'Paper' not in model  # the SN paper has no SSN rows
-            continue
-        paper = model['Paper']
-        single, multi = PAPER[(family, dataset)][norm]
-        assert paper['Metrics'] == {'mIoU': single, 'mIoU(ms+flip)': multi}
-        assert paper['Table'] == ('VIII' if family == 'pspnet' else 'VII')
-
-
 def test_sn_and_syncsn_are_the_same_model_on_one_process():
     """SyncSN configs differ from SN ones only in the norm class; without a
     process group SyncSN computes exactly SN."""
-    sn = load('configs/deeplabv3/deeplabv3_r50b-d8-sn_8xb2-40k_cityscapes-'
-              '769x769.py')
-    syncsn = copy.deepcopy(
-        load('configs/deeplabv3/deeplabv3_r50b-d8-syncsn_8xb2-40k_'
-             'cityscapes-769x769.py'))
-    for part in ('backbone', 'decode_head', 'auxiliary_head'):
-        syncsn.model[part].norm_cfg.type = 'SN'
-    assert syncsn.model == sn.model
+    pattern = SETTINGS[('deeplabv3', 'cityscapes')]
+    for k in (2, 4, 32):
+        sn = load(f'configs/deeplabv3/{pattern.format(f"sn-8x{k}")}.py')
+        syncsn = copy.deepcopy(
+            load(f'configs/deeplabv3/{pattern.format(f"syncsn-8x{k}")}.py'))
+        for part in ('backbone', 'decode_head', 'auxiliary_head'):
+            syncsn.model[part].norm_cfg.type = 'SN'
+        assert syncsn.model == sn.model
     layer_a, layer_b = SN(8), SyncSN(8)
     layer_b.load_state_dict(layer_a.state_dict())
     x = torch.randn(2, 8, 3, 3)

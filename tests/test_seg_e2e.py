@@ -14,6 +14,7 @@ import sys
 import pytest
 import torch
 
+from ssn_norm.analysis import gather
 from ssn_norm.datasets.tiny_cityscapes import make_tiny_cityscapes
 
 REPO = osp.dirname(osp.dirname(osp.abspath(__file__)))
@@ -26,8 +27,6 @@ MINI = {
     'configs/deeplabv3/mini/deeplabv3_r18-d8-ssn_mini_tiny-cityscapes.py',
 }
 USER_CHILD = 'configs/deeplabv3/mini/deeplabv3_r18-d8-sn_mini_my-cityscapes.py'
-MS_TEST = ('configs/deeplabv3/'
-           'deeplabv3_r50b-d8-sn_8xb2-40k_cityscapes-769x769_ms-flip-test.py')
 
 
 @pytest.fixture(scope='module')
@@ -97,8 +96,10 @@ def train_and_test(config, work_dir, data_root, iters, extra=()):
 def test_deeplabv3_sn_learns_the_tiny_scenes(tiny_cityscapes, tmp_path):
     """60 iterations already segment the scenes far above chance (six of
     Cityscapes' 19 classes are present; predicting the most frequent one
-    everywhere scores 6.5 mIoU).  The shipped multi-scale + flip recipe,
-    put over the mini config, evaluates the same checkpoint."""
+    everywhere scores 6.5 mIoU).  ``tools/test.py --tta`` evaluates the
+    same checkpoint with the config's multi-scale recipe, and the
+    leaderboard tells the two tests in one work directory apart by the run
+    info the tool writes."""
     entries, metrics, checkpoint = train_and_test(MINI['deeplabv3-sn'],
                                                   str(tmp_path),
                                                   tiny_cityscapes, 60)
@@ -108,22 +109,26 @@ def test_deeplabv3_sn_learns_the_tiny_scenes(tiny_cityscapes, tmp_path):
     assert len(val) == 1 and val[0]['mIoU'] == pytest.approx(
         metrics['mIoU'], abs=0.01)
 
-    with open(osp.join(REPO, MS_TEST)) as f:
-        recipe = f.read()
-    parent = "_base_ = './deeplabv3_r50b-d8-sn_8xb2-40k_cityscapes-769x769.py'"
-    assert recipe.count(parent) == 1
-    ms_config = tmp_path / 'ms.py'
-    ms_config.write_text(
-        recipe.replace(parent,
-                       f"_base_ = '{osp.join(REPO, MINI['deeplabv3-sn'])}'"))
-    ms_dir = str(tmp_path / 'ms')
-    run_tool(
-        ['tools/test.py',
-         str(ms_config), checkpoint, '--work-dir', ms_dir],
-        data_root=tiny_cityscapes)
+    test_dir = str(tmp_path / 'test')  # where train_and_test tested
+    run_tool([
+        'tools/test.py', MINI['deeplabv3-sn'], checkpoint, '--work-dir',
+        test_dir, '--tta'
+    ],
+             data_root=tiny_cityscapes)
+    infos = []
+    for path in sorted(glob.glob(osp.join(test_dir, '*', 'run_info.json'))):
+        with open(path) as f:
+            infos.append(json.load(f))
+    assert [(i['tta'], i['model'])
+            for i in infos] == [(False, 'EncoderDecoder'),
+                                (True, 'SegTTAModel')]
+    (table, ) = gather([test_dir]).tables
+    (row, ) = table.rows
+    assert [run.multi_scale for run in row.runs] == [False, True]
+    assert row.values['mIoU'] == pytest.approx(metrics['mIoU'], abs=1e-6)
     # A checkpoint that did not load into SegTTAModel's module would score
     # like an untrained model.
-    assert read_test_json(ms_dir)['mIoU'] > 40
+    assert row.values['mIoU(ms)'] > 40
 
 
 def test_pspnet_sn_trains_and_evaluates(tiny_cityscapes, tmp_path):

@@ -118,11 +118,19 @@ def test_full_config_recipe(path):
     sample = [t for t in cfg.train_pipeline if t.type == 'SampleFrames'][0]
     assert (sample.clip_len, sample.frame_interval, sample.num_clips) == \
         (32, 2, 1)
-    test_sample = [
-        t for t in cfg.test_dataloader.dataset.pipeline
-        if t.type == 'SampleFrames'
-    ][0]
-    assert test_sample.num_clips == 10
+    # The paper's test: 10 clips sampled regularly, softmax scores averaged,
+    # each clip one full-frame view at shorter side 256 (no crops).
+    test_pipeline = cfg.test_dataloader.dataset.pipeline
+    assert [t.type for t in test_pipeline] == [
+        'DecordInit', 'SampleFrames', 'DecordDecode', 'Resize', 'FormatShape',
+        'PackActionInputs'
+    ]
+    test_sample = test_pipeline[1]
+    assert (test_sample.clip_len, test_sample.frame_interval,
+            test_sample.num_clips, test_sample.test_mode) == (32, 2, 10, True)
+    assert test_pipeline[3].scale == (-1, 256)
+    assert cfg.test_dataloader.batch_size == 1  # frame widths differ
+    assert cfg.model.cls_head.average_clips == 'prob'
     assert cfg.train_pipeline[0].type == 'DecordInit'
     # mmaction2 averages buffers (SN running statistics too) across ranks.
     assert cfg.default_hooks.sync_buffers.type == 'SyncBuffersHook'
@@ -188,7 +196,11 @@ def test_metafile_lists_every_config_with_the_paper_numbers():
         if norm == 'ssn':
             assert 'Paper' not in model
             continue
+        assert model['Metadata']['Testing'] == \
+            '10 clips x 1 full-frame view (shorter side 256)'
         paper = model['Paper']
+        assert paper['Title'] == ('Switchable Normalization for '
+                                  'Learning-to-Normalize Deep Representation')
         assert paper['Table'] == 'X'
         top1, top5 = PAPER[(norm, clips)]
         assert paper['Metrics'] == {
@@ -212,3 +224,25 @@ def test_mmaction_models_import_after_ssn_norm():
     assert result.returncode == 0, result.stderr[-2000:]
     assert 'DRN: DRN is not shipped in the mmaction2 1.2.0 wheel' in \
         result.stdout
+
+
+def test_real_test_pipeline_gives_ten_full_frame_clips(tmp_path):
+    """The 8xb8 BN config's test pipeline (all full-size configs inherit it)
+    on a real decoded video: 10 clips of 32 frames, each the whole frame at
+    shorter side 256, no crops (the inputs of the 10-clip test)."""
+    from mmaction.utils import register_all_modules
+    from mmengine.dataset import Compose
+
+    from ssn_norm.datasets.tiny_kinetics import make_tiny_kinetics
+    register_all_modules(init_default_scope=True)
+    make_tiny_kinetics(
+        str(tmp_path), num_train=4, num_val=4, frame_size=64, rawframes=False)
+    (video, ) = glob.glob(str(tmp_path / 'videos_val' / '*'))[:1]
+    cfg = load(
+        osp.join(
+            CONFIG_DIR, 'i3d_imagenet-pretrained-r50-bn_8xb8-32x2x1-'
+            '100e_kinetics400-rgb.py'))
+    pipeline = Compose(cfg.test_dataloader.dataset.pipeline)
+    packed = pipeline(
+        dict(filename=video, label=0, start_index=0, modality='RGB'))
+    assert tuple(packed['inputs'].shape) == (10, 3, 32, 256, 256)

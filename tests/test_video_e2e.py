@@ -86,7 +86,11 @@ def test_mini_config_trains_and_tests(tmp_path, data_root, norm):
     test_dir = str(tmp_path / 'test')
     run_tool('test.py', config, checkpoint, '--work-dir', test_dir,
              '--cfg-options', *data_options(data_root))
-    results = glob.glob(osp.join(test_dir, '*', '*.json'))
+    # <timestamp>/<timestamp>.json; tools/test.py also writes run_info.json.
+    results = [
+        p for p in glob.glob(osp.join(test_dir, '*', '*.json'))
+        if osp.basename(p) == osp.basename(osp.dirname(p)) + '.json'
+    ]
     assert len(results) == 1
     with open(results[0]) as f:
         metrics = json.load(f)

@@ -1,22 +1,25 @@
-"""Tabulate mmengine runs beside the papers' numbers (markdown/CSV/JSON)."""
+"""Tabulate mmengine runs beside the papers' numbers (markdown/CSV/JSON), or
+render the papers' tables of docs/model_zoo.md from the metafiles."""
 import argparse
 import os.path as osp
 import sys
 import warnings
 
-from ssn_norm.analysis import FORMATS, ResultWarning, gather, write_leaderboard
+from ssn_norm.analysis import (FORMATS, ResultWarning, gather,
+                               load_model_entries, write_leaderboard)
+from ssn_norm.analysis.paper import render_paper_tables, replace_doc_section
 
 DEFAULT_INDEX = osp.join(
     osp.dirname(osp.dirname(osp.abspath(__file__))), 'model-index.yml')
 
 
-def parse_args():
+def parse_args(argv=None):
     parser = argparse.ArgumentParser(
         description='Gather test/validation results of mmengine runs into '
         "tables in the papers' layouts, with the papers' numbers")
     parser.add_argument(
         'work_dirs',
-        nargs='+',
+        nargs='*',
         metavar='WORK_DIRS',
         help='run directories (work_dirs/<config>) or folders holding them')
     parser.add_argument(
@@ -29,20 +32,57 @@ def parse_args():
         default=[DEFAULT_INDEX],
         help='model-index.yml or metafile.yml files with the paper numbers '
         '(default: the repository model-index.yml)')
-    return parser.parse_args()
+    parser.add_argument(
+        '--paper-tables',
+        nargs='?',
+        const='-',
+        metavar='DOC',
+        help="instead of gathering runs, render the papers' tables from the "
+        'metafiles: to stdout, or (with DOC, e.g. docs/model_zoo.md) into '
+        "DOC's generated section, in place")
+    args = parser.parse_args(argv)
+    if args.paper_tables is None and not args.work_dirs:
+        parser.error('give WORK_DIRS to gather, or --paper-tables')
+    if args.paper_tables is not None and (args.work_dirs or args.out):
+        parser.error('--paper-tables renders the metafiles only; it takes '
+                     'no WORK_DIRS and no --out')
+    return args
 
 
 def _show_warning(message, category, filename, lineno, file=None, line=None):
     print(f'warning: {message}', file=sys.stderr)
 
 
-def main():
-    args = parse_args()
+def paper_tables(metafiles, doc):
+    """Print the rendered tables, or write them into ``doc``."""
+    section = render_paper_tables(load_model_entries(metafiles))
+    if doc == '-':
+        print(section, end='')
+        return
+    with open(doc, encoding='utf-8') as f:
+        text = f.read()
+    try:
+        updated = replace_doc_section(text, section, doc)
+    except ValueError as error:
+        sys.exit(str(error))
+    if updated == text:
+        print(f'{doc} is up to date', file=sys.stderr)
+        return
+    with open(doc, 'w', encoding='utf-8', newline='') as f:
+        f.write(updated)
+    print(f'updated the paper tables in {doc}', file=sys.stderr)
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    warnings.showwarning = _show_warning
+    warnings.simplefilter('always', ResultWarning)
+    if args.paper_tables is not None:
+        paper_tables(args.metafiles, args.paper_tables)
+        return
     if args.out and osp.splitext(args.out)[1].lower() not in FORMATS:
         sys.exit(f'--out {args.out}: unknown format; use one of '
                  f'{", ".join(FORMATS)}')
-    warnings.showwarning = _show_warning
-    warnings.simplefilter('always', ResultWarning)
     board = gather(args.work_dirs, args.metafiles)
     print(board.to_markdown(), end='')
     if args.out:

@@ -2,11 +2,12 @@
 import argparse
 
 import ssn_norm  # noqa: F401  registers the layers, applies compat fixes
-from ssn_norm.apis import (add_common_args, apply_test_outputs, build_runner,
-                           load_config, parse_tool_args)
+from ssn_norm.apis import (add_common_args, apply_test_outputs, apply_tta,
+                           build_runner, load_config, parse_tool_args,
+                           write_run_info)
 
 
-def parse_args():
+def parse_args(argv=None):
     parser = argparse.ArgumentParser(description='Test (and eval) a model')
     parser.add_argument('config', help='test config file path')
     parser.add_argument('checkpoint', help='checkpoint file')
@@ -16,13 +17,21 @@ def parse_args():
         '--out', help='dump predictions to a pickle file (.pkl)')
     parser.add_argument(
         '--show-dir', help='directory where painted predictions are saved')
+    parser.add_argument(
+        '--tta',
+        action='store_true',
+        help="test with the config's test-time augmentation (tta_model and "
+        'tta_pipeline, e.g. multi-scale + flip); recorded in the run\'s '
+        'run_info.json, so the leaderboard fills the multi-scale column')
     add_common_args(parser)
-    return parse_tool_args(parser)
+    return parse_tool_args(parser, argv)
 
 
-def main():
-    args = parse_args()
+def main(argv=None):
+    args = parse_args(argv)
     cfg = load_config(args.config, args.cfg_options)
+    if args.tta:
+        apply_tta(cfg)
     apply_test_outputs(
         cfg,
         args.config,
@@ -31,7 +40,9 @@ def main():
         out=args.out,
         show_dir=args.show_dir,
         launcher=args.launcher)
-    build_runner(cfg).test()
+    runner = build_runner(cfg)
+    write_run_info(runner, args.tta, args.config, args.checkpoint)
+    runner.test()
 
 
 if __name__ == '__main__':

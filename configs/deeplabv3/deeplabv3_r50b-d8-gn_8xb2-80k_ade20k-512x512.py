@@ -1,10 +1,5 @@
-# DeepLabV3 R50b-D8 with GN (32 groups) on ADE20K; backbone from the GN
-# ImageNet ResNet-50 (7x7 stem).  SN paper Table VII (ADE20K), GN row.
+# DeepLabV3 R50b-D8 with GN (32 groups) in backbone and heads, backbone
+# from the GN ImageNet ResNet-50.  SN paper Table VII, GN row.
 _base_ = './deeplabv3_r50b-d8-syncbn_8xb2-80k_ade20k-512x512.py'
-norm_cfg = dict(type='GN', num_groups=32, requires_grad=True)
-model = dict(
-    backbone=dict(
-        norm_cfg=norm_cfg,
-        init_cfg=dict(checkpoint='open-mmlab://contrib/resnet50_gn')),
-    decode_head=dict(norm_cfg=norm_cfg),
-    auxiliary_head=dict(norm_cfg=norm_cfg))
+norm_cfg = {{_base_.seg_norms.gn.norm_cfg}}
+model = {{_base_.seg_norms.gn.model}}

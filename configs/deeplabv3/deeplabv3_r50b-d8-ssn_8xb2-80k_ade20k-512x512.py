@@ -1,15 +1,8 @@
-# DeepLabV3 R50b-D8 with SSN on ADE20K; backbone from an SSN ImageNet
-# ResNet-50 v1 converted by tools/convert_checkpoint.py; SSN recipe (ratio
-# logits lr x 0.1, no decay, clipped; radius 0 -> 1 over training).
-_base_ = [
-    './deeplabv3_r50b-d8-syncbn_8xb2-80k_ade20k-512x512.py',
-    '../_base_/switchable_norm.py'
-]
-ssn_checkpoint = 'checkpoints/resnet50-v1_ssn-8x32_in1k.pth'
-norm_cfg = dict(type='SSN', requires_grad=True)
-model = dict(
-    backbone=dict(norm_cfg=norm_cfg, init_cfg=dict(checkpoint=ssn_checkpoint)),
-    decode_head=dict(norm_cfg=norm_cfg),
-    auxiliary_head=dict(norm_cfg=norm_cfg))
-optim_wrapper = {{_base_.ssn_optim_wrapper}}
-custom_hooks = {{_base_.ssn_custom_hooks}}
+# DeepLabV3 R50b-D8 with SSN (SparsestMax ratios) in backbone and heads,
+# backbone from the SSN ImageNet ResNet-50 v1 (8 GPUs x 32 images); the SSN
+# recipe (../_base_/seg_norms.py).  No row in the SN paper.
+_base_ = './deeplabv3_r50b-d8-syncbn_8xb2-80k_ade20k-512x512.py'
+norm_cfg = {{_base_.seg_norms.ssn.norm_cfg}}
+model = {{_base_.seg_norms.ssn.model}}
+optim_wrapper = {{_base_.seg_norms.ssn.optim_wrapper}}
+custom_hooks = {{_base_.seg_norms.ssn.custom_hooks}}

@@ -1,10 +1,20 @@
-# BN† baseline of the SN paper: upstream's Faster R-CNN R50-FPN with a
-# frozen-BN (torchvision) backbone and no norm in FPN or the RoI head.
-# Every other config of this family inherits it.
+# BN† backbone, no head norm: the baseline (BN†/–) of Table V, the SN
+# paper's setting-2.  Upstream's Faster R-CNN R50-FPN on Detectron's 1x
+# iteration schedule; every other FPN config of this family inherits it.
 _base_ = [
     'mmdet::faster_rcnn/faster-rcnn_r50_fpn_1x_coco.py',
-    '../_base_/switchable_norm.py'
+    '../_base_/switchable_norm.py',
+    '../_base_/schedules/det_iter_schedules.py',
+    '../_base_/det_norms.py'
 ]
+# BN† is "a constant linear transformation layer" (the paper, 4.2), as
+# Detectron's AffineChannel: ImageNet statistics (norm_eval) and affine
+# parameters (requires_grad=False) both stay as loaded.
 model = dict(
     backbone=dict(
-        norm_cfg=dict(type='BN', requires_grad=True), norm_eval=True))
+        norm_cfg=dict(type='BN', requires_grad=False), norm_eval=True))
+# Detectron's 1x: lr 0.02, x0.1 after 60k and 80k, 90k iterations.
+train_cfg = {{_base_.det_1x.train_cfg}}
+param_scheduler = {{_base_.det_1x.param_scheduler}}
+default_hooks = {{_base_.det_iter_hooks}}
+log_processor = {{_base_.det_iter_log}}

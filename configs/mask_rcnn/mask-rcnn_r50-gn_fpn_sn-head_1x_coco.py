@@ -1,9 +1,3 @@
-# GN backbone + SN head.
+# GN backbone (from the GN ImageNet ResNet-50) + SN head.
 _base_ = './mask-rcnn_r50_fpn_sn-head_1x_coco.py'
-model = dict(
-    backbone=dict(
-        norm_cfg=dict(type='GN', num_groups=32, requires_grad=True),
-        # GN ignores norm_eval (no running statistics); set for the record.
-        norm_eval=False,
-        init_cfg=dict(
-            type='Pretrained', checkpoint='open-mmlab://contrib/resnet50_gn')))
+model = dict(backbone={{_base_.det_resnet.gn}})

@@ -1,12 +1,4 @@
-# BN† backbone; GN in FPN, the 4conv-1fc box head and the mask head, placed
-# as in mmdet's gn/ configs (the RPN head has no norm).
+# BN† backbone; GN in FPN, the 4conv-1fc box head and the mask head
+# (placement and norm_cfg in ../_base_/det_norms.py).
 _base_ = './mask-rcnn_r50_fpn_1x_coco.py'
-model = dict(
-    neck=dict(norm_cfg=dict(type='GN', num_groups=32, requires_grad=True)),
-    roi_head=dict(
-        bbox_head=dict(
-            type='Shared4Conv1FCBBoxHead',
-            conv_out_channels=256,
-            norm_cfg=dict(type='GN', num_groups=32, requires_grad=True)),
-        mask_head=dict(
-            norm_cfg=dict(type='GN', num_groups=32, requires_grad=True))))
+model = {{_base_.det_mask_heads.gn}}

@@ -1,14 +1,7 @@
-# BN† backbone; SN in FPN, the 4conv-1fc box head and the mask head, placed
-# as GN is in mmdet's gn/ configs (the RPN head has no norm).
+# BN† backbone; SN in FPN, the 4conv-1fc box head and the mask head
+# (placement and norm_cfg in ../_base_/det_norms.py).
 _base_ = './mask-rcnn_r50_fpn_1x_coco.py'
-model = dict(
-    neck=dict(norm_cfg=dict(type='SN')),
-    roi_head=dict(
-        bbox_head=dict(
-            type='Shared4Conv1FCBBoxHead',
-            conv_out_channels=256,
-            norm_cfg=dict(type='SN')),
-        mask_head=dict(norm_cfg=dict(type='SN'))))
+model = {{_base_.det_mask_heads.sn}}
 # SN recipe: the ratio logits take no weight decay.
 optim_wrapper = dict(paramwise_cfg={{_base_.sn_paramwise_cfg}})
 # DDP does not broadcast buffers: merge the per-GPU SN running statistics

@@ -7,9 +7,20 @@ or ``tiny`` token in the config name) have one row per normaliser and show,
 when their metafile entry has a ``Paper Reference``, the full-size parent's
 paper number marked as a different setting, with no difference.
 
-For segmentation, a multi-scale test run (``..._ms-flip-test``, see
-:data:`~ssn_norm.analysis.tasks.MULTI_SCALE`) shares the row of its
-single-scale config and fills the ``mIoU(ms+flip)`` column.
+The paper column shows every number of the paper's row (a column with no
+run number shows ``—`` for ours).  Where the paper evaluated on another
+split (``Split`` in the metafile, e.g. Cityscapes test for Table VII) its
+numbers carry the split, e.g. ``69.7 (test)``, and no difference is
+computed.  A ``Reference`` (another publication's run of the setting, such
+as the released re-implementation) is shown in a column of its own,
+labelled as not the paper, and never compared.
+
+For segmentation, a multi-scale test run (``tools/test.py --tta``, known
+from the run-info file it writes; or an old ``..._ms-flip-test`` config
+name, see :data:`~ssn_norm.analysis.tasks.MULTI_SCALE`) shares the row of
+its single-scale config and fills the ``mIoU(ms)`` column.  Detection and
+video ``--tta`` runs get a row of their own, as the papers have no such
+column: the paper's numbers are shown there as a different setting.
 """
 import csv
 import io
@@ -30,6 +41,8 @@ from .tasks import (NORM_ORDER, SEGMENTATION, TASKS, Task, is_mini,
 #: Output formats of :func:`write_leaderboard`, by file extension.
 FORMATS = ('.md', '.csv', '.json')
 Paths = Sequence[str]
+#: Appended to the label of a detection / video ``--tta`` run's own row.
+TTA_LABEL = ' (--tta)'
 
 
 @dataclass
@@ -46,8 +59,10 @@ class Row:
         paper: the paper row shown beside ours, if any.
         paper_config: the config whose metafile entry holds :attr:`paper`.
         same_setting: whether :attr:`paper` is this config's own row (then
-            :attr:`deltas` are computed) or a full-size parent's.
+            :attr:`deltas` are computed unless the paper's split differs)
+            or a full-size parent's / a ``--tta`` row's.
         normalization: the metafile's ``Metadata: Normalization``.
+        reference: the config's labelled non-paper numbers, if any.
     """
 
     label: str
@@ -58,12 +73,13 @@ class Row:
     paper_config: Optional[str] = None
     same_setting: bool = False
     normalization: Optional[str] = None
+    reference: Optional[PaperRow] = None
 
     @property
     def deltas(self) -> Dict[str, float]:
         """Ours minus the paper's, for metrics both have; only when the
-        paper row is for the same setting."""
-        if self.paper is None or not self.same_setting:
+        paper row is for the same setting and split."""
+        if self.paper is None or not self.same_setting or self.paper.split:
             return {}
         return {
             name: value - self.paper.metrics[name]
@@ -76,8 +92,8 @@ class Row:
         if len(self.runs) == 1:
             return self.runs[0].describe()
         return '; '.join(
-            ('ms+flip: ' if is_multi_scale(run.name) else 'ss: ') +
-            run.describe() for run in self.runs)
+            ('ms: ' if _multi_scale(run) else 'ss: ') + run.describe()
+            for run in self.runs)
 
 
 @dataclass
@@ -90,10 +106,13 @@ class Table:
 
     @property
     def metric_names(self) -> List[str]:
-        """The task's columns that at least one row has a number for."""
+        """The task's columns that at least one row, or the paper row shown
+        beside it, has a number for."""
         return [
-            c.name for c in self.task.columns
-            if any(c.name in row.values for row in self.rows)
+            c.name for c in self.task.columns if any(
+                c.name in row.values or (
+                    row.paper is not None and c.name in row.paper.metrics)
+                for row in self.rows)
         ]
 
     @property
@@ -135,14 +154,30 @@ class Leaderboard:
         return render_json(self)
 
 
-def _row_key(run: Run) -> str:
+def _multi_scale(run: Run) -> bool:
+    """A ``--tta`` test, or a run of an old name-marked multi-scale
+    segmentation config (only there: detection names such as
+    ``..._ms-3x_coco`` mark multi-scale *training*)."""
+    return run.multi_scale or (run.task is SEGMENTATION
+                               and is_multi_scale(run.name))
+
+
+def _config_name(run: Run) -> str:
+    """The config the run evaluates (an old multi-scale wrapper's parent).
+    """
     if run.task is SEGMENTATION:
         return single_scale_name(run.name)
     return run.name
 
 
+def _row_key(run: Run) -> str:
+    if run.task is not SEGMENTATION and _multi_scale(run):
+        return run.name + TTA_LABEL
+    return _config_name(run)
+
+
 def _attach_paper(row: Row, entries: Dict[str, ModelEntry]) -> None:
-    names = [_row_key(row.runs[0])] + [run.name for run in row.runs]
+    names = [_config_name(row.runs[0])] + [run.name for run in row.runs]
     own: Optional[PaperRow] = None
     reference: Optional[str] = None
     for name in dict.fromkeys(names):
@@ -150,17 +185,22 @@ def _attach_paper(row: Row, entries: Dict[str, ModelEntry]) -> None:
         if entry is None:
             continue
         row.normalization = row.normalization or entry.normalization
+        row.reference = row.reference or entry.reference
         if entry.paper is not None:
             if own is None:
                 own, row.paper_config = entry.paper, name
             else:  # e.g. separate ss and ms entries: one row, both numbers
                 merged = dict(entry.paper.metrics)
                 merged.update(own.metrics)
-                own = PaperRow(own.title, own.table, own.setting, merged)
+                own = PaperRow(own.title, own.table, own.setting, merged,
+                               own.split, own.url)
         elif entry.paper_reference and reference is None:
             reference = entry.paper_reference
+    tta_row = row.runs[0].task is not SEGMENTATION and any(
+        _multi_scale(run) for run in row.runs)
     if own is not None:
-        row.paper, row.same_setting = own, True
+        # A detection/video --tta test is not the paper's setting.
+        row.paper, row.same_setting = own, not tta_row
     elif reference is not None and entries[reference].paper is not None:
         row.paper = entries[reference].paper
         row.paper_config, row.same_setting = reference, False
@@ -173,7 +213,7 @@ def _setting(row: Row) -> Optional[str]:
     the referenced parent's."""
     if row.paper is not None and row.same_setting and row.paper.setting:
         return row.paper.setting
-    named = row.normalization or normalizers_in_name(_row_key(row.runs[0]))
+    named = row.normalization or normalizers_in_name(_config_name(row.runs[0]))
     if named is None and row.paper is not None and row.paper.setting:
         return row.paper.setting
     return named
@@ -205,7 +245,7 @@ def build_leaderboard(runs: Iterable[Run],
             rows: List[Row] = []
             open_rows: Dict[str, Row] = {}
             for run in sorted(chosen, key=lambda r: (r.name, r.path)):
-                multi = task is SEGMENTATION and is_multi_scale(run.name)
+                multi = task is SEGMENTATION and _multi_scale(run)
                 values = scaled_metrics(task, run.evaluation.metrics, multi)
                 key = _row_key(run)
                 row = open_rows.get(key)
@@ -219,9 +259,10 @@ def build_leaderboard(runs: Iterable[Run],
                 _attach_paper(row, entries)
                 row.setting = _setting(row)
                 if suite == 'mini':
-                    row.label = row.setting or row.label
-                elif len(row.runs) == 1:  # e.g. a lone ms+flip test
-                    row.label = row.runs[0].name
+                    tta = TTA_LABEL if row.label.endswith(TTA_LABEL) else ''
+                    row.label = (row.setting or row.label) + tta
+                elif len(row.runs) == 1 and task is SEGMENTATION:
+                    row.label = row.runs[0].name  # e.g. a lone ms test
             if suite == 'mini':
                 rows.sort(key=lambda r: _norm_rank(r.label))
             tables.append(Table(task, suite, rows))
@@ -281,6 +322,7 @@ def _render_table(table: Table) -> List[str]:
     papers = set(table.paper_names)
     deltas = set(table.delta_names)
     mini = table.suite == 'mini'
+    references = not mini and any(row.reference for row in table.rows)
     header = ['Norm' if mini else 'Config'] + ([] if mini else ['Setting'])
     for name in metrics:
         header.append(name)
@@ -290,6 +332,8 @@ def _render_table(table: Table) -> List[str]:
             header.append('Δ')
     if mini:
         header += ['Config', 'Paper setting*'] if papers else ['Config']
+    if references:
+        header.append('Reference (not the paper)')
     header.append('Evaluation')
     lines = []
     for row in table.rows:
@@ -303,6 +347,8 @@ def _render_table(table: Table) -> List[str]:
                 text = _fmt(theirs)
                 if theirs is not None and not row.same_setting:
                     text += '*'
+                if theirs is not None and row.paper.split:
+                    text += f' ({row.paper.split})'
                 cells.append(text)
             if name in deltas and name in row.deltas:
                 cells.append(_fmt_delta(ours, paper_metrics[name]))
@@ -315,10 +361,23 @@ def _render_table(table: Table) -> List[str]:
             elif papers:
                 cells.append('—')
         elif row.paper is not None and row.same_setting and row.paper.table:
-            cells[1] += f' (Table {row.paper.table})'
+            split = f', {row.paper.split} split' if row.paper.split else ''
+            cells[1] += f' (Table {row.paper.table}{split})'
+        if references:
+            cells.append(_reference_text(row.reference))
         cells.append(row.evaluation_text())
         lines.append(cells)
     return _md_table(header, lines)
+
+
+def _reference_text(reference: Optional[PaperRow]) -> str:
+    """``box AP 39.1 (Faster R-CNN R-50-FPN SN(8,2) 2x)``, or ``—``."""
+    if reference is None:
+        return '—'
+    numbers = ', '.join(f'{name} {_fmt(value)}'
+                        for name, value in reference.metrics.items())
+    return f'{numbers} ({reference.setting})' if reference.setting \
+        else numbers
 
 
 def render_markdown(board: Leaderboard) -> str:
@@ -338,18 +397,39 @@ def render_markdown(board: Leaderboard) -> str:
             notes.append('Paper numbers from the configs\' metafile.yml: ' +
                          '; '.join(f'"{t}"' for t in titles) + '.')
         if table.delta_names:
-            notes.append('Δ = ours − paper, same setting, percent points.')
+            notes.append('Δ = ours − paper, same setting and split, percent '
+                         'points.')
+        splits = sorted({
+            row.paper.split
+            for row in table.rows if row.paper and row.paper.split
+        })
+        if splits:
+            notes.append(f'({"/".join(splits)}): the paper\'s number is on '
+                         'that split, ours on the split the config '
+                         'evaluates; no difference is computed.')
         if any(row.paper and not row.same_setting for row in table.rows):
-            notes.append('\\* paper number of the full-size config named by '
-                         '`Paper Reference`: a different setting, shown for '
-                         'orientation only; no difference is computed.')
+            notes.append('\\* a different setting (the full-size config '
+                         'named by a mini config\'s `Paper Reference`, or a '
+                         '`--tta` test of a setting the paper tested at one '
+                         'scale), shown for orientation only; no difference '
+                         'is computed.')
+        sources = {
+            row.reference.title: row.reference.url
+            for row in table.rows if row.reference
+        }
+        if sources and table.suite == 'full':
+            notes.append('Reference (not the paper): ' +
+                         '; '.join(f'{title} <{url}>' if url else title
+                                   for title, url in sorted(sources.items())) +
+                         '.')
         if any(None in row.values.values() for row in table.rows):
             notes.append('n/a: COCO reports -1 when the evaluation split has '
                          'no object of that size.')
-        if 'mIoU(ms+flip)' in table.metric_names:
-            notes.append('mIoU(ms+flip): from the run of the same config '
-                         'with a `_ms-flip-test` (or `_aug`, `_tta`) '
-                         'suffix.')
+        if 'mIoU(ms)' in table.metric_names:
+            notes.append('mIoU(ms): from a multi-scale test of the same '
+                         'config (`tools/test.py --tta`, or an old '
+                         '`_ms-flip-test` config); the paper\'s text does not '
+                         'say whether its multi-scale test flipped.')
         out.append('')
         for note in notes:  # one paragraph each
             out += [note, '']
@@ -372,9 +452,17 @@ def _records(board: Leaderboard) -> List[dict]:
                     title=row.paper.title,
                     table=row.paper.table,
                     setting=row.paper.setting,
+                    split=row.paper.split,
                     config=row.paper_config,
                     same_setting=row.same_setting,
                     metrics=_rounded(row.paper.metrics))
+            reference = None
+            if row.reference is not None:
+                reference = dict(
+                    title=row.reference.title,
+                    url=row.reference.url,
+                    setting=row.reference.setting,
+                    metrics=_rounded(row.reference.metrics))
             records.append(
                 dict(
                     task=table.task.name,
@@ -384,6 +472,7 @@ def _records(board: Leaderboard) -> List[dict]:
                     setting=row.setting,
                     metrics=_rounded(row.values),
                     paper=paper,
+                    reference=reference,
                     delta=_rounded(row.deltas),
                     evaluation=row.evaluation_text(),
                     evaluations=[
@@ -391,6 +480,7 @@ def _records(board: Leaderboard) -> List[dict]:
                             config=run.name,
                             path=run.path,
                             kind=run.evaluation.kind,
+                            multi_scale=_multi_scale(run),
                             timestamp=run.evaluation.timestamp,
                             step=run.evaluation.step,
                             file=run.evaluation.path,
@@ -401,19 +491,36 @@ def _records(board: Leaderboard) -> List[dict]:
     return records
 
 
+def _finite_or_null(value):
+    """``value`` with every NaN/Inf float replaced by None (strict JSON has
+    no such numbers; loading warned about them already)."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: _finite_or_null(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_finite_or_null(v) for v in value]
+    return value
+
+
 def render_json(board: Leaderboard) -> str:
-    """JSON: ``{"rows": [...], "warnings": [...]}``; numbers in percent
-    (4 decimals), ``null`` for "not applicable", ``raw_metrics`` as read."""
+    """Strict JSON: ``{"rows": [...], "warnings": [...]}``; numbers in
+    percent (4 decimals), ``null`` for "not applicable" and for a metric
+    that is not a finite number (NaN/Inf, warned about when the run was
+    read), ``raw_metrics`` as read otherwise."""
+    records = _finite_or_null(_records(board))
     return json.dumps(
-        dict(rows=_records(board), warnings=list(board.warnings)),
+        dict(rows=records, warnings=list(board.warnings)),
         indent=2,
-        ensure_ascii=False) + '\n'
+        ensure_ascii=False,
+        allow_nan=False) + '\n'
 
 
 def render_csv(board: Leaderboard) -> str:
     """CSV: one line per row, the union of all tasks' metric columns, each
-    followed by ``<metric> paper`` and ``<metric> delta``; empty = not
-    reported, ``n/a`` = not applicable."""
+    followed by ``<metric> paper``, ``<metric> delta`` and ``<metric>
+    reference`` (not the paper); empty = not reported, ``n/a`` = not
+    applicable."""
     names = [
         c.name for task in TASKS for c in task.columns if any(
             c.name in t.metric_names for t in board.tables if t.task is task)
@@ -421,13 +528,17 @@ def render_csv(board: Leaderboard) -> str:
     names = list(dict.fromkeys(names))
     header = ['task', 'suite', 'label', 'configs', 'setting']
     for name in names:
-        header += [name, f'{name} paper', f'{name} delta']
-    header += ['paper row', 'paper config', 'paper same setting', 'evaluation']
+        header += [name, f'{name} paper', f'{name} delta', f'{name} reference']
+    header += [
+        'paper row', 'paper split', 'paper config', 'paper same setting',
+        'reference', 'reference url', 'evaluation'
+    ]
     buffer = io.StringIO()
     writer = csv.writer(buffer, lineterminator='\n')
     writer.writerow(header)
     for record in _records(board):
         paper = record['paper'] or {}
+        reference = record['reference'] or {}
         line = [
             record['task'], record['suite'], record['label'],
             ' '.join(record['configs']), record['setting'] or ''
@@ -437,16 +548,22 @@ def render_csv(board: Leaderboard) -> str:
             line += [
                 'n/a' if value is None else value,
                 paper.get('metrics', {}).get(name, ''),
-                record['delta'].get(name, '')
+                record['delta'].get(name, ''),
+                reference.get('metrics', {}).get(name, '')
             ]
         cite = ''
         if paper:
             cite = PaperRow(paper['title'], paper['table'],
                             paper['setting']).cite()
+        reference_row = ''
+        if reference:
+            reference_row = f'{reference["title"]}: {reference["setting"]}'
         line += [
             cite,
+            paper.get('split') or '',
             paper.get('config', ''),
-            paper.get('same_setting', ''), record['evaluation']
+            paper.get('same_setting', ''), reference_row,
+            reference.get('url') or '', record['evaluation']
         ]
         writer.writerow(line)
     return buffer.getvalue()

@@ -5,12 +5,18 @@ folder per launch, named by mmengine's timestamp ``YYYYMMDD_HHMMSS``:
 
 * ``<run>/<timestamp>/<timestamp>.json`` — one JSON dict written by
   ``tools/test.py`` (test results);
+* ``<run>/<timestamp>/run_info.json`` — written beside it by
+  ``tools/test.py`` (:func:`ssn_norm.apis.write_run_info`): how the test
+  ran, e.g. ``{"tta": true}`` for a multi-scale test (``--tta``).  A test
+  result without it is a single-scale test;
 * ``<run>/<timestamp>/vis_data/scalars.json`` — JSON lines written during
   training; validation entries (those holding a metric key) are mixed with
   training entries.
 
 Anything missing, unreadable or without metric keys is reported with a
 :class:`ResultWarning` and skipped: never an exception, never a zero.
+A NaN or infinite metric of a chosen evaluation is warned about and kept
+as NaN.
 """
 import json
 import math
@@ -18,12 +24,14 @@ import os
 import os.path as osp
 import re
 import warnings
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Dict, Iterable, List, Optional
 
 from .tasks import TASKS, Task, recognise_task
 
 _TIMESTAMP = re.compile(r'^\d{8}_\d{6}$')
+#: The run-info file of a launch folder (see the module docstring).
+RUN_INFO = 'run_info.json'
 _METRIC_KEYS = frozenset(column.key for task in TASKS
                          for column in task.columns)
 
@@ -48,6 +56,8 @@ class Evaluation:
         path: the file it was read from.
         step: the ``step`` of a validation entry (iteration, or epoch for
             epoch-based loops); None for tests.
+        multi_scale: whether the run-info file says the test used
+            test-time augmentation (``tools/test.py --tta``).
     """
 
     metrics: Dict[str, float]
@@ -55,12 +65,14 @@ class Evaluation:
     timestamp: str
     path: str
     step: Optional[int] = None
+    multi_scale: bool = False
 
     def describe(self) -> str:
-        """``test 20240101_120000`` or ``val step 500 (20240101_120000)``.
-        """
+        """``test 20240101_120000``, ``test --tta 20240101_120000`` or
+        ``val step 500 (20240101_120000)``."""
         if self.kind == 'test':
-            return f'test {self.timestamp}'
+            tta = ' --tta' if self.multi_scale else ''
+            return f'test{tta} {self.timestamp}'
         return f'val step {self.step} ({self.timestamp})'
 
 
@@ -68,13 +80,17 @@ class Evaluation:
 class Run:
     """A run and the evaluation chosen to represent it.
 
+    A work directory tested both at a single scale and with ``--tta``
+    stands for two runs, one of each (see :func:`load_runs`).
+
     Attributes:
         name: the work directory's basename (= the config name).
         path: the work directory.
         task: the task recognised from the chosen evaluation's metric keys.
         evaluation: the latest test result, or the latest validation entry
             when the run was never tested.
-        num_evaluations: how many usable evaluations the run has in total.
+        num_evaluations: how many usable evaluations of its kind (single-
+            or multi-scale) the run has in total.
     """
 
     name: str
@@ -83,6 +99,11 @@ class Run:
     evaluation: Evaluation
     num_evaluations: int = 1
     evaluations: List[Evaluation] = field(default_factory=list, repr=False)
+
+    @property
+    def multi_scale(self) -> bool:
+        """Whether the chosen evaluation is a ``--tta`` test."""
+        return self.evaluation.multi_scale
 
     def describe(self) -> str:
         """Which evaluation the numbers come from, e.g. ``test
@@ -122,6 +143,23 @@ def read_test_result(path: str, timestamp: str) -> Optional[Evaluation]:
               f'{", ".join(sorted(entry)) or "nothing"}); skipped')
         return None
     return Evaluation(_numbers(entry), 'test', timestamp, path)
+
+
+def read_run_info(path: str) -> Optional[dict]:
+    """The run-info file ``path`` (:data:`RUN_INFO`) as a dict whose
+    ``tta`` is a bool, or None (with a warning) if unusable."""
+    try:
+        with open(path, encoding='utf-8') as f:
+            info = json.load(f)
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
+        _warn(f'{path}: unreadable run info ({error}); its test result is '
+              'skipped (single- or multi-scale cannot be told)')
+        return None
+    if not isinstance(info, dict) or not isinstance(info.get('tta'), bool):
+        _warn(f'{path}: run info must be a JSON object with "tta": true or '
+              f'false, got {info!r}; its test result is skipped')
+        return None
+    return info
 
 
 def read_val_results(path: str, timestamp: str) -> List[Evaluation]:
@@ -187,10 +225,16 @@ def evaluations_of(path: str) -> List[Evaluation]:
         if osp.isfile(scalars):
             found += read_val_results(scalars, timestamp)
         test = osp.join(folder, f'{timestamp}.json')
-        if osp.isfile(test):
-            result = read_test_result(test, timestamp)
-            if result is not None:
-                found.append(result)
+        if not osp.isfile(test):
+            continue
+        result = read_test_result(test, timestamp)
+        info_path = osp.join(folder, RUN_INFO)
+        if result is not None and osp.isfile(info_path):
+            info = read_run_info(info_path)
+            result = None if info is None else replace(
+                result, multi_scale=info['tta'])
+        if result is not None:
+            found.append(result)
     return found
 
 
@@ -201,24 +245,59 @@ def choose(evaluations: List[Evaluation]) -> Optional[Evaluation]:
     return pool[-1] if pool else None
 
 
-def load_run(path: str) -> Optional[Run]:
-    """The run in ``path`` with its chosen evaluation; None (warned) when it
-    has no usable evaluation or its metrics name no known task."""
+def _flag_non_finite(evaluation: Evaluation, run: str) -> Evaluation:
+    """``evaluation`` with every NaN or infinite metric warned about
+    (naming the run and the metric) and set to NaN, so a table shows
+    ``nan`` for it, never a number such as ``inf``."""
+    bad = {
+        key: value
+        for key, value in evaluation.metrics.items()
+        if key in _METRIC_KEYS and not math.isfinite(value)
+    }
+    for key, value in sorted(bad.items()):
+        _warn(f'{run}: {evaluation.describe()}: {key} is {value}, not a '
+              'finite number (a diverged run?); shown as nan')
+    if not bad:
+        return evaluation
+    metrics = dict(evaluation.metrics)
+    metrics.update(dict.fromkeys(bad, math.nan))
+    return replace(evaluation, metrics=metrics)
+
+
+def load_runs(path: str) -> List[Run]:
+    """The runs in ``path``: one for its single-scale evaluations and one
+    for its ``--tta`` tests, each with its chosen evaluation (single-scale
+    first).  Empty (warned) when it has no usable evaluation; a kind whose
+    metrics name no known task is warned about and left out."""
     path = osp.normpath(path)
     evaluations = evaluations_of(path)
-    chosen = choose(evaluations)
-    if chosen is None:
+    if not evaluations:
         _warn(f'{path}: no usable evaluation (a test result '
               '<timestamp>/<timestamp>.json or validation entries in '
               '<timestamp>/vis_data/scalars.json); skipped')
-        return None
-    task = recognise_task(chosen.metrics)
-    if task is None:
-        _warn(f'{chosen.path}: metrics {sorted(chosen.metrics)} match no '
-              'task (detection, segmentation, video); skipped')
-        return None
-    return Run(
-        osp.basename(path), path, task, chosen, len(evaluations), evaluations)
+        return []
+    runs = []
+    for multi_scale in (False, True):
+        group = [e for e in evaluations if e.multi_scale == multi_scale]
+        chosen = choose(group)
+        if chosen is None:
+            continue
+        chosen = _flag_non_finite(chosen, path)
+        task = recognise_task(chosen.metrics)
+        if task is None:
+            _warn(f'{chosen.path}: metrics {sorted(chosen.metrics)} match '
+                  'no task (detection, segmentation, video); skipped')
+            continue
+        runs.append(
+            Run(osp.basename(path), path, task, chosen, len(group), group))
+    return runs
+
+
+def load_run(path: str) -> Optional[Run]:
+    """The first of :func:`load_runs` (the single-scale run if there is
+    one), or None (warned)."""
+    runs = load_runs(path)
+    return runs[0] if runs else None
 
 
 def find_run_dirs(paths: Iterable[str]) -> List[str]:
@@ -249,11 +328,10 @@ def find_runs(paths: Iterable[str]) -> List[Run]:
     """Every usable run at or below ``paths`` (see :func:`find_run_dirs`).
 
     Runs with the same name in different places are all kept; the caller
-    shows their paths.
+    shows their paths.  A directory tested both ways gives two runs
+    (:func:`load_runs`).
     """
     runs = []
     for run_dir in find_run_dirs(paths):
-        run = load_run(run_dir)
-        if run is not None:
-            runs.append(run)
+        runs += load_runs(run_dir)
     return runs

@@ -8,9 +8,11 @@ number and the paper's meet in the same column.
 import re
 from typing import Dict, Mapping, NamedTuple, Optional, Tuple
 
-#: A config-name token that marks a multi-scale + flip test
-#: (``..._ms-flip-test``, ``..._aug``, ``..._tta``): its mIoU fills the
-#: ``mIoU(ms+flip)`` column of the single-scale config's row.
+#: A config-name token of the old one-wrapper-config-per-test style
+#: (``..._ms-flip-test``, ``..._aug``, ``..._tta``).  Runs of today's
+#: ``tools/test.py --tta`` say so in their run-info file instead
+#: (:data:`~ssn_norm.analysis.runs.RUN_INFO`); either way the run's mIoU
+#: fills the ``mIoU(ms)`` column of the single-scale config's row.
 MULTI_SCALE = re.compile(
     r'[_\-](?:ms|aug|tta|msflip)(?:-flip)?(?:-test)?(?=[_\-]|$)', re.I)
 #: Config-name tokens of the mini suite (``..._mini_tiny-coco``).
@@ -57,12 +59,16 @@ DETECTION = Task('detection', 'Detection (COCO)', (
     Column('APm', 'coco/bbox_mAP_m', 100.),
     Column('APl', 'coco/bbox_mAP_l', 100.),
     Column('mask AP', 'coco/segm_mAP', 100.),
+    Column('mask AP50', 'coco/segm_mAP_50', 100.),
+    Column('mask AP75', 'coco/segm_mAP_75', 100.),
 ))
-# mmseg reports percent already.  The ms+flip column is filled from runs
-# whose name marks a multi-scale test (see ``is_multi_scale``).
+# mmseg reports percent already.  The multi-scale column is filled from
+# test-time-augmentation runs (``tools/test.py --tta``).  It is "ms", not
+# "ms+flip": the SN paper's text does not say whether its multi-scale test
+# flipped.
 SEGMENTATION = Task('segmentation', 'Semantic segmentation', (
     Column('mIoU', 'mIoU', 1.),
-    Column('mIoU(ms+flip)', 'mIoU', 1.),
+    Column('mIoU(ms)', 'mIoU', 1.),
     Column('aAcc', 'aAcc', 1.),
     Column('mAcc', 'mAcc', 1.),
 ))
@@ -98,8 +104,8 @@ def _tokens(name: str):
 
 
 def is_multi_scale(name: str) -> bool:
-    """Whether a config name marks a multi-scale (+ flip) test (see
-    :data:`MULTI_SCALE`; meaningful for segmentation configs only)."""
+    """Whether a config name marks a multi-scale test in the old style (see
+    :data:`MULTI_SCALE`)."""
     return MULTI_SCALE.search(name) is not None
 
 
@@ -132,13 +138,13 @@ def scaled_metrics(task: Task, metrics: Mapping[str, object],
     Only numeric values are taken; a key that is absent leaves its column
     out (it never becomes 0).  A negative COCO AP (pycocotools' -1: no
     object of that size or category in the split) becomes None, "not
-    applicable".  For segmentation, ``mIoU`` goes to the ``mIoU(ms+flip)``
+    applicable".  For segmentation, ``mIoU`` goes to the ``mIoU(ms)``
     column when ``multi_scale`` and to ``mIoU`` otherwise.
     """
     values: Dict[str, Optional[float]] = {}
     for column in task.columns:
         if task is SEGMENTATION and column.key == 'mIoU' and (multi_scale != (
-                column.name == 'mIoU(ms+flip)')):
+                column.name == 'mIoU(ms)')):
             continue
         if task is SEGMENTATION and multi_scale and column.key != 'mIoU':
             continue  # aAcc/mAcc are reported for the single-scale test

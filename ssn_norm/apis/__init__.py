@@ -1,9 +1,10 @@
-from .launch import (add_common_args, apply_test_outputs, apply_train_options,
-                     build_runner, load_config, parse_tool_args,
-                     setup_cpu_distributed, toolbox_of)
+from .launch import (RUN_INFO, add_common_args, apply_test_outputs,
+                     apply_train_options, apply_tta, build_runner, load_config,
+                     parse_tool_args, setup_cpu_distributed, toolbox_of,
+                     write_run_info)
 
 __all__ = [
-    'add_common_args', 'apply_test_outputs', 'apply_train_options',
-    'build_runner', 'load_config', 'parse_tool_args', 'setup_cpu_distributed',
-    'toolbox_of'
+    'RUN_INFO', 'add_common_args', 'apply_test_outputs', 'apply_train_options',
+    'apply_tta', 'build_runner', 'load_config', 'parse_tool_args',
+    'setup_cpu_distributed', 'toolbox_of', 'write_run_info'
 ]

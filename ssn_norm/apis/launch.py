@@ -5,13 +5,20 @@ the config's ``default_scope``, and the few places where the three upstream
 tools differ (visualisation and result dumping) are handled here.
 """
 import argparse
+import json
 import os
 import os.path as osp
-from typing import Optional, Sequence
+from typing import TYPE_CHECKING, Optional, Sequence
 
 import torch
 import torch.distributed as dist
 from mmengine.config import Config, DictAction
+
+# The file name is the analysis side's, which reads it back.
+from ..analysis.runs import RUN_INFO
+
+if TYPE_CHECKING:
+    from mmengine.runner import Runner
 
 TOOLBOXES = ('mmdet', 'mmseg', 'mmaction')
 
@@ -144,7 +151,27 @@ def apply_train_options(cfg: Config,
             raise FileNotFoundError(f'--resume {resume}: no such checkpoint')
         cfg.resume = True
         cfg.load_from = resume
+    add_rng_state_hook(cfg)
     setup_cpu_distributed(cfg, launcher)
+    return cfg
+
+
+def add_rng_state_hook(cfg: Config) -> Config:
+    """Add ``RngStateHook`` to ``cfg.custom_hooks`` unless it is there.
+
+    mmengine's checkpoints lack the random generators' states, so without
+    the hook a resumed run draws other dropout masks and augmentations than
+    an uninterrupted one (:mod:`ssn_norm.hooks.rng_state_hook`).  Added
+    here rather than in the configs so every config trained by the tools
+    resumes exactly.
+    """
+    from ..hooks import RngStateHook
+    hooks = list(cfg.get('custom_hooks') or [])
+    if not any(
+            hook.get('type') in ('RngStateHook', RngStateHook)
+            for hook in hooks):
+        hooks.append(dict(type='RngStateHook'))
+    cfg.custom_hooks = hooks
     return cfg
 
 
@@ -196,3 +223,78 @@ def apply_test_outputs(cfg: Config,
             cfg.test_evaluator = [evaluator, dump]
     setup_cpu_distributed(cfg, launcher)
     return cfg
+
+
+def apply_tta(cfg: Config) -> Config:
+    """Test with the config's test-time augmentation, as ``--tta`` of
+    mmseg's and mmdet's ``tools/test.py``.
+
+    The test dataset's pipeline becomes ``cfg.tta_pipeline`` and the model
+    is wrapped by ``cfg.tta_model`` (e.g. mmseg's ``SegTTAModel``, which
+    averages the predictions of the augmented copies), so a checkpoint
+    trained with the config loads into the wrapped module unchanged.
+
+    Raises:
+        ValueError: when the config has no ``tta_model`` or no
+            ``tta_pipeline``, naming what to add (upstream mmdet warns and
+            invents a flip-only default instead), or when the test dataset
+            has no pipeline to replace.  The config is left unchanged
+            then.
+    """
+    missing = [k for k in ('tta_model', 'tta_pipeline') if not cfg.get(k)]
+    if missing:
+        raise ValueError(
+            f'--tta: the config has no {" and no ".join(missing)}; define '
+            "both (mmseg's _base_ datasets and default_runtime.py do: "
+            "tta_model = dict(type='SegTTAModel') and a tta_pipeline of "
+            "TestTimeAug; mmdet: dict(type='DetTTAModel', tta_cfg=...)) or "
+            'test without --tta')
+    dataset = cfg.test_dataloader.dataset
+    # A dataset wrapper (e.g. RepeatDataset) has no pipeline of its own:
+    # the dataset it wraps has.
+    while 'pipeline' not in dataset and 'dataset' in dataset:
+        dataset = dataset.dataset
+    if 'pipeline' not in dataset:
+        raise ValueError('--tta: test_dataloader.dataset has no pipeline to '
+                         f'replace with tta_pipeline: {dict(dataset)}')
+    dataset.pipeline = cfg.tta_pipeline
+    cfg.tta_model.module = cfg.model
+    cfg.model = cfg.tta_model
+    return cfg
+
+
+def write_run_info(runner: 'Runner',
+                   tta: bool,
+                   config_path: str,
+                   checkpoint: Optional[str] = None) -> Optional[str]:
+    """Record how this test runs, beside its metrics (rank 0 only).
+
+    The leaderboard tells a multi-scale test from a single-scale one of the
+    same config by this file's ``tta``, not by the config's name.  Written
+    before the test starts, so a test that crashes leaves the file and no
+    metrics, which the leaderboard skips.
+
+    Args:
+        runner: the built test runner (its ``log_dir`` is where mmengine
+            writes the metrics ``<timestamp>.json``).
+        tta: whether :func:`apply_tta` edited the config.
+        config_path: the config file, recorded as an absolute path.
+        checkpoint: the checkpoint tested, recorded likewise.
+
+    Returns:
+        The file written, or None on the other ranks.
+    """
+    from mmengine.dist import is_main_process
+    if not is_main_process():
+        return None
+    os.makedirs(runner.log_dir, exist_ok=True)
+    path = osp.join(runner.log_dir, RUN_INFO)
+    info = dict(
+        tta=bool(tta),
+        config=osp.abspath(config_path),
+        checkpoint=None if checkpoint is None else osp.abspath(checkpoint),
+        model=runner.cfg.model.get('type'))
+    with open(path, 'w', encoding='utf-8') as f:
+        json.dump(info, f, indent=2)
+        f.write('\n')
+    return path

@@ -1,34 +1,15 @@
-# Mini DeepLabV3 with GN: the real GN config shrunk by
-# _base_/tiny_cityscapes.py (quarter-width ResNet-18 D8, 128x128 crops, 150
-# iterations, one process x 4 images, no pretrained weights), with 16 groups:
-# the 16-channel first stage admits no 32.
-# Data: ssn_norm.datasets.tiny_cityscapes.make_tiny_cityscapes(root) in
-# data/tiny_cityscapes/, or wherever $SSN_TINY_CITYSCAPES points.
+# Mini DeepLabV3 with GN, 16 groups (the 16-channel first stage admits no
+# 32 groups):
+# the real config shrunk by _base_/mini_tiny-cityscapes.py (quarter-width
+# ResNet-18 D8, 128x128 crops, 150 iterations, one process x 4 images, no
+# pretrained weights).  Data: ssn_norm.datasets.tiny_cityscapes.
+# make_tiny_cityscapes(root) in data/tiny_cityscapes/, or wherever
+# $SSN_TINY_CITYSCAPES points.
 _base_ = [
-    '../deeplabv3_r50b-d8-gn_8xb2-40k_cityscapes-769x769.py',
-    './_base_/tiny_cityscapes.py'
+    '../deeplabv3_r50b-d8-gn_8xb2-40k_cityscapes-713x713.py',
+    './_base_/mini_tiny-cityscapes.py'
 ]
-# Top-level names too, so the dumped config reads consistently.
-data_root = {{_base_.tiny_data_root}}
-crop_size = {{_base_.tiny_crop_size}}
-train_pipeline = {{_base_.tiny_train_pipeline}}
-test_pipeline = {{_base_.tiny_test_pipeline}}
-model = dict(
-    data_preprocessor=dict(size={{_base_.tiny_crop_size}}),
-    backbone={{_base_.tiny_gn_backbone}},
-    # ASPP dilations scaled to the 16x16 feature map of a 128x128 crop.
-    decode_head=dict(
-        in_channels=128,
-        channels=32,
-        dilations=(1, 2, 4, 6),
-        norm_cfg={{_base_.tiny_gn_norm_cfg}}),
-    auxiliary_head=dict(
-        in_channels=64, channels=16, norm_cfg={{_base_.tiny_gn_norm_cfg}}),
-    test_cfg={{_base_.tiny_test_cfg}})
-train_dataloader = {{_base_.tiny_train_dataloader}}
-val_dataloader = {{_base_.tiny_test_dataloader}}
-test_dataloader = {{_base_.tiny_test_dataloader}}
-train_cfg = {{_base_.tiny_train_cfg}}
-optim_wrapper = {{_base_.tiny_optim_wrapper}}
-param_scheduler = {{_base_.tiny_param_scheduler}}
-default_hooks = {{_base_.tiny_default_hooks}}
+# Each entry of ``mini`` replaces the real config's key of that name
+# (mmengine runs this file with the merged bases bound to ``_base_``).
+globals().update(_base_.mini)
+model = {{_base_.mini_gn_model}}

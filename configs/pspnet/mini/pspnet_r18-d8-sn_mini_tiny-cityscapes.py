@@ -1,28 +1,13 @@
-# Mini PSPNet with SN: the real SN config shrunk by the DeepLabV3 minis'
-# _base_/tiny_cityscapes.py (quarter-width ResNet-18 D8, 128x128 crops, 150
-# iterations, one process x 4 images, no pretrained weights).  The pool
-# scales stay (1, 2, 3, 6), so the scale-1 branch still normalises 1x1 maps.
-# Data: ssn_norm.datasets.tiny_cityscapes.make_tiny_cityscapes(root) in
-# data/tiny_cityscapes/, or wherever $SSN_TINY_CITYSCAPES points.
+# Mini PSPNet with SN: the real SN(8,32) config shrunk by the DeepLabV3
+# minis' _base_/mini_tiny-cityscapes.py (quarter-width ResNet-18 D8, 128x128
+# crops, 150 iterations, one process x 4 images, no pretrained weights).
+# The pool scales stay (1, 2, 3, 6): the scale-1 branch still normalises
+# 1x1 maps.  Data: as the DeepLabV3 minis (../../deeplabv3/README.md).
 _base_ = [
-    '../pspnet_r50b-d8-sn_8xb2-40k_cityscapes-713x713.py',
-    '../../deeplabv3/mini/_base_/tiny_cityscapes.py'
+    '../pspnet_r50b-d8-sn-8x32_8xb2-40k_cityscapes-713x713.py',
+    '../../deeplabv3/mini/_base_/mini_tiny-cityscapes.py'
 ]
-# Top-level names too, so the dumped config reads consistently.
-data_root = {{_base_.tiny_data_root}}
-crop_size = {{_base_.tiny_crop_size}}
-train_pipeline = {{_base_.tiny_train_pipeline}}
-test_pipeline = {{_base_.tiny_test_pipeline}}
-model = dict(
-    data_preprocessor=dict(size={{_base_.tiny_crop_size}}),
-    backbone={{_base_.tiny_backbone}},
-    decode_head=dict(in_channels=128, channels=32),
-    auxiliary_head=dict(in_channels=64, channels=16),
-    test_cfg={{_base_.tiny_test_cfg}})
-train_dataloader = {{_base_.tiny_train_dataloader}}
-val_dataloader = {{_base_.tiny_test_dataloader}}
-test_dataloader = {{_base_.tiny_test_dataloader}}
-train_cfg = {{_base_.tiny_train_cfg}}
-optim_wrapper = {{_base_.tiny_optim_wrapper}}
-param_scheduler = {{_base_.tiny_param_scheduler}}
-default_hooks = {{_base_.tiny_default_hooks}}
+# Each entry of ``mini`` replaces the real config's key of that name
+# (mmengine runs this file with the merged bases bound to ``_base_``).
+globals().update(_base_.mini)
+model = {{_base_.mini_pspnet_model}}

@@ -4,8 +4,11 @@
 # schedule.
 #
 # Each mini config inherits a real config *and* this file; mmengine refuses
-# duplicate keys among bases, so everything lives in the one dict ``mini``
-# and the mini configs copy its entries out with ``{{_base_.mini.<key>}}``.
+# duplicate keys among bases, so everything lives in the one dict ``mini``,
+# whose every entry replaces (merges into) the real config's key of that
+# name: the mini config applies them all with
+# ``globals().update(_base_.mini)`` (the GN one then takes
+# ``mini_gn_model``).
 # No Flip: a horizontal flip turns "left" into "right".
 _data_root = 'data/tiny_kinetics/'
 _channels = 16
@@ -74,12 +77,6 @@ mini = dict(
     val_pipeline=_val_pipeline,
     test_pipeline=_test_pipeline,
     model=_model,
-    # The GN config's model: GN(32) needs >= 32 channels; use 4 groups.
-    gn_model=dict(
-        _model,
-        backbone=dict(
-            _backbone,
-            norm_cfg=dict(type='GN', num_groups=4, requires_grad=True))),
     train_dataloader=dict(
         batch_size=8,
         num_workers=0,
@@ -115,7 +112,12 @@ mini = dict(
         checkpoint=dict(
             interval=_max_epochs, save_best=None, max_keep_ckpts=1)),
     log_processor=dict(window_size=8))
+# The GN config's model: GN(32) needs >= 32 channels; use 4 groups.
+mini_gn_model = dict(
+    _model,
+    backbone=dict(
+        _backbone, norm_cfg=dict(type='GN', num_groups=4, requires_grad=True)))
 del _data_root, _channels, _train_pipeline, _val_pipeline, _test_pipeline
 del _val_dataset, _max_epochs, _backbone, _model
-# A fixed seed, as in the tiny Cityscapes base: mini results repeat run to run.
+# A fixed seed, as in the segmentation mini base: results repeat run to run.
 randomness = dict(seed=0)

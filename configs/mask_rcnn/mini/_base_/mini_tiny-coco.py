@@ -5,8 +5,8 @@
 # Each mini config inherits a real config *and* this file, and this file may
 # only add names the real configs lack (mmengine refuses duplicate keys among
 # bases), so everything lives in the one dict ``mini`` and the mini configs
-# copy its entries out with ``{{_base_.mini.<key>}}``.  The helper names
-# below are deleted at the end so they do not show up in the configs.
+# copy its entries out with ``globals().update(_base_.mini)``.  The helper
+# names below are deleted at the end so they do not show up in the configs.
 _data_root = 'data/tiny_coco/'
 _classes = ('square', 'disc', 'triangle')  # ssn_norm.datasets.tiny_coco
 _channels = 64
@@ -26,16 +26,23 @@ _test_pipeline = [
         meta_keys=('img_id', 'img_path', 'ori_shape', 'img_shape',
                    'scale_factor'))
 ]
-_val_dataloader = dict(
-    batch_size=4,
-    num_workers=0,
-    persistent_workers=False,
-    dataset=dict(
-        data_root=_data_root,
-        metainfo=dict(classes=_classes),
-        ann_file='annotations/instances_val2017.json',
-        data_prefix=dict(img='val2017/'),
-        pipeline=_test_pipeline))
+
+
+def _loader(split, pipeline):
+    # The loaders of the tiny set: 4 images a batch, no worker processes.
+    return dict(
+        batch_size=4,
+        num_workers=0,
+        persistent_workers=False,
+        dataset=dict(
+            data_root=_data_root,
+            metainfo=dict(classes=_classes),
+            ann_file=f'annotations/instances_{split}2017.json',
+            data_prefix=dict(img=f'{split}2017/'),
+            pipeline=pipeline))
+
+
+_val_dataloader = _loader('val', _test_pipeline)
 _evaluator = dict(ann_file=_data_root + 'annotations/instances_val2017.json')
 # 96 training images (make_tiny_coco's default) in batches of 4: 24
 # iterations per epoch, 96 in all, then one evaluation on the 24 val images.
@@ -75,21 +82,18 @@ mini = dict(
             # all boxes under the usual 0.05, and COCOeval cannot score an
             # empty result set (mmdet then reports no metric at all).
             rcnn=dict(score_thr=0.0, max_per_img=50))),
-    train_dataloader=dict(
-        batch_size=4,
-        num_workers=0,
-        persistent_workers=False,
-        dataset=dict(
-            data_root=_data_root,
-            metainfo=dict(classes=_classes),
-            ann_file='annotations/instances_train2017.json',
-            data_prefix=dict(img='train2017/'),
-            pipeline=_train_pipeline)),
+    train_dataloader=_loader('train', _train_pipeline),
     val_dataloader=_val_dataloader,
     test_dataloader=_val_dataloader,
     val_evaluator=_evaluator,
     test_evaluator=_evaluator,
-    train_cfg=dict(max_epochs=_max_epochs, val_interval=_max_epochs),
+    # Epochs, not the parents' Detectron iterations: _delete_ replaces their
+    # IterBasedTrainLoop, and checkpoints and logs count epochs again.
+    train_cfg=dict(
+        _delete_=True,
+        type='EpochBasedTrainLoop',
+        max_epochs=_max_epochs,
+        val_interval=_max_epochs),
     param_scheduler=[
         dict(
             type='LinearLR',
@@ -109,9 +113,10 @@ mini = dict(
     # all: clip the gradient so an early spike cannot derail the short run.
     optim_wrapper=dict(clip_grad=dict(max_norm=10.0)),
     default_hooks=dict(
-        logger=dict(interval=10), checkpoint=dict(interval=_max_epochs)),
-    log_processor=dict(window_size=10))
+        logger=dict(interval=10),
+        checkpoint=dict(by_epoch=True, interval=_max_epochs)),
+    log_processor=dict(by_epoch=True, window_size=10))
 del _data_root, _classes, _channels, _train_pipeline, _test_pipeline
-del _val_dataloader, _evaluator, _max_epochs
+del _val_dataloader, _evaluator, _max_epochs, _loader
 # A fixed seed, as in the tiny Cityscapes base: mini results repeat run to run.
 randomness = dict(seed=0)

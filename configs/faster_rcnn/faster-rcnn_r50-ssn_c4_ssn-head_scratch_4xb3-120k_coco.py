@@ -1,0 +1,5 @@
+# SSN‡/SSN beside Table IV (no paper row): the parent config trained from
+# scratch, "without pretraining on ImageNet" (the paper, 4.2.2): no ImageNet
+# model and no frozen stage, in the backbone and the conv5 head.
+_base_ = './faster-rcnn_r50-ssn_c4_ssn-head_4xb3-120k_coco.py'
+model = {{_base_.det_c4_scratch}}

@@ -1,0 +1,272 @@
+"""docs/model_zoo.md shows exactly the papers' rows of the metafiles, and the
+renderer behind it (``--paper-tables``) keeps every number in its place."""
+import os.path as osp
+import runpy
+import sys
+import warnings
+
+import pytest
+
+from ssn_norm.analysis import ResultWarning, load_model_entries
+from ssn_norm.analysis.paper import (DOC_BEGIN, DOC_END, doc_section,
+                                     render_paper_tables, replace_doc_section)
+
+REPO = osp.dirname(osp.dirname(osp.abspath(__file__)))
+DOC = osp.join(REPO, 'docs', 'model_zoo.md')
+TOOL = osp.join(REPO, 'tools', 'gather_results.py')
+REGENERATE = 'python tools/gather_results.py --paper-tables docs/model_zoo.md'
+TPAMI = ('Switchable Normalization for Learning-to-Normalize Deep '
+         'Representation')
+RELEASED = ('switchablenorms/SwitchNorm_Detection (released '
+            're-implementation, not the paper)')
+URL = 'https://github.com/switchablenorms/SwitchNorm_Detection'
+
+
+def _repository_entries():
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter('always')
+        entries = load_model_entries([osp.join(REPO, 'model-index.yml')])
+    return entries, [str(w.message) for w in caught]
+
+
+def test_model_zoo_shows_exactly_the_metafiles_paper_rows():
+    entries, _ = _repository_entries()  # problems: the next test
+    with open(DOC, encoding='utf-8') as f:
+        text = f.read()
+    assert doc_section(text, DOC) == render_paper_tables(entries), (
+        f'docs/model_zoo.md disagrees with the metafiles; run {REGENERATE}')
+
+
+def test_repository_metafiles_follow_the_schema():
+    """Nothing in them is ignored: an old metric name, a misspelt key or a
+    missing file would silently drop a paper number from the tables."""
+    entries, problems = _repository_entries()
+    assert problems == []
+    assert sum(entry.paper is not None for entry in entries.values()) > 0
+
+
+METAFILE = f"""
+Models:
+  - Name: psp-sn
+    Metadata: {{Training Data: Cityscapes}}
+    Paper:
+      Title: '{TPAMI}'
+      Table: 'VIII'
+      Setting: 'SN(8,2)'
+      Metrics: {{mIoU: 75.9, mIoU(ms): 76.4}}
+  - Name: i3d-sn
+    Paper:
+      Title: '{TPAMI}'
+      Table: 'X'
+      Setting: 'SN, batch 8'
+      Metrics: {{Top 1 Accuracy: 73.5, Top 5 Accuracy: 91.2}}
+  - Name: made-up-ix  # alphabetically before V..., numerically after
+    Paper:
+      Title: '{TPAMI}'
+      Table: 'IX'
+      Setting: 'SN'
+      Metrics: {{Top 1 Accuracy: 99.0}}
+  - Name: deeplab-sn-city
+    Metadata: {{Training Data: Cityscapes}}
+    Paper:
+      Title: '{TPAMI}'
+      Table: 'VII'
+      Setting: 'SN(8,2)'
+      Split: test
+      Metrics: {{mIoU: 71.6, mIoU(ms): 75.4}}
+  - Name: deeplab-sn-ade
+    Metadata: {{Training Data: ADE20K}}
+    Paper:
+      Title: '{TPAMI}'
+      Table: 'VII'
+      Setting: 'SN(8,2)'
+      Metrics: {{mIoU: 38.7}}
+  - Name: faster-sn-2x
+    Reference:
+      Title: '{RELEASED}'
+      URL: {URL}
+      Setting: 'Faster R-CNN R-50-FPN SN(8,2) 2x'
+      Metrics: {{box AP: 39.10}}
+  - Name: faster-sn-c4
+    Paper:
+      Title: '{TPAMI}'
+      Table: 'IV'
+      Setting: 'SN/SN'
+      Metrics: {{box AP: 33.0, AP50: 52.9, AP75: 35.7, APl: 48.7, APm: 37.2,
+                 APs: 15.6}}
+    Reference:
+      Title: '{RELEASED}'
+      URL: {URL}
+      Setting: 'Faster R-CNN R-50-C4 SN(8,32) 2x'
+      Metrics: {{box AP: 38.07}}
+  - Name: ssn-mini
+    Paper Reference: faster-sn-c4
+"""
+
+EXPECTED = f"""### Table IV
+
+*{TPAMI}*
+
+| Setting | box AP | AP50 | AP75 | APs | APm | APl | Config |
+|---|---|---|---|---|---|---|---|
+| SN/SN | 33.0 | 52.9 | 35.7 | 15.6 | 37.2 | 48.7 | `faster-sn-c4` |
+
+### Table VII
+
+*{TPAMI}*
+
+| Data | Setting | mIoU | mIoU(ms) | Split | Config |
+|---|---|---|---|---|---|
+| Cityscapes | SN(8,2) | 71.6 | 75.4 | test | `deeplab-sn-city` |
+| ADE20K | SN(8,2) | 38.7 | — | ours | `deeplab-sn-ade` |
+
+Split: the paper evaluated that row on another split than the config does \
+(`ours`: the same split).
+
+### Table VIII
+
+*{TPAMI}*
+
+| Setting | mIoU | mIoU(ms) | Config |
+|---|---|---|---|
+| SN(8,2) | 75.9 | 76.4 | `psp-sn` |
+
+### Table IX
+
+*{TPAMI}*
+
+| Setting | Top 1 Accuracy | Config |
+|---|---|---|
+| SN | 99.0 | `made-up-ix` |
+
+### Table X
+
+*{TPAMI}*
+
+| Setting | Top 1 Accuracy | Top 5 Accuracy | Config |
+|---|---|---|---|
+| SN, batch 8 | 73.5 | 91.2 | `i3d-sn` |
+
+### Other published numbers (not the paper)
+
+Labelled references for configs whose setting another publication ran; \
+never compared as the paper's numbers.
+
+| Source | Setting | box AP | Config |
+|---|---|---|---|
+| [{RELEASED}]({URL}) | Faster R-CNN R-50-FPN SN(8,2) 2x | 39.1 | \
+`faster-sn-2x` |
+| [{RELEASED}]({URL}) | Faster R-CNN R-50-C4 SN(8,32) 2x | 38.07 | \
+`faster-sn-c4` |
+"""
+
+
+@pytest.fixture
+def metafile(tmp_path):
+    path = tmp_path / 'metafile.yml'
+    path.write_text(METAFILE)
+    return str(path)
+
+
+def test_render_every_number_split_and_reference_apart(metafile):
+    """Tables in numeric order (IV < VII < VIII < IX < X), rows
+    in metafile order, every metric of a row, the split in its own column,
+    a dataset column where a table spans two, and the references only in
+    their own table."""
+    entries = load_model_entries([metafile])
+    assert render_paper_tables(entries) == EXPECTED
+
+
+def test_render_nothing_says_so():
+    assert render_paper_tables({}) == 'No paper rows in the metafiles.\n'
+
+
+def _doc(section='old\n'):
+    return f'# Title\n\nintro\n{DOC_BEGIN}\n\n{section}\n{DOC_END}\n\nrest\n'
+
+
+def test_replace_doc_section_keeps_the_rest_byte_for_byte():
+    text = _doc()
+    updated = replace_doc_section(text, 'new table\n', 'doc.md')
+    assert updated == _doc('new table\n')
+    assert doc_section(updated) == 'new table\n'
+    assert replace_doc_section(updated, 'new table\n') == updated
+
+
+@pytest.mark.parametrize('text, message', [
+    ('no markers\n', r'doc\.md: expected one generated section, the line '
+     r'<!-- paper-tables: .* followed by the line <!-- /paper-tables -->; '
+     r'found 0 begin and 0 end marker\(s\)'),
+    (_doc() + _doc(), r'found 2 begin and 2 end marker\(s\)'),
+    (f'{DOC_END}\n{DOC_BEGIN}\n', r'doc\.md: the end marker '
+     r'<!-- /paper-tables --> comes before the begin marker'),
+])
+def test_doc_without_one_section_is_an_error(text, message):
+    with pytest.raises(ValueError, match=message):
+        replace_doc_section(text, 'x\n', 'doc.md')
+    with pytest.raises(ValueError, match=message):
+        doc_section(text, 'doc.md')
+
+
+def _run_tool(*argv):
+    old = sys.argv
+    sys.argv = [TOOL, *map(str, argv)]
+    try:
+        runpy.run_path(TOOL, run_name='__main__')
+    finally:
+        sys.argv = old
+
+
+def test_tool_writes_the_section_in_place(tmp_path, metafile, capsys):
+    doc = tmp_path / 'zoo.md'
+    doc.write_text(_doc())
+    _run_tool('--paper-tables', doc, '--metafiles', metafile)
+    assert doc.read_text() == _doc(EXPECTED)
+    assert 'updated the paper tables in' in capsys.readouterr().err
+    _run_tool('--paper-tables', doc, '--metafiles', metafile)
+    assert 'is up to date' in capsys.readouterr().err
+    _run_tool('--paper-tables', '--metafiles', metafile)
+    assert capsys.readouterr().out == EXPECTED
+
+
+def test_tool_paper_tables_mode_rejects_run_arguments(tmp_path, metafile,
+                                                      capsys):
+    with pytest.raises(SystemExit):
+        _run_tool(tmp_path, '--paper-tables', '--metafiles', metafile)
+    assert ('--paper-tables renders the metafiles only; it takes no '
+            'WORK_DIRS and no --out') in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        _run_tool('--metafiles', metafile)
+    assert 'give WORK_DIRS to gather, or --paper-tables' in \
+        capsys.readouterr().err
+    doc = tmp_path / 'plain.md'
+    doc.write_text('no section\n')
+    with pytest.raises(SystemExit, match='expected one generated section'):
+        _run_tool('--paper-tables', doc, '--metafiles', metafile)
+    assert doc.read_text() == 'no section\n'
+
+
+def test_metafile_schema_problems_are_warned(tmp_path):
+    path = tmp_path / 'metafile.yml'
+    path.write_text("""
+Models:
+  - Name: a
+    Paper: {Table: 'VII', Split: 3, Metrics: {mIoU: 70.0}}
+  - Name: b
+    Reference: {Title: x, URL: '', Metrics: {mIoU: 1.0}, Table: 'V'}
+  - Name: c
+    Reference: {Title: x, Metrics: {}}
+""")
+    with pytest.warns(ResultWarning) as record:
+        entries = load_model_entries([str(path)])
+    text = '\n'.join(str(w.message) for w in record)
+    assert 'a: Paper.Split must be a non-empty text, got 3; ignored' in text
+    assert entries['a'].paper.split is None
+    assert "b: Reference.URL must be a non-empty text, got ''" in text
+    assert ('b: Reference has unknown key(s) Table; known: Title, URL, '
+            'Setting and Metrics; ignored') in text
+    assert entries['b'].reference.metrics == {'mIoU': 1.0}
+    assert entries['b'].paper is None
+    assert ('c: Reference.Metrics must be a non-empty mapping such as '
+            '{box AP: 41.0}, got {}; ignored') in text
+    assert entries['c'].reference is None
