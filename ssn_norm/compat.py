@@ -31,7 +31,19 @@ live in ``tools/install.sh``.
    ``<timestamp>/<timestamp>.json`` from every process of a distributed test,
    all to the same path; concurrent writes can leave it as invalid JSON.  We
    write it from the main process only (its metrics are already gathered).
+6. mmcv 2.1.0's ``build_norm_layer`` answers an unknown norm type (a typo
+   such as ``type='SNN'``) with ``KeyError: Cannot find None in registry
+   under scope name mmseg``, naming neither the type nor the valid ones.
+   The lookup it makes cannot be reached from a registry (a scope's registry
+   reads its parents' tables directly), and every toolbox binds the function
+   itself at import, so we replace the ``MODELS`` name *inside*
+   ``mmcv.cnn.bricks.norm`` with :class:`_NormLookup`: the same registry,
+   whose scoped ``get`` raises
+   :func:`ssn_norm.registry.unknown_norm_message` (the type, close matches,
+   every known norm) instead of returning None.  Only that lookup is
+   affected, and only on a miss.
 """
+import contextlib
 import functools
 import importlib.util
 import os
@@ -42,7 +54,8 @@ import tarfile
 import types
 import warnings
 import zipfile
-from typing import Any, BinaryIO, Callable, List, Optional, Tuple, Union
+from typing import (Any, BinaryIO, Callable, Iterator, List, Optional,
+                    Tuple, Union)
 
 _applied = False
 #: An entry of torch's weights_only allow-list: an object, or an object and
@@ -373,6 +386,47 @@ def _patch_mmaction_missing_drn() -> None:
     sys.modules[name + '.drn'] = module
 
 
+class _CheckedGet:
+    """A registry whose ``get`` raises for an unknown norm type."""
+
+    def __init__(self, registry) -> None:
+        self._registry = registry
+
+    def __getattr__(self, name: str):
+        return getattr(self._registry, name)
+
+    def get(self, key):
+        found = self._registry.get(key)
+        if found is None and isinstance(key, str):
+            from .registry import unknown_norm_message
+            raise KeyError(unknown_norm_message(key, self._registry))
+        return found
+
+
+class _NormLookup:
+    """mmengine's root ``MODELS`` as seen by mmcv's ``build_norm_layer``."""
+
+    def __init__(self, registry) -> None:
+        self._registry = registry
+
+    def __getattr__(self, name: str):
+        return getattr(self._registry, name)
+
+    @contextlib.contextmanager
+    def switch_scope_and_registry(self,
+                                  scope: Optional[str]) -> Iterator[object]:
+        with self._registry.switch_scope_and_registry(scope) as registry:
+            yield _CheckedGet(registry)
+
+
+def _patch_mmcv_unknown_norm_error() -> None:
+    if importlib.util.find_spec('mmcv') is None:
+        return
+    from mmcv.cnn.bricks import norm
+    if not isinstance(norm.MODELS, _NormLookup):
+        norm.MODELS = _NormLookup(norm.MODELS)
+
+
 def apply_all() -> None:
     """Apply every workaround whose package is installed; idempotent."""
     global _applied
@@ -384,5 +438,6 @@ def apply_all() -> None:
         _patch_mmengine_checkpoint_loading()
         _patch_mmengine_config_metainfo()
         _patch_mmengine_test_metrics_dump()
+    _patch_mmcv_unknown_norm_error()
     _patch_mmaction_missing_drn()
     _applied = True

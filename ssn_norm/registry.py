@@ -4,31 +4,22 @@ The layers go into mmengine's **root** ``MODELS`` registry, where mmcv keeps
 BN/GN/SyncBN, so ``build_norm_layer(dict(type='SN'), C)`` finds them from the
 mmdet, mmseg and mmaction scopes alike.
 
-Workaround (mmcv 2.1.0): for an unknown type, mmcv's ``build_norm_layer``
-raises ``KeyError: Cannot find None in registry under scope name mmseg``,
-naming neither the type nor the valid ones.  The lookup it makes cannot be
-reached from a registry (a scope's registry reads its parents' tables
-directly), and every toolbox binds the function itself at import, so
-:func:`register_all` replaces the ``MODELS`` name *inside*
-``mmcv.cnn.bricks.norm`` with :class:`_NormLookup`: the same registry,
-whose scoped ``get`` raises :func:`unknown_norm_message` instead of
-returning None.  Only ``build_norm_layer``'s lookup is affected, and only
-on a miss.
+:func:`unknown_norm_message` is the error mmcv's ``build_norm_layer`` raises
+for an unknown type once :mod:`ssn_norm.compat` (workaround 6) has replaced
+mmcv's ``Cannot find None in registry`` with it.
 """
-import contextlib
 import difflib
-import importlib.util
-from typing import Iterator, List, Optional
+from typing import List
 
 from torch import nn
 
 from .layers import SN, SSN, SyncSN, SyncSSN
-from .layers.switchable_norm import _SwitchableNormBase
+from .layers.switchable_norm import SwitchableNormBase
 
 NORM_LAYERS = {'SN': SN, 'SSN': SSN, 'SyncSN': SyncSN, 'SyncSSN': SyncSSN}
 
 _NORM_BASES = (nn.modules.batchnorm._NormBase, nn.GroupNorm, nn.LayerNorm,
-               _SwitchableNormBase)
+               SwitchableNormBase)
 
 
 def _is_norm(obj) -> bool:
@@ -69,51 +60,10 @@ def unknown_norm_message(norm_type: str, registry=None) -> str:
             f'types: {", ".join(known)}.')
 
 
-class _CheckedGet:
-    """A registry whose ``get`` raises for an unknown norm type."""
-
-    def __init__(self, registry) -> None:
-        self._registry = registry
-
-    def __getattr__(self, name: str):
-        return getattr(self._registry, name)
-
-    def get(self, key):
-        found = self._registry.get(key)
-        if found is None and isinstance(key, str):
-            raise KeyError(unknown_norm_message(key, self._registry))
-        return found
-
-
-class _NormLookup:
-    """mmengine's root ``MODELS`` as seen by mmcv's ``build_norm_layer``."""
-
-    def __init__(self, registry) -> None:
-        self._registry = registry
-
-    def __getattr__(self, name: str):
-        return getattr(self._registry, name)
-
-    @contextlib.contextmanager
-    def switch_scope_and_registry(self,
-                                  scope: Optional[str]) -> Iterator[object]:
-        with self._registry.switch_scope_and_registry(scope) as registry:
-            yield _CheckedGet(registry)
-
-
-def _patch_build_norm_layer_errors() -> None:
-    if importlib.util.find_spec('mmcv') is None:
-        return
-    from mmcv.cnn.bricks import norm
-    if not isinstance(norm.MODELS, _NormLookup):
-        norm.MODELS = _NormLookup(norm.MODELS)
-
-
 def register_all() -> None:
     """Register everything; idempotent (re-registering replaces)."""
     from mmengine.registry import MODELS
     for name, cls in NORM_LAYERS.items():
         MODELS.register_module(name=name, module=cls, force=True)
-    _patch_build_norm_layer_errors()
     # These modules register themselves with mmengine when imported.
     from . import hooks, optim  # noqa: F401

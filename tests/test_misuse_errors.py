@@ -163,15 +163,15 @@ def test_radius_check_without_host_read(value, ok):
 
 
 def test_norm_lookup_workaround_is_idempotent_and_narrow():
-    """register_all() again does not wrap twice; the stand-in forwards
+    """Patching again does not wrap twice; the stand-in forwards
     everything else to mmengine's root registry."""
     from mmcv.cnn.bricks import norm
     from mmengine.registry import MODELS
 
     import ssn_norm.registry
-    ssn_norm.registry.register_all()
-    ssn_norm.registry.register_all()
-    assert isinstance(norm.MODELS, ssn_norm.registry._NormLookup)
+    ssn_norm.compat._patch_mmcv_unknown_norm_error()
+    ssn_norm.compat._patch_mmcv_unknown_norm_error()
+    assert isinstance(norm.MODELS, ssn_norm.compat._NormLookup)
     assert norm.MODELS._registry is MODELS
     assert norm.MODELS.get('SN') is SN and norm.MODELS.get('SNN') is None
     assert norm.MODELS.module_dict is MODELS.module_dict
