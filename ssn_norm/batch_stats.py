@@ -24,7 +24,8 @@ import torch
 import torch.distributed as dist
 from torch import Tensor, nn
 
-from .distributed import get_world_size
+from .distributed import sum_over_ranks
+from .ops.moments import variance
 from .utils import switchable_norms, unwrap_model
 
 #: ``forward(model, batch)`` feeds one batch through ``model``.
@@ -152,7 +153,7 @@ def compute_batch_stats(model: nn.Module,
         model.eval()
         for name, layer in layers:
             layer.train()
-            layer._moment_recorder = sums[name].record
+            layer.moment_recorder = sums[name].record
             handles.append(
                 layer.register_forward_pre_hook(sums[name].pre_hook))
         batches = iter(data)
@@ -169,7 +170,7 @@ def compute_batch_stats(model: nn.Module,
         for handle in handles:
             handle.remove()
         for _, layer in layers:
-            layer._moment_recorder = None
+            layer.moment_recorder = None
         # Set the flags back directly: calling train() again could run
         # overrides with side effects (e.g. freezing stages).
         for module, mode in modes.items():
@@ -177,18 +178,17 @@ def compute_batch_stats(model: nn.Module,
         if bar is not None:
             bar.file.write('\n')
 
-    # One collective for all layers: [means..., second moments..., counts].
-    packed = torch.cat(
-        [torch.cat([s.mean, s.sqmean, s.count]) for s in sums.values()])
-    if get_world_size() > 1:
-        dist.all_reduce(packed, op=dist.ReduceOp.SUM)
-    results, unused, offset = {}, [], 0
+    # One collective for all layers; the sums are sample-weighted, so the
+    # sum over processes is the sum over all samples.
+    reduced = iter(
+        sum_over_ranks([
+            moment for layer_sums in sums.values()
+            for moment in (layer_sums.mean, layer_sums.sqmean,
+                           layer_sums.count)
+        ]))
+    results, unused = {}, []
     for name, layer in layers:
-        channels = layer.num_features
-        mean = packed[offset:offset + channels]
-        sqmean = packed[offset + channels:offset + 2 * channels]
-        count = packed[offset + 2 * channels]
-        offset += 2 * channels + 1
+        mean, sqmean, count = next(reduced), next(reduced), next(reduced)[0]
         if count == 0:
             unused.append(name)
         results[name] = (mean, sqmean, count)
@@ -201,86 +201,8 @@ def compute_batch_stats(model: nn.Module,
     for name, layer in layers:
         mean, sqmean, count = results[name]
         mean = mean / count
-        var = (sqmean / count - mean.square()).clamp(min=0)
+        var = variance(mean, sqmean / count)
         layer.running_mean.copy_(mean.to(layer.running_mean.dtype))
         layer.running_var.copy_(var.to(layer.running_var.dtype))
         counts[name] = int(count)
-    return counts
-
-
-def update_checkpoint_batch_stats(
-        config: str,
-        checkpoint: str,
-        out: str,
-        num_batches: int = 200,
-        mode: str = 'loss',
-        cfg_options: Optional[dict] = None,
-        launcher: str = 'none',
-        work_dir: Optional[str] = None) -> Dict[str, int]:
-    """Batch-average statistics for a trained checkpoint, saved to ``out``.
-
-    Builds the model of ``config`` with mmengine's Runner (so
-    ``--launcher pytorch`` runs spread the batches over processes), loads
-    ``checkpoint``, feeds ``num_batches`` batches of the config's
-    ``train_dataloader`` per process (:func:`compute_batch_stats`) and
-    writes ``checkpoint`` with the new state dict (everything else kept,
-    ``meta['batch_stats']`` added) to ``out`` on rank 0.
-
-    Returns:
-        ``{layer name: samples averaged over}``.
-    """
-    import os.path as osp
-
-    from mmengine.config import Config
-    from mmengine.dist import get_rank
-    from mmengine.runner import Runner
-    from mmengine.runner.checkpoint import (_load_checkpoint, get_state_dict,
-                                            weights_to_cpu)
-
-    from .apis.launch import default_work_dir, setup_cpu_distributed
-    if osp.abspath(out) == osp.abspath(checkpoint):
-        raise ValueError(f'refusing to overwrite the input {checkpoint}; '
-                         'choose another output path')
-    cfg = Config.fromfile(config)
-    if cfg_options:
-        cfg.merge_from_dict(cfg_options)
-    loader_cfg = cfg.get('train_dataloader')
-    if loader_cfg is None:
-        raise ValueError(f'{config} has no train_dataloader to draw the '
-                         'batches from')
-    # A test-mode runner: the model, the environment and the checkpoint,
-    # without optimizer or training loop.
-    for key in ('train_dataloader', 'train_cfg', 'optim_wrapper',
-                'param_scheduler'):
-        cfg[key] = None
-    cfg.load_from = checkpoint
-    cfg.resume = False
-    cfg.launcher = launcher
-    cfg.work_dir = work_dir or cfg.get('work_dir') or default_work_dir(config)
-    setup_cpu_distributed(cfg, launcher)
-    runner = Runner.from_cfg(cfg)
-    runner.load_or_resume()
-    loader = runner.build_dataloader(loader_cfg, seed=runner.seed)
-    counts = compute_batch_stats(
-        runner.model,
-        loader,
-        num_batches,
-        forward=default_forward(mode),
-        progress=True)
-    if get_rank() == 0:
-        saved = _load_checkpoint(checkpoint, map_location='cpu')
-        if not isinstance(saved, dict) or 'state_dict' not in saved:
-            saved = {}
-        saved['state_dict'] = weights_to_cpu(get_state_dict(runner.model))
-        meta = dict(saved.get('meta') or {})
-        meta['batch_stats'] = dict(
-            num_batches=num_batches,
-            mode=mode,
-            samples=min(counts.values()),
-            source=osp.basename(checkpoint))
-        saved['meta'] = meta
-        torch.save(saved, out)
-        runner.logger.info(
-            f'batch-average statistics of {len(counts)} SN layers written '
-            f'to {out}')
     return counts

@@ -20,7 +20,10 @@ place, by
 
 :func:`save_deployed` writes the result as data only (state dict and the
 list of replacements, readable with ``torch.load(weights_only=True)``);
-:func:`load_deployed` rebuilds the module from the config it came from.
+:func:`rebuild_deployed` redoes the replacements on a freshly built model.
+The mmengine drivers (build the model from a config, load a checkpoint)
+are :func:`ssn_norm.apis.deploy_checkpoint` and
+:func:`ssn_norm.apis.load_deployed`.
 
 SN layers (softmax ratios, never one-hot) and SSN layers whose ratios are
 not one-hot are replaced only when hardening is requested: each takes the
@@ -35,7 +38,8 @@ import torch.fx as fx
 from torch import Tensor, nn
 
 from .compat import _weights_only_reason
-from .layers.switchable_norm import NORMALIZERS, SSN, _SwitchableNormBase
+from .layers.switchable_norm import NORMALIZERS, SSN, SwitchableNormBase
+from .ops import moments
 from .ops.sparsestmax import is_one_hot
 from .utils import switchable_norms, unwrap_model
 
@@ -79,7 +83,7 @@ class SwitchedNorm(nn.Module):
         var: ``'IN'``, ``'LN'`` or ``'BN'``.
     """
 
-    def __init__(self, layer: _SwitchableNormBase, mean: str,
+    def __init__(self, layer: SwitchableNormBase, mean: str,
                  var: str) -> None:
         super().__init__()
         for choice in (mean, var):
@@ -102,11 +106,13 @@ class SwitchedNorm(nn.Module):
         # Unbiased variance = biased * L / (L - 1); a single element has
         # variance 0 and any factor keeps it 0 (the denominator avoids /0).
         bessel = length / (length - 1 + (length == 1))
-        stats = {}
+        running = None
         if 'BN' in (self.mean, self.var):
-            stats['BN'] = (self.running_mean.to(dtype).unsqueeze(0),
-                           self.running_var.to(dtype).unsqueeze(0))
-        if self.mean != 'BN' or self.var != 'BN':
+            running = (self.running_mean, self.running_var)
+        if self.mean == 'BN' and self.var == 'BN':
+            # Running statistics only: no pass over the input.
+            mean_in = var_in = x3.new_zeros(x3.shape[:2])
+        else:
             # Per-(n, c) moments from LayerNorm over each row: torch's
             # fastest CPU moments kernel (var_mean is several times slower).
             _, mean_in, rstd = torch.native_layer_norm(x3, [length], None,
@@ -115,23 +121,20 @@ class SwitchedNorm(nn.Module):
             # bessel * (var_biased + eps / bessel) - eps = var_unbiased
             var_in = (bessel * rstd.squeeze(-1).pow(-2) -
                       self.eps).clamp(min=0)
-            stats['IN'] = (mean_in, var_in)
-            sqmean_in = var_in + mean_in.square()
-            mean_ln = mean_in.mean(1, keepdim=True)
-            var_ln = (sqmean_in.mean(1, keepdim=True) -
-                      mean_ln.square()).clamp(min=0)
-            stats['LN'] = (mean_ln, var_ln)
-        mean = stats[self.mean][0]
-        var = stats[self.var][1]
-        scale = self.weight.to(dtype) * torch.rsqrt(var + self.eps)
-        shift = self.bias.to(dtype) - mean * scale
+        # The members' moments: the layer's own definition.
+        stats = moments.member_moments(var_in, mean_in, running is not None,
+                                       running)
+        mean = stats.means[NORMALIZERS.index(self.mean)]
+        var = stats.variances[NORMALIZERS.index(self.var)]
+        _, scale, shift = moments.scale_shift(mean, var, self.weight,
+                                              self.bias, self.eps)
         out = torch.addcmul(
             shift.unsqueeze(-1).to(x.dtype), x.flatten(2),
             scale.unsqueeze(-1).to(x.dtype))
         return out.view_as(x)
 
 
-def switched_norm(layer: _SwitchableNormBase, mean: str,
+def switched_norm(layer: SwitchableNormBase, mean: str,
                   var: str) -> fx.GraphModule:
     """:class:`SwitchedNorm` traced into a GraphModule (pickles as code).
 
@@ -146,7 +149,7 @@ def switched_norm(layer: _SwitchableNormBase, mean: str,
     return traced
 
 
-def layer_choice(layer: _SwitchableNormBase,
+def layer_choice(layer: SwitchableNormBase,
                  harden: bool = False) -> Optional[Tuple[int, int]]:
     """``(mean_idx, var_idx)`` the layer computes, or None if not one-hot.
 
@@ -174,7 +177,7 @@ def _conv_before_norm(model: nn.Module) -> Dict[str, Tuple[str, nn.Module]]:
 
     def add(norm_path: str, conv_path: str, conv: nn.Module,
             norm: nn.Module) -> None:
-        if (isinstance(norm, _SwitchableNormBase) and isinstance(conv, _CONVS)
+        if (isinstance(norm, SwitchableNormBase) and isinstance(conv, _CONVS)
                 and conv.out_channels == norm.num_features):
             pairs[norm_path] = (conv_path, conv)
 
@@ -221,7 +224,7 @@ def _fold(conv: nn.Module, scale: Tensor, shift: Tensor) -> None:
         conv.bias.copy_(new_bias.to(conv.bias.dtype))
 
 
-def _bn_affine(layer: _SwitchableNormBase) -> Tuple[Tensor, Tensor]:
+def _bn_affine(layer: SwitchableNormBase) -> Tuple[Tensor, Tensor]:
     """Eval BN of the layer as ``y = x * scale + shift`` (float64)."""
     scale = layer.weight.double() * torch.rsqrt(layer.running_var.double() +
                                                 layer.eps)
@@ -229,7 +232,7 @@ def _bn_affine(layer: _SwitchableNormBase) -> Tuple[Tensor, Tensor]:
     return scale, shift
 
 
-def _batch_norm(layer: _SwitchableNormBase, spatial_dims: int) -> nn.Module:
+def _batch_norm(layer: SwitchableNormBase, spatial_dims: int) -> nn.Module:
     bn = _BATCH_NORMS[spatial_dims](layer.num_features, eps=layer.eps)
     with torch.no_grad():
         bn.weight.copy_(layer.weight)
@@ -445,7 +448,7 @@ def rebuild_deployed(model: nn.Module, plan: List[Dict[str, Any]]) -> None:
             layer = root.get_submodule(name)
         except AttributeError:
             layer = None
-        if not isinstance(layer, _SwitchableNormBase):
+        if not isinstance(layer, SwitchableNormBase):
             raise ValueError(
                 f'{name}: the deployed file replaced a switchable norm '
                 f'here, but the model has {type(layer).__name__}; build '
@@ -501,8 +504,9 @@ def save_deployed(model: nn.Module,
     'cfg_options', 'ssn_norm_version'}}``.
 
     The file loads with ``torch.load(path, weights_only=True)`` (tensors
-    and plain data, nothing that runs code); :func:`load_deployed` rebuilds
-    the module from the config it was deployed from.  ``model`` must hold
+    and plain data, nothing that runs code);
+    :func:`ssn_norm.apis.load_deployed` rebuilds the module from the config
+    it was deployed from.  ``model`` must hold
     no switchable layer any more (:func:`assert_plain`).
 
     Raises:
@@ -548,79 +552,3 @@ def read_deployed(path: str) -> Dict[str, Any]:
             'versions, whole pickled modules, are not read; deploy the '
             'trained checkpoint again)')
     return data
-
-
-def _build_model(config: str, cfg_options: Optional[dict]) -> nn.Module:
-    from mmengine.config import Config
-    from mmengine.registry import MODELS, init_default_scope
-
-    import ssn_norm  # noqa: F401  registers SN/SSN, applies compat fixes
-    cfg = Config.fromfile(config)
-    if cfg_options:
-        cfg.merge_from_dict(cfg_options)
-    init_default_scope(cfg.get('default_scope') or 'mmengine')
-    return MODELS.build(cfg.model)
-
-
-def load_deployed(config: str,
-                  path: str,
-                  cfg_options: Optional[dict] = None) -> nn.Module:
-    """The deployed model of ``path`` (written by :func:`save_deployed`),
-    rebuilt from ``config`` in eval mode, on the CPU.
-
-    Builds ``config``'s model, redoes the replacements
-    (:func:`rebuild_deployed`) and loads the state dict strictly.  The file
-    is read with ``weights_only=True``; only the config (yours, as for any
-    mmengine run) is code.
-
-    Args:
-        config: the config the model was deployed from.
-        path: the deployed file.
-        cfg_options: the ``--cfg-options`` it was deployed with; must equal
-            the recorded ones.
-
-    Raises:
-        ValueError: not a deployed file, ``cfg_options`` differ from the
-            recorded ones, or the plan does not fit the config's model.
-    """
-    data = read_deployed(path)
-    meta = data['meta']
-    recorded = meta.get('cfg_options') or None
-    if (dict(cfg_options) if cfg_options else None) != recorded:
-        raise ValueError(
-            f'{path} was deployed with cfg_options={recorded!r}, got '
-            f'{cfg_options!r}; pass the same options so the model matches')
-    model = _build_model(config, cfg_options)
-    rebuild_deployed(model, meta['deployed'])
-    model.load_state_dict(data['state_dict'], strict=True)
-    model.eval()  # not ``return model.eval()``: mmdet's train() returns None
-    return model
-
-
-def deploy_checkpoint(
-        config: str,
-        checkpoint: str,
-        out: str,
-        harden: str = 'none',
-        fold: bool = True,
-        spatial_dims: int = 2,
-        check_shape: Optional[Tuple[int, ...]] = None,
-        cfg_options: Optional[dict] = None) -> List[DeployedLayer]:
-    """Builds ``config``'s model, loads ``checkpoint`` strictly, deploys it
-    (:func:`deploy_switchable_norms`) and writes it to ``out``
-    (:func:`save_deployed`: state dict and replacement plan, loaded back by
-    :func:`load_deployed`).  ``check_shape`` runs the output check on a
-    random input of that shape."""
-    from mmengine.runner import load_checkpoint
-    model = _build_model(config, cfg_options)
-    load_checkpoint(model, checkpoint, map_location='cpu', strict=True)
-    check_input = (
-        torch.randn(*check_shape) if check_shape is not None else None)
-    deployed = deploy_switchable_norms(
-        model,
-        harden=harden,
-        fold=fold,
-        spatial_dims=spatial_dims,
-        check_input=check_input)
-    save_deployed(model, out, deployed, config, cfg_options)
-    return deployed

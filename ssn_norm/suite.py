@@ -12,7 +12,12 @@ Presets:
   layouts under ``data/coco``, ``data/cityscapes``, ``data/kinetics400``),
   trained and tested with ``torch.distributed.run`` on ``gpus`` GPUs.
 
-Every run gets ``<root>/work_dirs/suite-<preset>/<config name>``.  A run is
+Every run gets ``<root>/work_dirs/suite-<preset>/<config name>``; with
+``seeds > 1`` (``tools/run_suite.py --seeds N``) each config runs N times,
+with ``randomness.seed`` 0 … N-1, in ``<config name>/seed-<k>``, and the
+leaderboard shows each metric's mean ± standard deviation over the seeds.
+Every preset runs one seed by default (the mini configs' own seed 0; the
+full configs' own randomness).  A run is
 done once its ``suite_result.json`` holds a complete record
 (:func:`read_suite_result`); an interrupted run, or one whose record is
 unreadable, resumes from its last checkpoint, so the same command continues
@@ -34,8 +39,8 @@ from typing import Dict, List, Optional, Sequence
 from .apis.train_test import RESULT_FILE
 
 REPO_ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
-TASKS = ('det', 'seg', 'video')
-NORMS = ('baseline', 'gn', 'sn', 'ssn')
+SUITE_TASKS = ('det', 'seg', 'video')
+SUITE_NORMS = ('baseline', 'gn', 'sn', 'ssn')
 PRESETS = ('mini', 'smoke', 'full')
 # Metric shown in the one-line progress report of each task.
 HEADLINE = {'det': 'coco/bbox_mAP', 'seg': 'mIoU', 'video': 'acc/top1'}
@@ -56,7 +61,7 @@ def _configs(folder: str,
              baseline_name: Optional[str] = None) -> Dict[str, str]:
     """Config paths per normaliser from a name template ({} = the norm)."""
     tokens = dict(baseline=baseline, gn='gn', sn='sn', ssn='ssn')
-    names = {norm: template.format(tokens[norm]) for norm in NORMS}
+    names = {norm: template.format(tokens[norm]) for norm in SUITE_NORMS}
     if baseline_name is not None:
         names['baseline'] = baseline_name
     return {norm: f'{folder}/{name}.py' for norm, name in names.items()}
@@ -113,30 +118,64 @@ SCHEDULE = {'mini': 1.0, 'smoke': 0.1, 'full': 1.0}
 
 @dataclass
 class RunSpec:
+    """One run: a (task, normaliser) config and, for ``seeds > 1``, the
+    seed it sets."""
     task: str
     norm: str
     config: str  # absolute path
+    seed: Optional[int] = None
 
     @property
     def name(self) -> str:
+        """The config name."""
         return osp.splitext(osp.basename(self.config))[0]
+
+    @property
+    def work_name(self) -> str:
+        """The work directory under the suite's: ``<config name>``, or
+        ``<config name>/seed-<k>`` for a seeded run."""
+        if self.seed is None:
+            return self.name
+        return osp.join(self.name, f'seed-{self.seed}')
+
+    @property
+    def cfg_options(self) -> List[str]:
+        """``--cfg-options`` arguments that set the run's seed, if any."""
+        if self.seed is None:
+            return []
+        return ['--cfg-options', f'randomness.seed={self.seed}']
 
 
 def select_runs(preset: str,
-                tasks: Sequence[str] = TASKS,
-                norms: Sequence[str] = NORMS) -> List[RunSpec]:
-    """The (task, normaliser) runs of ``preset``, detection first."""
+                tasks: Sequence[str] = SUITE_TASKS,
+                norms: Sequence[str] = SUITE_NORMS,
+                seeds: int = 1) -> List[RunSpec]:
+    """The (task, normaliser) runs of ``preset``, detection first.
+
+    With ``seeds > 1`` every config appears ``seeds`` times, with seeds
+    ``0 … seeds-1`` (seed-major within a config); with ``seeds == 1`` once,
+    with the config's own seed.
+
+    Raises:
+        ValueError: an unknown preset, task or normaliser, or ``seeds``
+            not a positive integer.
+    """
+    if isinstance(seeds, bool) or not isinstance(seeds, int) or seeds < 1:
+        raise ValueError(f'seeds must be a positive integer, got {seeds!r}')
     if preset not in PRESETS:
         raise ValueError(f'unknown preset {preset!r}; choose from {PRESETS}')
-    for value, valid, what in ((tasks, TASKS, 'task'), (norms, NORMS, 'norm')):
+    for value, valid, what in ((tasks, SUITE_TASKS, 'task'),
+                               (norms, SUITE_NORMS, 'norm')):
         unknown = [v for v in value if v not in valid]
         if unknown:
             raise ValueError(f'unknown {what} {unknown}; choose from '
                              f'{", ".join(valid)}')
     specs = FULL if preset == 'full' else MINI
+    seed_list = [None] if seeds == 1 else list(range(seeds))
     return [
-        RunSpec(task, norm, osp.join(REPO_ROOT, specs[task].configs[norm]))
-        for task in TASKS if task in tasks for norm in NORMS if norm in norms
+        RunSpec(task, norm, osp.join(REPO_ROOT, specs[task].configs[norm]),
+                seed) for task in SUITE_TASKS if task in tasks
+        for norm in SUITE_NORMS if norm in norms for seed in seed_list
     ]
 
 
@@ -164,7 +203,7 @@ def _command(run: RunSpec, work_dir: str, preset: str, gpus: int,
             sys.executable, '-m', 'ssn_norm.apis.train_test', run.config,
             '--work-dir', work_dir, '--schedule',
             str(schedule)
-        ]]
+        ] + run.cfg_options]
     launch = [
         sys.executable, '-m', 'torch.distributed.run',
         f'--nproc_per_node={gpus}'
@@ -172,7 +211,7 @@ def _command(run: RunSpec, work_dir: str, preset: str, gpus: int,
     train = launch + [
         osp.join(REPO_ROOT, 'tools', 'train.py'), run.config, '--work-dir',
         work_dir, '--launcher', 'pytorch'
-    ]
+    ] + run.cfg_options
     if glob.glob(osp.join(work_dir, '*.pth')):
         train.append('--resume')
     return [train]
@@ -292,24 +331,32 @@ def execute_run(run: RunSpec, work_dir: str, preset: str, root: str, gpus: int,
     return record
 
 
-def plot_run_ratios(work_dir: str, name: str) -> Optional[str]:
-    """Per-layer ratio plot of a run's final checkpoint, beside the run."""
+def plot_run_ratios(work_dir: str,
+                    name: str,
+                    out_dir: Optional[str] = None) -> Optional[str]:
+    """Per-layer ratio plot of a run's final checkpoint, written to
+    ``out_dir/ratios_<name>.png`` (default: beside the run); None when the
+    run has no checkpoint."""
     from .analysis import checkpoint_ratios, plot_layer_ratios
     checkpoint = _last_checkpoint(work_dir)
     if checkpoint is None:
         return None
-    out = osp.join(osp.dirname(work_dir), f'ratios_{name}.png')
+    out = osp.join(out_dir or osp.dirname(work_dir), f'ratios_{name}.png')
     plot_layer_ratios([(name, checkpoint_ratios(checkpoint))], out)
     return out
 
 
 def run_suite(preset: str = 'mini',
-              tasks: Sequence[str] = TASKS,
-              norms: Sequence[str] = NORMS,
+              tasks: Sequence[str] = SUITE_TASKS,
+              norms: Sequence[str] = SUITE_NORMS,
               root: str = '.',
               jobs: int = 2,
-              gpus: int = 8) -> int:
+              gpus: int = 8,
+              seeds: int = 1) -> int:
     """Run the suite; print progress and the leaderboard.
+
+    ``seeds`` runs every config that many times (see :func:`select_runs`);
+    the ratio plots show each config's first seed.
 
     Returns the number of failed runs (0 when everything succeeded).
     """
@@ -318,18 +365,18 @@ def run_suite(preset: str = 'mini',
     from .analysis import gather, write_leaderboard
 
     root = osp.abspath(root)
-    runs = select_runs(preset, tasks, norms)
+    runs = select_runs(preset, tasks, norms, seeds)
     suite_dir = osp.join(root, 'work_dirs', f'suite-{preset}')
     os.makedirs(suite_dir, exist_ok=True)
     prepare_data(preset, tasks, root)
     jobs = 1 if preset == 'full' else max(1, jobs)
     threads = max(1, (os.cpu_count() or 1) // jobs)
     done = {
-        r.name
+        r.work_name
         for r in runs
-        if read_suite_result(osp.join(suite_dir, r.name)) is not None
+        if read_suite_result(osp.join(suite_dir, r.work_name)) is not None
     }
-    pending = [r for r in runs if r.name not in done]
+    pending = [r for r in runs if r.work_name not in done]
     print(
         f'[suite] {preset}: {len(runs)} runs, {len(runs) - len(pending)} '
         f'already done; {jobs} at a time, {threads} thread(s) each; logs '
@@ -341,23 +388,24 @@ def run_suite(preset: str = 'mini',
     with ThreadPoolExecutor(max_workers=jobs) as pool:
         futures = {}
         for run in pending:
-            work_dir = osp.join(suite_dir, run.name)
+            work_dir = osp.join(suite_dir, run.work_name)
             future = pool.submit(execute_run, run, work_dir, preset, root,
                                  gpus, threads, SCHEDULE[preset])
             futures[future] = run
         for future in as_completed(futures):
             run = futures[future]
             record = future.result()
+            seed = '' if run.seed is None else f' seed {run.seed}'
             if record['status'] == 'done':
-                done.add(run.name)
+                done.add(run.work_name)
                 value = record.get('metrics', {}).get(HEADLINE[run.task])
                 shown = '' if value is None else \
                     f', {HEADLINE[run.task]} = {value:.4g}'
-                message = (f'{run.task:5s} {run.norm:8s} done in '
+                message = (f'{run.task:5s} {run.norm:8s}{seed} done in '
                            f'{record["seconds"]:.0f} s{shown}')
             else:
                 failed.append(run)
-                message = (f'{run.task:5s} {run.norm:8s} FAILED after '
+                message = (f'{run.task:5s} {run.norm:8s}{seed} FAILED after '
                            f'{record["seconds"]:.0f} s; end of '
                            f'{record["log"]}:\n{record["tail"]}')
             print(f'\n[suite] {message}', flush=True)
@@ -367,15 +415,15 @@ def run_suite(preset: str = 'mini',
         flush=True)
 
     for run in runs:
-        if run.norm in ('sn', 'ssn'):
-            work_dir = osp.join(suite_dir, run.name)
-            if run.name in done:
-                out = plot_run_ratios(work_dir, run.name)
+        if run.norm in ('sn', 'ssn') and run.seed in (None, 0):
+            work_dir = osp.join(suite_dir, run.work_name)
+            if run.work_name in done:
+                out = plot_run_ratios(work_dir, run.name, suite_dir)
                 if out:
                     print(f'[suite] ratios of {run.name}: {out}')
     board = gather([
-        osp.join(suite_dir, r.name)
-        for r in runs if osp.isdir(osp.join(suite_dir, r.name))
+        osp.join(suite_dir, r.work_name)
+        for r in runs if osp.isdir(osp.join(suite_dir, r.work_name))
     ], [osp.join(REPO_ROOT, 'model-index.yml')])
     leaderboard = osp.join(suite_dir, 'leaderboard.md')
     write_leaderboard(board, leaderboard)

@@ -3,7 +3,7 @@ from typing import Iterator, Tuple
 
 from torch import nn
 
-from .layers.switchable_norm import SSN, _SwitchableNormBase
+from .layers.switchable_norm import SSN, SwitchableNormBase
 
 
 def unwrap_model(model: nn.Module) -> nn.Module:
@@ -12,10 +12,10 @@ def unwrap_model(model: nn.Module) -> nn.Module:
 
 
 def switchable_norms(
-        model: nn.Module) -> Iterator[Tuple[str, _SwitchableNormBase]]:
+        model: nn.Module) -> Iterator[Tuple[str, SwitchableNormBase]]:
     """Every SN / SSN / SyncSN / SyncSSN layer of ``model``, with its name."""
     for name, module in unwrap_model(model).named_modules():
-        if isinstance(module, _SwitchableNormBase):
+        if isinstance(module, SwitchableNormBase):
             yield name, module
 
 

@@ -4,15 +4,13 @@ References are computed here from the inputs with the released formulas
 (unbiased IN variance, BN second moment = E[var_in + mean_in²]), in float64.
 """
 import copy
-import datetime
-import importlib.util
 import os.path as osp
-import socket
 
 import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
+from _helpers import free_port, gloo_group, run_tool
 from mmengine.config import Config
 from mmengine.evaluator import BaseMetric
 from mmengine.model import BaseModel
@@ -27,7 +25,6 @@ from ssn_norm.hooks import BatchStatsHook
 
 C = 4
 TOL = dict(rtol=1e-10, atol=1e-12)
-ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
 
 
 def moments(x):
@@ -64,12 +61,13 @@ def run_all(model, batch):
     return [layer(batch) for layer in model.values()]
 
 
-def test_equals_the_exact_average_and_ignores_the_batch_split():
+def test_equals_the_exact_average_and_ignores_the_batch_split(device):
     data = torch.randn(10, C, 3, 5, dtype=torch.float64) * 2 + 1
-    expected = as_stats(*moments(data))
+    expected = [stat.to(device) for stat in as_stats(*moments(data))]
+    data = data.to(device)
     results = []
     for sizes in ((4, 4, 2), (1, 3, 6), (10, )):
-        model = parallel_model()
+        model = parallel_model().to(device)
         before = copy.deepcopy(model.state_dict())
         counts = compute_batch_stats(
             model, data.split(list(sizes)), len(sizes), forward=run_all)
@@ -88,12 +86,15 @@ def test_equals_the_exact_average_and_ignores_the_batch_split():
     torch.testing.assert_close(results[0], results[1], **TOL)
 
 
-def test_deep_model_uses_the_moments_seen_in_training_mode():
+def test_deep_model_uses_the_moments_seen_in_training_mode(device):
     model = nn.Sequential(
         nn.Conv2d(3, C, 3), SN(C), nn.ReLU(), nn.Dropout(0.5),
         nn.Conv2d(C, C, 3), SSN(C), nn.ReLU(), nn.Conv2d(C, C, 1),
-        SyncSN(C)).double()
-    batches = [torch.randn(n, 3, 9, 9, dtype=torch.float64) for n in (2, 5)]
+        SyncSN(C)).to(device, torch.float64)
+    batches = [
+        torch.randn(n, 3, 9, 9, dtype=torch.float64, device=device)
+        for n in (2, 5)
+    ]
     # Reference: the inputs each norm sees when norms use batch statistics
     # (train mode) and everything else is frozen (dropout off).
     reference = copy.deepcopy(model).eval()
@@ -149,8 +150,8 @@ def test_errors_leave_the_model_untouched():
     with pytest.raises(KeyError, match='boom'):
         compute_batch_stats(model, data, 2, forward=failing)
     assert not any(m.training for m in model.modules())
-    assert all(m._moment_recorder is None for m in model.values()
-               if hasattr(m, '_moment_recorder'))
+    assert all(m.moment_recorder is None for m in model.values()
+               if hasattr(m, 'moment_recorder'))
     for key, value in model.state_dict().items():
         torch.testing.assert_close(value, before[key], msg=key)
     with pytest.raises(
@@ -177,13 +178,7 @@ def rank_data(rank):
 
 
 def _worker(rank, port, out_dir):
-    dist.init_process_group(
-        'gloo',
-        init_method=f'tcp://127.0.0.1:{port}',
-        rank=rank,
-        world_size=WORLD,
-        timeout=datetime.timedelta(seconds=60))
-    try:
+    with gloo_group(rank, WORLD, port, timeout_s=60):
         model = nn.ModuleDict(
             dict(sn=SN(C), sync_sn=SyncSN(C), sync_ssn=SyncSSN(C))).double()
         counts = compute_batch_stats(model, rank_data(rank), 2, run_all)
@@ -191,18 +186,14 @@ def _worker(rank, port, out_dir):
             'state': model.state_dict(),
             'counts': counts
         }, osp.join(out_dir, f'rank{rank}.pth'))
-    finally:
-        dist.destroy_process_group()
 
 
 @pytest.mark.skipif(
     not (dist.is_available() and dist.is_gloo_available()),
     reason='torch.distributed with the gloo backend is not available')
 def test_two_processes_average_over_all_samples(tmp_path):
-    with socket.socket() as sock:
-        sock.bind(('127.0.0.1', 0))
-        port = sock.getsockname()[1]
-    mp.spawn(_worker, args=(port, str(tmp_path)), nprocs=WORLD, join=True)
+    mp.spawn(
+        _worker, args=(free_port(), str(tmp_path)), nprocs=WORLD, join=True)
     everything = torch.cat([x for r in range(WORLD) for x in rank_data(r)])
     expected = as_stats(*moments(everything))
     for rank in range(WORLD):
@@ -329,18 +320,9 @@ def test_tool_writes_a_checkpoint_with_batch_averages(tmp_path):
             'epoch': 3
         }
     }, checkpoint)
-    spec = importlib.util.spec_from_file_location(
-        'compute_batch_stats', osp.join(ROOT, 'tools',
-                                        'compute_batch_stats.py'))
-    tool = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(tool)
-    tool.main([
-        str(config),
-        str(checkpoint),
-        str(out), '--num-batches', '3', '--work-dir',
-        str(tmp_path / 'work')
-    ])
-    saved = torch.load(out, weights_only=False)
+    assert run_tool('compute_batch_stats', config, checkpoint, out,
+                    '--num-batches', '3', '--work-dir', tmp_path / 'work') == 0
+    saved = torch.load(out, weights_only=True)
     assert saved['meta']['epoch'] == 3
     assert saved['meta']['batch_stats'] == dict(
         num_batches=3, mode='loss', samples=6, source='trained.pth')

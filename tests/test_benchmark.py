@@ -1,26 +1,14 @@
 """The benchmark library (ssn_norm.benchmark) and its tool, on every device
 present: CPU always, CUDA where this machine has one."""
-import importlib.util
-import os.path as osp
-
 import pytest
 import torch
+from _helpers import run_tool
 
 from ssn_norm import benchmark
 from ssn_norm.benchmark import (LAYER_NORMS, LayerCase, benchmark_layers,
                                 build_norm, frozen_ssn, layer_table,
                                 peak_memory_bytes, resolve_device,
                                 time_interleaved)
-
-ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
-DEVICES = [
-    'cpu',
-    pytest.param(
-        'cuda',
-        marks=pytest.mark.skipif(
-            not torch.cuda.is_available(),
-            reason='no CUDA device on this machine'))
-]
 
 
 def test_time_interleaved_times_every_case_and_checks_its_arguments():
@@ -65,14 +53,12 @@ def test_catalogue():
     assert LAYER_NORMS == ('BN', 'GN', 'IN', 'LN', 'SN', 'SSN')
 
 
-@pytest.mark.parametrize('device', DEVICES)
 def test_peak_memory_counts_allocations(device):
     peak = peak_memory_bytes(lambda: torch.empty(1 << 20, device=device),
                              device)
     assert peak is None or peak >= 4 << 20
 
 
-@pytest.mark.parametrize('device', DEVICES)
 def test_benchmark_layers_runs_on_the_device(device):
     results = benchmark_layers([LayerCase('tiny', 'x', (2, 32, 4, 4))],
                                LAYER_NORMS,
@@ -87,23 +73,13 @@ def test_benchmark_layers_runs_on_the_device(device):
     assert '| SN/BN' in table and 'tiny x' in table
 
 
-def _tool_main():
-    spec = importlib.util.spec_from_file_location(
-        'benchmark_norms', osp.join(ROOT, 'tools', 'benchmark_norms.py'))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.main
-
-
 def test_tool_prints_the_tables_and_the_device(monkeypatch, capsys):
     # The default shapes take minutes: one tiny shape of a known family.
     monkeypatch.setattr(benchmark, 'LAYER_SHAPES',
                         (LayerCase('ResNet-50', 'tiny', (2, 8, 3, 3)), ))
-    assert _tool_main()([
-        '--families', 'ResNet-50', '--norms', 'BN,SN', '--models', 'none',
-        '--repeats', '1',
-        '--no-memory'
-    ]) == 0
+    assert run_tool('benchmark_norms', '--families', 'ResNet-50', '--norms',
+                    'BN,SN', '--models', 'none', '--repeats', '1',
+                    '--no-memory') == 0
     out = capsys.readouterr().out
     assert 'device cpu' in out
     assert '| ResNet-50 tiny | 2×8×3×3 |' in out
@@ -113,4 +89,4 @@ def test_tool_prints_the_tables_and_the_device(monkeypatch, capsys):
     torch.cuda.is_available(), reason='this machine has a CUDA device')
 def test_tool_refuses_a_missing_device():
     with pytest.raises(SystemExit, match="--device: device 'cuda' asked"):
-        _tool_main()(['--device', 'cuda', '--models', 'none'])
+        run_tool('benchmark_norms', '--device', 'cuda', '--models', 'none')

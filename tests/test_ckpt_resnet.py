@@ -233,16 +233,24 @@ def test_module_prefix_on_some_keys_only_is_refused():
 
 
 # ------------------------------------------------------------------- BN
+# How bn_resnet draws each BN tensor: (in-place sampler, its two arguments).
+BN_DRAWS = dict(
+    weight=('uniform_', 0.5, 1.5),
+    bias=('normal_', 0, 0.2),
+    running_mean=('normal_', 0, 0.5),
+    running_var=('uniform_', 0.5, 2))
+
+
 def bn_resnet(depth=50, cls=ResNet, **kwargs):
+    """An eval-mode BN ResNet whose BN parameters and statistics are drawn
+    at random (BN_DRAWS), so every converted value matters."""
     model = cls(depth=depth, **kwargs)
     model.eval()
+    bns = [m for m in model.modules() if isinstance(m, nn.BatchNorm2d)]
     with torch.no_grad():
-        for module in model.modules():
-            if isinstance(module, nn.BatchNorm2d):
-                module.weight.uniform_(0.5, 1.5)
-                module.bias.normal_(0, 0.2)
-                module.running_mean.normal_(0, 0.5)
-                module.running_var.uniform_(0.5, 2)
+        for module in bns:
+            for name, (sampler, first, second) in BN_DRAWS.items():
+                getattr(getattr(module, name), sampler)(first, second)
     return model
 
 

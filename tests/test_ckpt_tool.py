@@ -1,13 +1,12 @@
 """tools/convert_checkpoint.py end to end: files in, files out."""
 import hashlib
-import importlib.util
-import os.path as osp
 import re
 from collections import OrderedDict
 
 import numpy as np
 import pytest
 import torch
+from _helpers import tool
 from mmdet.models.backbones import ResNet
 from mmengine.logging import HistoryBuffer
 from mmengine.runner import load_checkpoint
@@ -16,18 +15,7 @@ from test_ckpt_resnet import bn_resnet, released
 import ssn_norm  # noqa: F401
 from ssn_norm.convert import files
 
-ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
-
-
-def load_tool(name):
-    spec = importlib.util.spec_from_file_location(
-        name, osp.join(ROOT, 'tools', f'{name}.py'))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-convert_tool = load_tool('convert_checkpoint')
+convert_tool = tool('convert_checkpoint')
 
 
 def test_released_sn_file_converts_and_loads_through_init_cfg(

@@ -1,22 +1,20 @@
 """SSN deployment: plain modules, unchanged outputs, data-only files."""
-import importlib.util
-import os.path as osp
-
 import pytest
 import torch
 import torch.nn.functional as F
+from _helpers import run_tool
 from mmcv.cnn import ConvModule
 from mmdet.models.backbones import ResNet
 from torch import nn
 
 import ssn_norm  # noqa: F401  registers SN / SSN
 from ssn_norm import SN, SSN, SyncSSN
+from ssn_norm.apis import load_deployed
 from ssn_norm.deploy import (assert_plain, deploy_switchable_norms,
-                             layer_choice, load_deployed, read_deployed,
-                             rebuild_deployed, save_deployed)
+                             layer_choice, read_deployed, rebuild_deployed,
+                             save_deployed)
 
 NAMES = ('IN', 'LN', 'BN')
-ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
 TOL = dict(rtol=1e-5, atol=1e-5)
 
 
@@ -307,18 +305,11 @@ def test_tool_deploys_a_config_and_checkpoint(tmp_path, capsys):
         "default_scope = 'mmdet'\n"
         "model = dict(type='ResNet', depth=18, norm_cfg=dict(type='SSN'),\n"
         "             out_indices=(0, 1, 2, 3))\n")
-    spec = importlib.util.spec_from_file_location(
-        'deploy_ssn', osp.join(ROOT, 'tools', 'deploy_ssn.py'))
-    tool = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(tool)
-    tool.main([
-        str(config),
-        str(checkpoint),
-        str(out), '--check-shape', '1', '3', '32', '32'
-    ])
+    assert run_tool('deploy_ssn', config, checkpoint, out, '--check-shape',
+                    '1', '3', '32', '32') == 0
     printed = capsys.readouterr().out
     assert 'replaced 20 layers (0 hardened)' in printed
-    assert (f'load with ssn_norm.deploy.load_deployed({str(config)!r}, '
+    assert (f'load with ssn_norm.apis.load_deployed({str(config)!r}, '
             f'{str(out)!r})') in printed
     assert torch.serialization.get_unsafe_globals_in_checkpoint(
         str(out)) == []

@@ -2,7 +2,7 @@
 
 Models are built on the ``meta`` device: construction, module types and the
 optimizer's parameter groups are real, but no memory is allocated and no
-weights are initialised, so the 45 configs build in seconds.  Which paper
+weights are initialised, so the 47 configs build in seconds.  Which paper
 row each config stands beside is tested in ``test_det_paper_rows.py``.
 """
 import ast
@@ -22,7 +22,7 @@ from torch.nn.modules.instancenorm import _InstanceNorm
 
 from ssn_norm import SN, SSN, SyncSN
 from ssn_norm.datasets.tiny_coco import CLASSES
-from ssn_norm.layers.switchable_norm import _SwitchableNormBase
+from ssn_norm.layers import SwitchableNormBase as _SwitchableNormBase
 from ssn_norm.optim import RatioClipOptimWrapper
 
 REPO = osp.dirname(osp.dirname(osp.abspath(__file__)))
@@ -35,8 +35,9 @@ FULL_CONFIGS = [c for c in CONFIGS if osp.sep + 'mini' + osp.sep not in c]
 MINI_CONFIGS = [c for c in CONFIGS if c not in FULL_CONFIGS]
 
 NAME = re.compile(r'^(?P<arch>mask|faster)-rcnn_r(?P<depth>18|50)'
-                  r'(?:-(?P<backbone>bn|gn|sn|ssn|syncsn))?_(?P<neck>fpn|c4)'
-                  r'(?:_(?P<head>bn|gn|sn|ssn|syncsn)-head)?'
+                  r'(?:-(?P<backbone>bn|gn-ws|gn|sn|ssn|syncsn))?'
+                  r'_(?P<neck>fpn|c4)'
+                  r'(?:_(?P<head>bn|gn-ws|gn|sn|ssn|syncsn)-head)?'
                   r'(?:_(?P<scratch>scratch))?'
                   r'_(?P<schedule>1x|2x|mini|4xb3-120k)'
                   r'_(?P<data>coco|tiny-coco)\.py$')
@@ -46,6 +47,7 @@ NORM_CLASSES = {
     None: nn.BatchNorm2d,
     'bn': nn.BatchNorm2d,
     'gn': nn.GroupNorm,
+    'gn-ws': nn.GroupNorm,  # beside weight-standardised convs
     'sn': SN,
     'ssn': SSN,
     'syncsn': SyncSN
@@ -56,6 +58,7 @@ BACKBONE_CHECKPOINTS = {
     None: 'torchvision://resnet50',
     'bn': 'torchvision://resnet50',
     'gn': 'open-mmlab://contrib/resnet50_gn',
+    'gn-ws': 'open-mmlab://jhu/resnet50_gn_ws',
     'sn': 'checkpoints/resnet50-v1_sn-8x32_in1k.pth',
     'syncsn': 'checkpoints/resnet50-v1_sn-8x32_in1k.pth',
     'ssn': 'checkpoints/resnet50-v1_ssn-8x32_in1k.pth',
@@ -69,6 +72,14 @@ SCRATCH_INIT = [
 # Detectron's 1x and 2x schedules.
 FPN_ROWS = [(None, None), (None, 'gn'), (None, 'sn'), ('gn', 'gn'),
             ('gn', 'sn'), ('sn', 'sn'), ('ssn', 'ssn'), ('syncsn', 'syncsn')]
+# mmdet's GN+WS beside Table V (Faster R-CNN 1x) and Table VI (Mask R-CNN
+# 2x), each on its table's schedule, and the mmdet config it inherits.
+GN_WS_ROWS = {
+    'faster-rcnn_r50-gn-ws_fpn_gn-ws-head_1x_coco.py':
+    'gn+ws/faster-rcnn_r50_fpn_gn-ws-all_1x_coco.py',
+    'mask-rcnn_r50-gn-ws_fpn_gn-ws-head_2x_coco.py':
+    'gn+ws/mask-rcnn_r50_fpn_gn-ws-all_2x_coco.py',
+}
 # The C4 rows (Table IV and SSN beside it): one normaliser in backbone and
 # conv5 head, fine-tuned from ImageNet or (scratch) trained from scratch.
 C4_ROWS = [(None, False), ('bn', False), ('gn', False), ('sn', False),
@@ -144,6 +155,7 @@ def test_config_set_is_complete():
         expected.add(f'faster-rcnn_r50{"-" + norm if norm else ""}_c4'
                      f'{"_" + norm + "-head" if norm else ""}'
                      f'{"_scratch" if scratch else ""}_4xb3-120k_coco.py')
+    expected.update(GN_WS_ROWS)
     assert names == expected
     assert [_parse(c)['backbone']
             for c in MINI_CONFIGS] == ['gn', 'sn', 'ssn', None]
@@ -174,7 +186,8 @@ def test_norms_are_what_the_name_says(config):
     assert _norm_types(model.backbone) == {NORM_CLASSES[backbone]}
     assert model.backbone.norm1 is backbone_norms[0]
     # SN/SSN take BN's attribute names, so checkpoint keys are torchvision's.
-    assert model.backbone.norm1_name == ('gn1' if backbone == 'gn' else 'bn1')
+    assert model.backbone.norm1_name == ('gn1' if backbone in ('gn', 'gn-ws')
+                                         else 'bn1')
     assert _norm_types(model.rpn_head) == set()
     bbox_head = model.roi_head.bbox_head
     if name['neck'] == 'c4':
@@ -384,6 +397,11 @@ def test_metafile_lists_every_config_with_its_setting(family):
     with open(osp.join(REPO, 'configs', family, 'metafile.yml')) as f:
         meta = yaml.safe_load(f)
     collections = {c['Name']: c for c in meta['Collections']}
+    weight_standardisation = collections.pop(
+        {'faster_rcnn': 'Faster R-CNN', 'mask_rcnn': 'Mask R-CNN'}[family] +
+        ' GN+WS')
+    assert weight_standardisation['Paper'] == dict(
+        Title='Weight Standardization', URL='https://arxiv.org/abs/1903.10520')
     models = {m['Name']: m for m in meta['Models']}
     configs = [c for c in CONFIGS if c.split(osp.sep)[1] == family]
     assert len(models) == len(meta['Models'])  # no duplicate names
@@ -398,7 +416,8 @@ def test_metafile_lists_every_config_with_its_setting(family):
         name = _parse(config)
         cfg = _load(config)
         assert model['Config'] == config.replace(osp.sep, '/')
-        assert model['In Collection'] in collections
+        gn_ws = name['backbone'] == 'gn-ws'
+        assert (model['In Collection'] in collections) != gn_ws
         assert model['Results'] == []
         meta_data = model['Metadata']
         if name['schedule'] == 'mini':
@@ -429,3 +448,65 @@ def test_metafile_lists_every_config_with_its_setting(family):
                 BACKBONE_CHECKPOINTS[name['backbone']])
         if 'ssn' in (name['backbone'], name['head']):
             assert 'Paper' not in model  # the SN paper has no SSN row
+        if gn_ws:  # the SN paper has no GN+WS row; mmdet's is a Reference
+            assert 'Paper' not in model and 'Reference' in model
+            assert meta_data['Normalization'] == 'GN-WS+GN-WS'
+
+
+def _mmdet_config(relative):
+    import mmdet
+    return Config.fromfile(
+        osp.join(osp.dirname(mmdet.__file__), '.mim', 'configs', relative))
+
+
+def _unscoped(node):
+    """``node`` without the ``_scope_='mmdet'`` marks mmengine adds to
+    dicts inherited from a package's config (``mmdet::``)."""
+    if isinstance(node, dict):
+        assert node.get('_scope_', 'mmdet') == 'mmdet'
+        return {k: _unscoped(v) for k, v in node.items() if k != '_scope_'}
+    if isinstance(node, (list, tuple)):
+        return type(node)(_unscoped(v) for v in node)
+    return node
+
+
+@pytest.mark.parametrize('config', sorted(GN_WS_ROWS))
+def test_gn_ws_rows_inherit_mmdets_gn_ws_settings(config):
+    """The GN+WS rows are mmdet's gn+ws configs on the table's iteration
+    schedule: the same model dict apart from ``norm_eval`` (spelt out:
+    only _BatchNorm reads it), the same data and optimizer, and every conv
+    of backbone, FPN, box head (and mask head) weight-standardised."""
+    from mmcv.cnn.bricks import ConvWS2d
+    family = 'faster_rcnn' if config.startswith('faster') else 'mask_rcnn'
+    path = osp.join('configs', family, config)
+    # Fresh, not _load's: building a detector writes train_cfg into the
+    # roi_head dict it was given.
+    cfg = Config.fromfile(osp.join(REPO, path))
+    upstream = _mmdet_config(GN_WS_ROWS[config])
+    ours = _unscoped(cfg.model.to_dict())
+    theirs = upstream.model.to_dict()
+    assert ours['backbone'].pop('norm_eval') is False
+    assert theirs['backbone'].pop('norm_eval') is True
+    assert ours == theirs
+    assert cfg.model.backbone.conv_cfg == dict(type='ConvWS')
+    assert cfg.model.backbone.norm_cfg == dict(
+        type='GN', num_groups=32, requires_grad=True)
+    for key in ('optim_wrapper', 'train_dataloader', 'val_evaluator'):
+        assert _unscoped(cfg[key].to_dict()) == upstream[key].to_dict(), key
+    model = _build(path)
+    convs = [model.backbone]
+    convs += [c.conv for c in model.neck.lateral_convs]
+    convs += [c.conv for c in model.neck.fpn_convs]
+    convs += [c.conv for c in model.roi_head.bbox_head.shared_convs]
+    if family == 'mask_rcnn':
+        convs += [c.conv for c in model.roi_head.mask_head.convs]
+    for part in convs:
+        plain = [
+            type(m) for m in part.modules()
+            if isinstance(m, nn.Conv2d) and not isinstance(m, ConvWS2d)
+        ]
+        assert plain == [], config
+    backbone_ws = [
+        m for m in model.backbone.modules() if isinstance(m, ConvWS2d)
+    ]
+    assert len(backbone_ws) == 53  # every ResNet-50 conv (1 + 48 + 4)

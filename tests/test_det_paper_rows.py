@@ -62,39 +62,26 @@ ROWS = {
                       (41.0, 62.3, 45.1, 36.5, 58.9, 38.7)),
 }
 
+# yapf: disable  (one row per table, as the paper states them)
 # Per table, from section 4.2.1: GPUs, images per GPU, the image scale as
 # (max long side, short side), base lr, the lr steps and the last iteration.
 SETTINGS = {
     # "4 GPUs and 3 images per GPU ... shorter side is 600 pixels ... 80k
     # iterations with a learning rate of 0.01 and then for another 40k
     # iterations with 0.001" (long side capped at 1000 as in [51]).
-    'IV': dict(
-        gpus=4,
-        images=3,
-        scale=(1000, 600),
-        lr=0.01,
-        steps=(80000, ),
-        iters=120000),
+    'IV': dict(gpus=4, images=3, scale=(1000, 600), lr=0.01,
+               steps=(80000, ), iters=120000),
     # "8 GPUs and 2 images per GPU ... shorter side of 800 pixels ... 0.02
     # ... decreased by a factor of 0.1 after 60k and 80k iterations and
     # finally terminates at 90k iterations" (Detectron's 1333 cap).
-    'V': dict(
-        gpus=8,
-        images=2,
-        scale=(1333, 800),
-        lr=0.02,
-        steps=(60000, 80000),
-        iters=90000),
+    'V': dict(gpus=8, images=2, scale=(1333, 800), lr=0.02,
+              steps=(60000, 80000), iters=90000),
     # "twice as long as the 1x schedule with the LR decay points scaled
     # twofold proportionally".
-    'VI': dict(
-        gpus=8,
-        images=2,
-        scale=(1333, 800),
-        lr=0.02,
-        steps=(120000, 160000),
-        iters=180000),
+    'VI': dict(gpus=8, images=2, scale=(1333, 800), lr=0.02,
+               steps=(120000, 160000), iters=180000),
 }
+# yapf: enable
 # The ImageNet model each fine-tuned backbone normaliser starts from.
 IMAGENET = {
     'BN': 'torchvision://resnet50',
@@ -182,23 +169,55 @@ def test_every_paper_row_is_one_metafile_entry_with_all_its_numbers():
     assert found.keys() == ROWS.keys()
 
 
+# Our GN+WS configs: (mmdet's model-zoo entry, the setting it ran).
+GN_WS_ZOO = {
+    'faster-rcnn_r50-gn-ws_fpn_gn-ws-head_1x_coco':
+    ('faster-rcnn_r50_fpn_gn_ws-all_1x_coco',
+     'Faster R-CNN R-50-FPN GN+WS (gn-ws-all) 1x, 12 epochs'),
+    'mask-rcnn_r50-gn-ws_fpn_gn-ws-head_2x_coco':
+    ('mask-rcnn_r50_fpn_gn_ws-all_2x_coco',
+     'Mask R-CNN R-50-FPN GN+WS (gn-ws-all) 2x, 24 epochs'),
+}
+
+
 def test_reference_is_labelled_and_not_the_paper():
     references = {
         name: model['Reference']
         for name, (_, model) in _entries().items() if 'Reference' in model
     }
-    assert references == {
-        'faster-rcnn_r50-sn_fpn_sn-head_2x_coco': {
-            'Title': 'switchablenorms/SwitchNorm_Detection (released '
-            're-implementation, not the paper)',
-            'URL': 'https://github.com/switchablenorms/SwitchNorm_Detection',
-            'Setting': 'Faster R-CNN R-50-FPN SN(8,2) 2x',
-            'Metrics': {
-                'box AP': 39.10
-            },
-        }
+    released = references.pop('faster-rcnn_r50-sn_fpn_sn-head_2x_coco')
+    assert released == {
+        'Title': 'switchablenorms/SwitchNorm_Detection (released '
+        're-implementation, not the paper)',
+        'URL': 'https://github.com/switchablenorms/SwitchNorm_Detection',
+        'Setting': 'Faster R-CNN R-50-FPN SN(8,2) 2x',
+        'Metrics': {
+            'box AP': 39.10
+        },
     }
-    assert 'Paper' not in _entries()[next(iter(references))][1]
+    # The GN+WS rows beside Tables V and VI carry mmdet's model-zoo numbers,
+    # read here from the installed mmdet's own metafile.
+    assert sorted(references) == sorted(GN_WS_ZOO)
+    import mmdet
+    with open(
+            osp.join(
+                osp.dirname(mmdet.__file__), '.mim', 'configs', 'gn+ws',
+                'metafile.yml')) as f:
+        zoo = {m['Name']: m for m in yaml.safe_load(f)['Models']}
+    for name, (zoo_name, setting) in GN_WS_ZOO.items():
+        metrics = {}
+        for result in zoo[zoo_name]['Results']:
+            metrics.update(result['Metrics'])
+        assert references[name] == {
+            'Title': 'mmdetection model zoo, configs/gn+ws/metafile.yml '
+            '(mmdet 3.3.0; not the paper)',
+            'URL': 'https://github.com/open-mmlab/mmdetection/blob/v3.3.0/'
+            'configs/gn%2Bws/metafile.yml',
+            'Setting': setting,
+            'Metrics': metrics,
+        }
+    for name in ['faster-rcnn_r50-sn_fpn_sn-head_2x_coco', *GN_WS_ZOO]:
+        assert 'Paper' not in _entries()[name][1]
 
 
 @pytest.mark.parametrize('row', sorted(ROWS), ids=lambda r: '-'.join(r))

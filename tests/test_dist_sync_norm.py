@@ -6,23 +6,19 @@ they computed.  Each test compares that with a single-process reference
 computed here from the same inputs: SN / SSN on the concatenated batch, or
 per-rank layers run in this process.  float64 keeps the tolerances tight.
 """
-import datetime
-import fcntl
-import os
 import os.path as osp
-import shutil
-import socket
-from pathlib import Path
 
 import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
+from _helpers import free_port, gloo_group, once_per_session
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel as DDP
 
 from ssn_norm import SN, SSN, SyncSN, SyncSSN, max_radius
-from ssn_norm.hooks import SyncNormStatsHook, sync_running_stats
+from ssn_norm.distributed import sum_over_ranks, sync_running_stats
+from ssn_norm.hooks import SyncNormStatsHook
 from ssn_norm.ops import is_one_hot
 
 pytestmark = pytest.mark.skipif(
@@ -44,12 +40,6 @@ LAYER_CASES = {
 }
 HOOK_BATCH = 4  # equal per-rank batch sizes for the hook scenario
 HOOK_SHIFT = 4.0  # rank r's data is shifted by r * HOOK_SHIFT
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(('127.0.0.1', 0))
-        return sock.getsockname()[1]
 
 
 def rank_slice(rank: int) -> slice:
@@ -191,13 +181,7 @@ def _hook_scenario(rank: int, case: dict) -> dict:
 
 def _worker(rank: int, port: int, case_file: str, out_dir: str) -> None:
     torch.set_num_threads(1)
-    dist.init_process_group(
-        'gloo',
-        init_method=f'tcp://127.0.0.1:{port}',
-        rank=rank,
-        world_size=WORLD_SIZE,
-        timeout=datetime.timedelta(seconds=120))
-    try:
+    with gloo_group(rank, WORLD_SIZE, port):
         case = torch.load(case_file, weights_only=False)
         torch.manual_seed(0)
         results = dict(
@@ -206,32 +190,9 @@ def _worker(rank: int, port: int, case_file: str, out_dir: str) -> None:
             empty=_empty_scenario(rank, case),
             hook=_hook_scenario(rank, case))
         torch.save(results, osp.join(out_dir, f'rank{rank}.pt'))
-    finally:
-        dist.destroy_process_group()
 
 
 # ---------------------------------------------------------------- fixtures
-def once_per_session(tmp_path_factory, name: str, produce) -> Path:
-    """Runs ``produce(folder)`` once per test session and returns the folder.
-
-    Under pytest-xdist each worker has its own module fixtures; the workers
-    share one folder (and a lock) so the processes are started only once.
-    """
-    if 'PYTEST_XDIST_WORKER' not in os.environ:
-        folder = tmp_path_factory.mktemp(name)
-        produce(folder)
-        return folder
-    folder = tmp_path_factory.getbasetemp().parent / name
-    with open(f'{folder}.lock', 'w') as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        if not (folder / 'done').exists():
-            shutil.rmtree(folder, ignore_errors=True)  # a failed attempt
-            folder.mkdir()
-            produce(folder)
-            (folder / 'done').touch()
-    return folder
-
-
 def make_case() -> dict:
     gen = torch.Generator().manual_seed(1)
 
@@ -520,3 +481,17 @@ def test_hook_syncs_when_an_iteration_checkpoint_is_saved(
     hook.after_train_epoch(runner)
     hook.before_val_epoch(runner)
     assert calls == (['model'] if due else []) + ['model', 'model']
+
+
+def test_sum_over_ranks_alone_returns_float64_copies_of_the_inputs():
+    values = torch.arange(6, dtype=torch.float32).reshape(2, 3)
+    count = torch.tensor([7])
+    total, total_count = sum_over_ranks([values, count])
+    assert total.dtype == total_count.dtype == torch.float64
+    torch.testing.assert_close(total, values.double(), rtol=0, atol=0)
+    torch.testing.assert_close(
+        total_count, torch.tensor([7.], dtype=torch.float64), rtol=0, atol=0)
+    total.add_(1)  # a copy: the caller's tensors stay as they were
+    assert values[0, 0] == 0
+    with pytest.raises(ValueError, match='at least one tensor, got none'):
+        sum_over_ranks([])

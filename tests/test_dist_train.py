@@ -19,13 +19,10 @@ layers' starting buffers, and the per-rank running statistics just before
   the means; mean of variance + mean² minus mean²): the checkpoint must hold
   that merge, not rank 0's statistics, and both ranks must end identical.
 """
-import fcntl
 import glob
 import json
 import os
 import os.path as osp
-import shutil
-import socket
 import subprocess
 from functools import partial
 from pathlib import Path
@@ -33,11 +30,12 @@ from pathlib import Path
 import pytest
 import torch
 import torch.distributed as dist
+from _helpers import free_port, once_per_session
 from mmengine.hooks import Hook
 from mmengine.registry import HOOKS
 
 from ssn_norm import SN, SyncSN
-from ssn_norm.layers.switchable_norm import _SwitchableNormBase
+from ssn_norm.layers import SwitchableNormBase as _SwitchableNormBase
 from ssn_norm.utils import unwrap_model
 
 pytestmark = pytest.mark.skipif(
@@ -113,12 +111,6 @@ class DistTrainProbeHook(Hook):
         }
 
 
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(('127.0.0.1', 0))
-        return sock.getsockname()[1]
-
-
 def train_env(data_root) -> dict:
     return dict(
         os.environ,
@@ -161,27 +153,6 @@ def run(tmp_path_factory):
         for r in range(2)
     ]
     return folder, probes
-
-
-def once_per_session(tmp_path_factory, name: str, produce) -> Path:
-    """Runs ``produce(folder)`` once per test session and returns the folder.
-
-    Under pytest-xdist each worker has its own module fixtures; the workers
-    share one folder (and a lock) so the processes are started only once.
-    """
-    if 'PYTEST_XDIST_WORKER' not in os.environ:
-        folder = tmp_path_factory.mktemp(name)
-        produce(folder)
-        return folder
-    folder = tmp_path_factory.getbasetemp().parent / name
-    with open(f'{folder}.lock', 'w') as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        if not (folder / 'done').exists():
-            shutil.rmtree(folder, ignore_errors=True)  # a failed attempt
-            folder.mkdir()
-            produce(folder)
-            (folder / 'done').touch()
-    return folder
 
 
 def run_script(script: str, *args, env: dict, cwd) -> None:

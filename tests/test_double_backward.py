@@ -15,7 +15,7 @@ from torch import nn
 from torch.func import functional_call
 
 from ssn_norm import SN, SSN, SyncSN
-from ssn_norm.ops import switchable_function as sf
+from ssn_norm.ops import backend as sf
 
 SHAPES = {'4d': (2, 3, 2, 3), '5d': (2, 3, 2, 2, 2)}
 PARAMS = ('weight', 'bias', 'mean_weight', 'var_weight')

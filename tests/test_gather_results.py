@@ -2,20 +2,14 @@
 import csv
 import io
 import json
-import os.path as osp
 import re
-import runpy
-import sys
 
 import pytest
+from _helpers import run_tool
 
 from ssn_norm.analysis import (DETECTION, SEGMENTATION, VIDEO, ResultWarning,
                                find_runs, gather, load_model_entries,
                                recognise_task)
-
-TOOL = osp.join(
-    osp.dirname(osp.dirname(osp.abspath(__file__))), 'tools',
-    'gather_results.py')
 
 MASK_SN = 'mask-rcnn_r50-sn_fpn_sn-head_2x_coco'
 DEEPLAB_SN = 'deeplabv3_r50b-d8-sn-8x32_8xb2-40k_cityscapes-713x713'
@@ -340,16 +334,17 @@ def test_tables_in_paper_layout_with_paper_numbers(work_dirs, metafiles):
     md = board.to_markdown()
     assert ('| Config | Setting | box AP | paper | Δ | AP50 | AP75 | APs | '
             'APm | APl | mask AP | paper | Δ | mask AP50 | paper | Δ | '
-            'mask AP75 | paper | Δ | Reference (not the paper) | Evaluation |'
-            ) in md
+            'mask AP75 | paper | Δ | infer ms/img | Reference (not the paper) '
+            '| Evaluation |') in md
     assert (f'| {MASK_SN} | SN+SN (Table VI) | 41.2 | 41.0 | +0.2 | 61.2 | '
             '46.2 | 31.2 | 42.2 | 51.2 | 36.6 | 36.5 | +0.1 | 56.6 | 58.2 | '
-            '-1.6 | 39.6 | 38.9 | +0.7 | — | '
+            '-1.6 | 39.6 | 38.9 | +0.7 | 200.0 | — | '
             'test 20240103_000000 (latest of 3) |') in md
     # The reference is its own labelled column, never a paper number.
     assert (
         f'| {FASTER_SN_2X} | SN+SN | 39.1 | — | — | 59.1 | 44.1 | 29.1 | '
-        '40.1 | 49.1 | — | — | — | — | — | — | — | — | — | box AP 39.1 '
+        '40.1 | 49.1 | — | — | — | — | — | — | — | — | — | 200.0 | '
+        'box AP 39.1 '
         '(Faster R-CNN R-50-FPN SN(8,2) 2x) | test 20240104_000000 |') in md
     assert (f'Reference (not the paper): {RELEASED} <{RELEASED_URL}>.') in md
     # The paper's split is marked on each of its numbers and the setting.
@@ -383,7 +378,7 @@ def test_mini_runs_are_rows_per_normaliser_with_marked_parent(
     assert ('| SN | 12.0 | 41.0* | 32.0 | 17.0 | 2.0 | 13.0 | 22.0 | — | '
             '36.5* | — | 58.2* | — | 38.9* | '
             'mask-rcnn_r50-sn_fpn_sn-head_mini | Table VI, SN+SN '
-            f'({MASK_SN}) | val step 8 (20240106_000000) |') in md
+            f'({MASK_SN}) | — | val step 8 (20240106_000000) |') in md
     # A small number is not rounded to a zero, no paper number is a '—',
     # COCO's -1 (no small objects) is 'n/a'.
     assert ('| SSN+SSN | 0.4 | — | 20.4 | 5.4 | n/a | 1.4 | 10.4 | — | — | '
@@ -396,7 +391,8 @@ def test_tool_writes_markdown_csv_and_json(tmp_path, work_dirs, metafiles,
                                            capsys):
     for ext in ('md', 'csv', 'json'):
         out = tmp_path / 'out' / f'board.{ext}'
-        _run_tool(work_dirs, '--metafiles', metafiles, '--out', out)
+        assert _run_tool(work_dirs, '--metafiles', metafiles, '--out',
+                         out) == 0
         assert out.is_file()
     captured = capsys.readouterr()
     assert f'| {MASK_SN} | SN+SN (Table VI) |' in captured.out
@@ -441,12 +437,14 @@ def test_tool_writes_markdown_csv_and_json(tmp_path, work_dirs, metafiles,
     assert any('bad_json' in w for w in data['warnings'])
 
 
-def test_tool_fails_loudly_when_nothing_is_found(tmp_path, metafiles):
+def test_tool_fails_loudly_when_nothing_is_found(tmp_path, metafiles,
+                                                 capsys):
     (tmp_path / 'empty').mkdir()
-    with pytest.raises(SystemExit, match='no run with a usable result'):
-        _run_tool(tmp_path / 'empty', '--metafiles', metafiles)
-    with pytest.raises(SystemExit, match=r'unknown format; use one of \.md'):
-        _run_tool(tmp_path / 'empty', '--out', tmp_path / 'board.txt')
+    assert _run_tool(tmp_path / 'empty', '--metafiles', metafiles) == 1
+    assert 'no run with a usable result' in capsys.readouterr().err
+    assert _run_tool(tmp_path / 'empty', '--out',
+                     tmp_path / 'board.txt') == 1
+    assert 'unknown format; use one of .md' in capsys.readouterr().err
 
 
 def test_metafile_entries_and_duplicates(tmp_path, metafiles):
@@ -466,10 +464,5 @@ def test_metafile_entries_and_duplicates(tmp_path, metafiles):
     assert entries[MASK_SN].paper.cite() == 'Table VI, SN+SN'
 
 
-def _run_tool(*argv):
-    old = sys.argv
-    sys.argv = [TOOL, *map(str, argv)]
-    try:
-        runpy.run_path(TOOL, run_name='__main__')
-    finally:
-        sys.argv = old
+def _run_tool(*argv) -> int:
+    return run_tool('gather_results', *argv)

@@ -1,19 +1,16 @@
 """docs/model_zoo.md shows exactly the papers' rows of the metafiles, and the
 renderer behind it (``--paper-tables``) keeps every number in its place."""
 import os.path as osp
-import runpy
-import sys
 import warnings
 
 import pytest
+from _helpers import REPO, paper_entry, run_tool
 
 from ssn_norm.analysis import ResultWarning, load_model_entries
 from ssn_norm.analysis.paper import (DOC_BEGIN, DOC_END, doc_section,
                                      render_paper_tables, replace_doc_section)
 
-REPO = osp.dirname(osp.dirname(osp.abspath(__file__)))
 DOC = osp.join(REPO, 'docs', 'model_zoo.md')
-TOOL = osp.join(REPO, 'tools', 'gather_results.py')
 REGENERATE = 'python tools/gather_results.py --paper-tables docs/model_zoo.md'
 TPAMI = ('Switchable Normalization for Learning-to-Normalize Deep '
          'Representation')
@@ -45,43 +42,34 @@ def test_repository_metafiles_follow_the_schema():
     assert sum(entry.paper is not None for entry in entries.values()) > 0
 
 
-METAFILE = f"""
-Models:
-  - Name: psp-sn
-    Metadata: {{Training Data: Cityscapes}}
-    Paper:
-      Title: '{TPAMI}'
-      Table: 'VIII'
-      Setting: 'SN(8,2)'
-      Metrics: {{mIoU: 75.9, mIoU(ms): 76.4}}
-  - Name: i3d-sn
-    Paper:
-      Title: '{TPAMI}'
-      Table: 'X'
-      Setting: 'SN, batch 8'
-      Metrics: {{Top 1 Accuracy: 73.5, Top 5 Accuracy: 91.2}}
-  - Name: made-up-ix  # alphabetically before V..., numerically after
-    Paper:
-      Title: '{TPAMI}'
-      Table: 'IX'
-      Setting: 'SN'
-      Metrics: {{Top 1 Accuracy: 99.0}}
-  - Name: deeplab-sn-city
-    Metadata: {{Training Data: Cityscapes}}
-    Paper:
-      Title: '{TPAMI}'
-      Table: 'VII'
-      Setting: 'SN(8,2)'
-      Split: test
-      Metrics: {{mIoU: 71.6, mIoU(ms): 75.4}}
-  - Name: deeplab-sn-ade
-    Metadata: {{Training Data: ADE20K}}
-    Paper:
-      Title: '{TPAMI}'
-      Table: 'VII'
-      Setting: 'SN(8,2)'
-      Metrics: {{mIoU: 38.7}}
-  - Name: faster-sn-2x
+METAFILE = 'Models:\n' + ''.join([
+    paper_entry(
+        'psp-sn',
+        TPAMI,
+        'VIII',
+        'SN(8,2)',
+        'mIoU: 75.9, mIoU(ms): 76.4',
+        metadata='Training Data: Cityscapes'),
+    paper_entry('i3d-sn', TPAMI, 'X', 'SN, batch 8',
+                'Top 1 Accuracy: 73.5, Top 5 Accuracy: 91.2'),
+    # Table IX: alphabetically before V..., numerically after.
+    paper_entry('made-up-ix', TPAMI, 'IX', 'SN', 'Top 1 Accuracy: 99.0'),
+    paper_entry(
+        'deeplab-sn-city',
+        TPAMI,
+        'VII',
+        'SN(8,2)',
+        'mIoU: 71.6, mIoU(ms): 75.4',
+        split='test',
+        metadata='Training Data: Cityscapes'),
+    paper_entry(
+        'deeplab-sn-ade',
+        TPAMI,
+        'VII',
+        'SN(8,2)',
+        'mIoU: 38.7',
+        metadata='Training Data: ADE20K'),
+]) + f"""  - Name: faster-sn-2x
     Reference:
       Title: '{RELEASED}'
       URL: {URL}
@@ -208,41 +196,34 @@ def test_doc_without_one_section_is_an_error(text, message):
         doc_section(text, 'doc.md')
 
 
-def _run_tool(*argv):
-    old = sys.argv
-    sys.argv = [TOOL, *map(str, argv)]
-    try:
-        runpy.run_path(TOOL, run_name='__main__')
-    finally:
-        sys.argv = old
-
-
 def test_tool_writes_the_section_in_place(tmp_path, metafile, capsys):
     doc = tmp_path / 'zoo.md'
     doc.write_text(_doc())
-    _run_tool('--paper-tables', doc, '--metafiles', metafile)
+    run_tool('gather_results', '--paper-tables', doc, '--metafiles', metafile)
     assert doc.read_text() == _doc(EXPECTED)
     assert 'updated the paper tables in' in capsys.readouterr().err
-    _run_tool('--paper-tables', doc, '--metafiles', metafile)
+    run_tool('gather_results', '--paper-tables', doc, '--metafiles', metafile)
     assert 'is up to date' in capsys.readouterr().err
-    _run_tool('--paper-tables', '--metafiles', metafile)
+    run_tool('gather_results', '--paper-tables', '--metafiles', metafile)
     assert capsys.readouterr().out == EXPECTED
 
 
 def test_tool_paper_tables_mode_rejects_run_arguments(tmp_path, metafile,
                                                       capsys):
     with pytest.raises(SystemExit):
-        _run_tool(tmp_path, '--paper-tables', '--metafiles', metafile)
+        run_tool('gather_results', tmp_path, '--paper-tables', '--metafiles',
+                 metafile)
     assert ('--paper-tables renders the metafiles only; it takes no '
             'WORK_DIRS and no --out') in capsys.readouterr().err
     with pytest.raises(SystemExit):
-        _run_tool('--metafiles', metafile)
+        run_tool('gather_results', '--metafiles', metafile)
     assert 'give WORK_DIRS to gather, or --paper-tables' in \
         capsys.readouterr().err
     doc = tmp_path / 'plain.md'
     doc.write_text('no section\n')
-    with pytest.raises(SystemExit, match='expected one generated section'):
-        _run_tool('--paper-tables', doc, '--metafiles', metafile)
+    assert run_tool('gather_results', '--paper-tables', doc, '--metafiles',
+                    metafile) == 1
+    assert 'expected one generated section' in capsys.readouterr().err
     assert doc.read_text() == 'no section\n'
 
 

@@ -1,21 +1,19 @@
 """Ratio extraction from checkpoints and the plot_ratios tool."""
 import json
-import os.path as osp
-import runpy
+import re
 import struct
-import sys
 
 import numpy as np
 import pytest
 import torch
+from _helpers import run_tool
 from torch import nn
 
 from ssn_norm import SN, SSN, SyncSSN
 from ssn_norm.analysis import (ResultWarning, checkpoint_ratios, group_of,
-                               model_ratios, state_dict_ratios)
+                               model_ratios, read_ratio_scalars,
+                               state_dict_ratios)
 
-TOOL = osp.join(
-    osp.dirname(osp.dirname(osp.abspath(__file__))), 'tools', 'plot_ratios.py')
 PNG_SIGNATURE = b'\x89PNG\r\n\x1a\n'
 
 
@@ -78,15 +76,6 @@ def _png_size(path):
     assert head[:8] == PNG_SIGNATURE, 'not a PNG file'
     assert head[12:16] == b'IHDR'
     return struct.unpack('>II', head[16:24])
-
-
-def _run_tool(*argv):
-    old = sys.argv
-    sys.argv = [TOOL, *map(str, argv)]
-    try:
-        runpy.run_path(TOOL, run_name='__main__')
-    finally:
-        sys.argv = old
 
 
 @pytest.mark.parametrize('norm', [SN, SSN])
@@ -166,26 +155,29 @@ def test_groups_follow_stages_and_top_level_modules():
     assert group_of('layer1.0.bn1', ()) == 'layer1'
 
 
-def test_tool_writes_png_for_sn_and_ssn_side_by_side(tmp_path):
+def test_tool_writes_png_for_sn_and_ssn_side_by_side(tmp_path, capsys):
     sn = _save(_tiny_detector(SN), tmp_path / 'sn.pth')
     ssn = _save(_ssn_detector(), tmp_path / 'ssn.pth')
-    _run_tool(sn, '--out', tmp_path / 'sn.png')
+    assert run_tool('plot_ratios', sn, '--out', tmp_path / 'sn.png') == 0
+    assert f"written to {tmp_path / 'sn.png'}" in capsys.readouterr().out
     width, height = _png_size(tmp_path / 'sn.png')
     assert width >= 500 and height >= 500
-    _run_tool(sn, ssn, '--labels', 'SN', 'SSN', '--out',
-              tmp_path / 'out' / 'both.png')
+    assert run_tool('plot_ratios', sn, ssn, '--labels', 'SN', 'SSN',
+                    '--out', tmp_path / 'out' / 'both.png') == 0
     both_width, both_height = _png_size(tmp_path / 'out' / 'both.png')
     assert both_width == 2 * width and both_height == height
 
 
-def test_tool_refuses_bad_input_with_a_reason(tmp_path):
+def test_tool_refuses_bad_input_with_a_reason(tmp_path, capsys):
     plain = tmp_path / 'bn.pth'
     torch.save({'state_dict': nn.BatchNorm2d(3).state_dict()}, str(plain))
-    with pytest.raises(SystemExit, match='has no SN/SSN layer'):
-        _run_tool(plain, '--out', tmp_path / 'x.png')
+    assert run_tool('plot_ratios', plain, '--out', tmp_path / 'x.png') == 1
+    assert re.match(r'error: .*has no SN/SSN layer',
+                    capsys.readouterr().err)
     sn = _save(_tiny_detector(SN), tmp_path / 'sn.pth')
-    with pytest.raises(SystemExit, match="cannot write 'xyz' images"):
-        _run_tool(sn, '--out', tmp_path / 'x.xyz')
+    assert run_tool('plot_ratios', sn, '--out', tmp_path / 'x.xyz') == 1
+    assert re.match(r"error: .*cannot write 'xyz' images",
+                    capsys.readouterr().err)
     assert not (tmp_path / 'x.png').exists()
 
 
@@ -203,7 +195,7 @@ def _fake_scalars(path, ssn=True):
             entry.update({
                 'ratio/one_hot_layers': step // 10,
                 'ratio/ssn_layers': 5,
-                'ratio/radius': share
+                'ssn_radius': share
             })
         lines.append(json.dumps(entry))
     lines.insert(2, json.dumps({'coco/bbox_mAP': 0.1, 'step': 20}))
@@ -213,25 +205,40 @@ def _fake_scalars(path, ssn=True):
     return path
 
 
-def test_tool_draws_ratio_dynamics_from_a_run(tmp_path):
+def test_dynamics_read_each_quantity_from_the_hook_that_logs_it(tmp_path):
+    """Ratios and one-hot counts from RatioLoggerHook, the radius from
+    SparsestMaxRadiusHook (``ssn_radius``); nothing else."""
+    path = _fake_scalars(tmp_path / 'scalars.json')
+    with pytest.warns(ResultWarning, match='malformed'):
+        series = read_ratio_scalars([str(path)])
+    assert series['ssn_radius'] == [(10., 0.1), (20., 0.2), (30., 0.3)]
+    assert series['ratio/one_hot_layers'] == [(10., 1.), (20., 2.), (30., 3.)]
+    assert not {'lr', 'loss', 'iter', 'coco/bbox_mAP'} & set(series)
+
+
+def test_tool_draws_ratio_dynamics_from_a_run(tmp_path, capsys):
     run = tmp_path / 'run'
     _fake_scalars(run / '20240101_000000' / 'vis_data' / 'scalars.json')
     with pytest.warns(ResultWarning, match=r'scalars\.json:5: malformed'):
-        _run_tool('--scalars', run, '--out', tmp_path / 'dyn.png')
+        assert run_tool('plot_ratios', '--scalars', run, '--out',
+                        tmp_path / 'dyn.png') == 0
     width, height = _png_size(tmp_path / 'dyn.png')
     assert width >= 800 and height >= 600
-    with pytest.raises(SystemExit, match=r"groups \['head'\] were not"):
-        with pytest.warns(ResultWarning, match='malformed'):
-            _run_tool('--scalars', run, '--groups', 'head', '--out',
-                      tmp_path / 'x.png')
+    with pytest.warns(ResultWarning, match='malformed'):
+        assert run_tool('plot_ratios', '--scalars', run, '--groups', 'head',
+                        '--out', tmp_path / 'x.png') == 1
+    assert re.match(r"error: groups \['head'\] were not",
+                    capsys.readouterr().err)
 
 
 def test_dynamics_without_ratio_scalars_says_how_to_log_them(tmp_path, capsys):
     path = tmp_path / 'scalars.json'
     path.write_text(json.dumps({'loss': 1.0, 'step': 1}) + '\n')
-    with pytest.raises(SystemExit, match="custom_hooks=.*RatioLoggerHook"):
-        _run_tool('--scalars', path, '--out', tmp_path / 'x.png')
+    assert run_tool('plot_ratios', '--scalars', path, '--out',
+                    tmp_path / 'x.png') == 1
+    assert re.search('custom_hooks=.*RatioLoggerHook', capsys.readouterr().err)
     with pytest.raises(SystemExit, match='^2$'):  # argparse usage error
-        _run_tool(path, '--scalars', path, '--out', tmp_path / 'x.png')
+        run_tool('plot_ratios', path, '--scalars', path, '--out',
+                 tmp_path / 'x.png')
     assert 'give one or two checkpoints, or --scalars, not both' in (
         capsys.readouterr().err)

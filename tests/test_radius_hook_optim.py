@@ -13,6 +13,7 @@ from types import SimpleNamespace
 
 import pytest
 import torch
+from _helpers import loader_cfg
 from mmengine.hooks import Hook
 from mmengine.logging import MessageHub
 from mmengine.model import BaseModel
@@ -188,12 +189,8 @@ def make_runner(work_dir, name, recorder, resume_from=None):
         model=TinySSNModel(),
         work_dir=str(work_dir),
         experiment_name=name,
-        train_dataloader=dict(
-            dataset=TinyDataset(),
-            sampler=dict(type='InfiniteSampler', shuffle=True),
-            collate_fn=dict(type='default_collate'),
-            batch_size=2,
-            num_workers=0),
+        train_dataloader=loader_cfg(
+            TinyDataset(), sampler='InfiniteSampler', shuffle=True),
         train_cfg=dict(by_epoch=False, max_iters=MAX_ITERS),
         optim_wrapper=dict(
             type='RatioClipOptimWrapper',
@@ -207,7 +204,8 @@ def make_runner(work_dir, name, recorder, resume_from=None):
                     'var_weight': dict(lr_mult=0.1, decay_mult=0.),
                 })),
         custom_hooks=[
-            dict(type='SparsestMaxRadiusHook', interval=1), recorder
+            dict(type='SparsestMaxRadiusHook', interval=1),
+            dict(type='RatioLoggerHook', per_group=False), recorder
         ],
         default_hooks=dict(
             logger=dict(type='LoggerHook', interval=1),
@@ -234,7 +232,7 @@ def full_run(tmp_path_factory):
     return runner, recorder, work_dir
 
 
-def test_runner_sets_the_radius_linearly_and_logs_one_hot_layers(full_run):
+def test_runner_sets_the_radius_linearly_and_logs_it_once(full_run):
     runner, recorder, work_dir = full_run
     assert recorder.radii == [
         pytest.approx([i / MAX_ITERS] * 2) for i in range(MAX_ITERS)
@@ -247,10 +245,14 @@ def test_runner_sets_the_radius_linearly_and_logs_one_hot_layers(full_run):
     assert [log['iter'] for log in logs] == list(range(1, MAX_ITERS + 1))
     assert [log['ssn_radius'] for log in logs
             ] == pytest.approx([i / MAX_ITERS for i in range(MAX_ITERS)])
-    one_hot = [log['ssn_one_hot_layers'] for log in logs]
+    # The one-hot count is the ratio logger's; the radius hook logs the
+    # radius alone, so no quantity appears under two names.
+    one_hot = [log['ratio/one_hot_layers'] for log in logs]
     assert one_hot[0] == 0 and one_hot[-1] == 2
     assert one_hot == sorted(one_hot)  # frozen stays frozen
-    assert all(log['ssn_layers'] == 2 for log in logs)
+    assert all(log['ratio/ssn_layers'] == 2 for log in logs)
+    assert not any({'ratio/radius', 'ssn_one_hot_layers', 'ssn_layers'}
+                   & set(log) for log in logs)
     assert all(0 < log['ratio_grad_norm'] for log in logs[:5])
 
 

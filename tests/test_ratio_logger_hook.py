@@ -111,10 +111,15 @@ def test_ratios_land_in_scalars_json_at_every_log_line(tmp_path):
     assert last['ratio/all/mean_BN'] == pytest.approx(
         sum(lay.share('mean', 'BN') for lay in layers) / 5, abs=1e-7)
     # The radius reached 1 at iteration 2: both SSN layers are one-hot.
-    assert last['ratio/radius'] == 1.0
+    # The radius hook logs the radius, this hook the ratios: each quantity
+    # once, under one name.
+    assert last['ssn_radius'] == 1.0
     assert last['ratio/ssn_layers'] == 2
     assert last['ratio/one_hot_layers'] == 2
-    assert logged[2]['ratio/radius'] == pytest.approx(0.5)
+    assert logged[2]['ssn_radius'] == pytest.approx(0.5)
+    for line in logged.values():
+        assert not {'ratio/radius', 'ssn_one_hot_layers', 'ssn_layers'} & (
+            set(line))
     # SN ratios moved away from uniform during training.
     assert last['ratio/neck/mean_IN'] != pytest.approx(1 / 3, abs=1e-4)
     # The Runner's own checkpoint (message hub, numpy objects and all)
@@ -137,7 +142,7 @@ def test_explicit_interval_and_all_only(tmp_path):
     assert 'ratio/all/mean_IN' in logged[2] and 'ratio/all/mean_IN' in (
         logged[3])
     assert not any(k.startswith('ratio/backbone') for k in logged[3])
-    assert 'ratio/radius' not in logged[3]  # no SSN layer
+    assert 'ratio/one_hot_layers' not in logged[3]  # no SSN layer
 
 
 def test_model_without_switchable_norms_logs_nothing(tmp_path):

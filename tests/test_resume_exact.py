@@ -6,14 +6,12 @@ checkpoint differed and with them every weight and running statistic.
 ``RngStateHook`` (added to every config by ``apply_train_options``) saves
 the states and restores them where the uninterrupted run had them.
 """
-import datetime
 import io
 import logging
 import os
 import os.path as osp
 import random
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -25,6 +23,7 @@ import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
+from _helpers import free_port, gloo_group
 from mmengine.config import Config
 from mmengine.hooks import CheckpointHook
 
@@ -221,21 +220,9 @@ def test_train_options_add_the_hook_once():
     assert bare.custom_hooks == [dict(type='RngStateHook')]
 
 
-def _free_port():
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(('127.0.0.1', 0))
-        return sock.getsockname()[1]
-
-
 def _gather_worker(rank, port, out_dir):
     torch.set_num_threads(1)
-    dist.init_process_group(
-        'gloo',
-        init_method=f'tcp://127.0.0.1:{port}',
-        rank=rank,
-        world_size=2,
-        timeout=datetime.timedelta(seconds=120))
-    try:
+    with gloo_group(rank, 2, port):
         _seed(10 + rank)
         local = get_rng_states()
         # As mmengine: every rank ends iteration 4 (index 3), at which an
@@ -252,8 +239,6 @@ def _gather_worker(rank, port, out_dir):
             hook.before_save_checkpoint(runner, checkpoint)
             result['saved'] = checkpoint[CHECKPOINT_KEY]
         torch.save(result, osp.join(out_dir, f'rank{rank}.pt'))
-    finally:
-        dist.destroy_process_group()
 
 
 @pytest.mark.skipif(
@@ -264,7 +249,7 @@ def test_checkpoint_holds_every_ranks_states(tmp_path):
     rank 0 alone writes holds both, row r being rank r's."""
     mp.spawn(
         _gather_worker,
-        args=(_free_port(), str(tmp_path)),
+        args=(free_port(), str(tmp_path)),
         nprocs=2,
         join=True)
     ranks = [

@@ -19,7 +19,7 @@ from torch.nn.modules.instancenorm import _InstanceNorm
 
 import ssn_norm  # noqa: F401  registers the norms, hooks and wrappers
 from ssn_norm import SN, SSN, SyncSN
-from ssn_norm.layers.switchable_norm import _SwitchableNormBase
+from ssn_norm.layers import SwitchableNormBase as _SwitchableNormBase
 
 REPO = osp.dirname(osp.dirname(osp.abspath(__file__)))
 FAMILIES = ('deeplabv3', 'pspnet')

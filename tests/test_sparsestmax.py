@@ -72,9 +72,9 @@ def adversarial_logits(num: int) -> torch.Tensor:
 
 
 @pytest.mark.parametrize('num', [2, 3, 4])
-def test_sparsemax_matches_bisection(num):
+def test_sparsemax_matches_bisection(num, device):
     z = torch.randn(200, num, dtype=torch.float64) * 2
-    out = sparsemax(z)
+    out = sparsemax(z.to(device)).cpu()
     ref = np.stack([ref_sparsemax(row) for row in z.numpy()])
     torch.testing.assert_close(out, torch.from_numpy(ref), atol=1e-12, rtol=0)
     # Exact zeros outside the support.
@@ -83,11 +83,11 @@ def test_sparsemax_matches_bisection(num):
 
 @pytest.mark.parametrize('num', [2, 3, 4])
 @pytest.mark.parametrize('radius', [0.0, 0.1, 0.3, 0.5, 0.7, 0.8, 0.9])
-def test_sparsestmax_matches_paper_recursion(num, radius):
+def test_sparsestmax_matches_paper_recursion(num, radius, device):
     z = torch.randn(
         150, num, dtype=torch.float64) * torch.tensor(
             [0.05, 0.5, 3.0], dtype=torch.float64).repeat(50).unsqueeze(-1)
-    out = sparsestmax(z, radius)
+    out = sparsestmax(z.to(device), radius).cpu()
     ref = np.stack([ref_sparsestmax(row, radius) for row in z.numpy()])
     torch.testing.assert_close(out, torch.from_numpy(ref), atol=1e-9, rtol=0)
     assert_on_simplex(out, atol=1e-12)
@@ -95,22 +95,22 @@ def test_sparsestmax_matches_paper_recursion(num, radius):
 
 @pytest.mark.parametrize('dtype', [torch.float32, torch.float64])
 @pytest.mark.parametrize('num', [2, 3, 4])
-def test_radius_zero_is_sparsemax(dtype, num):
+def test_radius_zero_is_sparsemax(dtype, num, device):
     z = torch.cat([torch.randn(100, num), adversarial_logits(num).float()])
-    z = z.to(dtype)
+    z = z.to(device, dtype)
     assert torch.equal(sparsestmax(z, 0.0), sparsemax(z))
 
 
 @pytest.mark.parametrize('dtype', [torch.float32, torch.float64])
 @pytest.mark.parametrize('num', [2, 3, 4])
-def test_one_hot_for_every_input_beyond_max_radius(dtype, num):
+def test_one_hot_for_every_input_beyond_max_radius(dtype, num, device):
     assert max_radius(num) == pytest.approx(math.sqrt((num - 1) / num))
     assert max_radius() == pytest.approx(0.816496580927726)
     z = torch.cat([
         torch.randn(2000, num, dtype=torch.float64) *
         torch.logspace(-6, 3, 2000, dtype=torch.float64).unsqueeze(-1),
         adversarial_logits(num)
-    ]).to(dtype)
+    ]).to(device, dtype)
     for radius in (max_radius(num), 0.9, 1.0, 5.0):
         out = sparsestmax(z, radius)
         assert_on_simplex(out, atol=1e-6)
@@ -186,14 +186,14 @@ def test_gradcheck_sparsemax():
     assert torch.autograd.gradcheck(sparsemax, (z, ), eps=1e-6, atol=1e-8)
 
 
-def test_batched_input_equals_row_by_row():
-    z = torch.randn(5, 7, 3, dtype=torch.float64)
+def test_batched_input_equals_row_by_row(device):
+    z = torch.randn(5, 7, 3, dtype=torch.float64, device=device)
     out = sparsestmax(z, 0.45)
     rows = torch.stack([sparsestmax(row, 0.45) for row in z.view(-1, 3)])
     assert out.shape == (5, 7, 3)
     torch.testing.assert_close(out.view(-1, 3), rows, atol=1e-15, rtol=0)
     # One radius per vector.
-    radii = torch.rand(5, 7, dtype=torch.float64)
+    radii = torch.rand(5, 7, dtype=torch.float64, device=device)
     out = sparsestmax(z, radii)
     rows = torch.stack([
         sparsestmax(row, float(r))

@@ -12,6 +12,7 @@ from types import SimpleNamespace
 import pytest
 import torch
 import torch.nn.functional as F
+from _helpers import loader_cfg
 from mmengine.model import BaseModel
 from mmengine.runner import Runner
 from torch import nn
@@ -229,12 +230,7 @@ def test_fine_tuning_a_frozen_checkpoint_with_the_hook(tmp_path):
     runner = Runner(
         model=TinyModel(),
         work_dir=str(tmp_path / 'work'),
-        train_dataloader=dict(
-            dataset=TinyData(),
-            sampler=dict(type='DefaultSampler', shuffle=False),
-            collate_fn=dict(type='default_collate'),
-            batch_size=2,
-            num_workers=0),
+        train_dataloader=loader_cfg(TinyData()),
         train_cfg=dict(by_epoch=False, max_iters=3),
         optim_wrapper=dict(optimizer=dict(type='SGD', lr=0.5)),
         custom_hooks=[

@@ -6,13 +6,14 @@ import pytest
 from mmengine.config import Config
 
 from ssn_norm.apis.train_test import RESULT_FILE, scale_schedule
-from ssn_norm.suite import FULL, MINI, NORMS, TASKS, run_suite, select_runs
+from ssn_norm.suite import (FULL, MINI, SUITE_NORMS, SUITE_TASKS, run_suite,
+                            select_runs)
 
 
 def test_every_preset_config_exists():
     for specs in (MINI, FULL):
-        for task in TASKS:
-            assert set(specs[task].configs) == set(NORMS)
+        for task in SUITE_TASKS:
+            assert set(specs[task].configs) == set(SUITE_NORMS)
             for path in specs[task].configs.values():
                 assert osp.isfile(path), path
 
@@ -34,8 +35,8 @@ def test_select_runs_rejects_unknown_names():
 def test_scale_schedule(loop, key):
     cfg = Config(
         dict(
-            train_cfg=dict(type=loop, val_interval=7, val_begin=40,
-                           **{key: 40}),
+            train_cfg=dict(
+                type=loop, val_interval=7, val_begin=40, **{key: 40}),
             default_hooks=dict(checkpoint=dict(interval=40))))
     scale_schedule(cfg, 0.1)
     assert cfg.train_cfg[key] == 4

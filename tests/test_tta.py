@@ -6,19 +6,16 @@ The real multi-scale test of a trained model runs in
 """
 import json
 import os.path as osp
-import runpy
-import sys
 from types import SimpleNamespace
 
 import pytest
+from _helpers import paper_entry, run_tool
 from mmengine.config import Config
 
 from ssn_norm.analysis import (DETECTION, SEGMENTATION, ResultWarning,
                                find_runs, gather)
 from ssn_norm.apis import RUN_INFO, apply_tta, write_run_info
 
-REPO = osp.dirname(osp.dirname(osp.abspath(__file__)))
-TOOL = osp.join(REPO, 'tools', 'test.py')
 SEG = 'deeplabv3_r50b-d8-sn-8x32_8xb2-40k_cityscapes-713x713'
 DET = 'faster-rcnn_r50-sn_fpn_sn-head_1x_coco'
 TITLE = ('Switchable Normalization for Learning-to-Normalize Deep '
@@ -161,15 +158,6 @@ def test_run_info_is_written_beside_the_metrics(tmp_path, tta):
                               if tta else 'test 20240101_000000')
 
 
-def _run_tool(*argv):
-    old = sys.argv
-    sys.argv = [TOOL, *map(str, argv)]
-    try:
-        runpy.run_path(TOOL, run_name='__main__')
-    finally:
-        sys.argv = old
-
-
 def test_tool_refuses_tta_for_a_config_without_a_recipe(tmp_path):
     """The option reaches apply_tta, before anything is built or loaded."""
     config = tmp_path / 'no_tta.py'
@@ -177,7 +165,7 @@ def test_tool_refuses_tta_for_a_config_without_a_recipe(tmp_path):
     with pytest.raises(
             ValueError,
             match='--tta: the config has no tta_model and no tta_pipeline'):
-        _run_tool(config, tmp_path / 'missing.pth', '--tta')
+        run_tool('test', config, tmp_path / 'missing.pth', '--tta')
 
 
 def _test(run, timestamp, metrics, tta=None):
@@ -191,22 +179,13 @@ def _test(run, timestamp, metrics, tta=None):
 @pytest.fixture
 def metafile(tmp_path):
     path = tmp_path / 'metafile.yml'
-    path.write_text(f"""
-Models:
-  - Name: {SEG}
-    Paper:
-      Title: '{TITLE}'
-      Table: 'VII'
-      Setting: 'SN(8,32)'
-      Split: test
-      Metrics: {{mIoU: 72.2, mIoU(ms): 75.8}}
-  - Name: {DET}
-    Paper:
-      Title: '{TITLE}'
-      Table: 'V'
-      Setting: 'SN/SN'
-      Metrics: {{box AP: 39.3}}
-""")
+    path.write_text('Models:\n' + paper_entry(
+        SEG,
+        TITLE,
+        'VII',
+        'SN(8,32)',
+        'mIoU: 72.2, mIoU(ms): 75.8',
+        split='test') + paper_entry(DET, TITLE, 'V', 'SN/SN', 'box AP: 39.3'))
     return str(path)
 
 

@@ -76,55 +76,56 @@ def test_same_seed_same_pixels(tmp_path, data):
         cv2.imread(osp.join(again['rawframes_train'], name)))
 
 
-def run_pipeline(dataset_cfg):
+def run_pipeline(dataset: str, decode: str, init=(), **dataset_cfg):
+    """(length, sample 1) of an mmaction ``dataset`` reading 4-frame clips
+    (every 2nd frame) with the ``decode`` transform (after ``init``), packed
+    as NCTHW."""
     from mmaction.registry import DATASETS
     from mmengine.registry import init_default_scope
     init_default_scope('mmaction')
-    dataset = DATASETS.build(dataset_cfg)
-    return len(dataset), dataset[1]
+    pipeline = [
+        *init,
+        dict(type='SampleFrames', clip_len=4, frame_interval=2, num_clips=1),
+        dict(type=decode),
+        dict(type='FormatShape', input_format='NCTHW'),
+        dict(type='PackActionInputs')
+    ]
+    built = DATASETS.build(
+        dict(type=dataset, pipeline=pipeline, **dataset_cfg))
+    return len(built), built[1]
+
+
+def check_clip(sample) -> None:
+    """One 4-frame clip of label 1, as the generated data holds."""
+    assert tuple(sample['inputs'].shape) == (1, 3, 4, SIZE, SIZE)
+    assert sample['data_samples'].gt_label.item() == 1
 
 
 @pytest.mark.parametrize('decoder', ['Decord', 'OpenCV'])
 def test_video_decoders_read_the_videos(data, decoder):
     """decord (the configs' decoder) and the OpenCV fallback."""
-    pipeline = [
-        dict(type=f'{decoder}Init'),
-        dict(type='SampleFrames', clip_len=4, frame_interval=2, num_clips=1),
-        dict(type=f'{decoder}Decode'),
-        dict(type='FormatShape', input_format='NCTHW'),
-        dict(type='PackActionInputs')
-    ]
     length, sample = run_pipeline(
-        dict(
-            type='VideoDataset',
-            data_root=data['root'],
-            ann_file='kinetics400_train_list_videos.txt',
-            data_prefix=dict(video='videos_train'),
-            pipeline=pipeline))
+        'VideoDataset',
+        f'{decoder}Decode',
+        init=[dict(type=f'{decoder}Init')],
+        data_root=data['root'],
+        ann_file='kinetics400_train_list_videos.txt',
+        data_prefix=dict(video='videos_train'))
     assert length == 8
-    assert tuple(sample['inputs'].shape) == (1, 3, 4, SIZE, SIZE)
-    assert sample['data_samples'].gt_label.item() == 1
+    check_clip(sample)
     assert 40 < float(sample['inputs'].float().mean()) < 200
 
 
 def test_rawframe_dataset_reads_the_frames(data):
-    pipeline = [
-        dict(type='SampleFrames', clip_len=4, frame_interval=2, num_clips=1),
-        dict(type='RawFrameDecode'),
-        dict(type='FormatShape', input_format='NCTHW'),
-        dict(type='PackActionInputs')
-    ]
     length, sample = run_pipeline(
-        dict(
-            type='RawframeDataset',
-            data_root=data['root'],
-            ann_file='kinetics400_val_list_rawframes.txt',
-            data_prefix=dict(img='rawframes_val'),
-            filename_tmpl='img_{:05}.jpg',
-            pipeline=pipeline))
+        'RawframeDataset',
+        'RawFrameDecode',
+        data_root=data['root'],
+        ann_file='kinetics400_val_list_rawframes.txt',
+        data_prefix=dict(img='rawframes_val'),
+        filename_tmpl='img_{:05}.jpg')
     assert length == 4
-    assert tuple(sample['inputs'].shape) == (1, 3, 4, SIZE, SIZE)
-    assert sample['data_samples'].gt_label.item() == 1
+    check_clip(sample)
 
 
 @pytest.mark.parametrize('kwargs, match', [

@@ -161,16 +161,21 @@ def test_static_clip_gives_the_2d_response():
         torch.testing.assert_close(out_3d[:, :, t], out_2d, rtol=0, atol=1e-5)
 
 
+def refused_into_sn_i3d(state_2d, match):
+    """(our SN I3D, mmaction2's own SN I3D) after checking that inflating
+    ``state_2d`` into ours raises an InflationError matching ``match``."""
+    model = i3d('SN')
+    with pytest.raises(InflationError, match=match):
+        inflate_state_dict(state_2d, model)
+    return model, i3d('SN', cls=upstream_resnet3d())
+
+
 def test_bn_checkpoint_into_sn_needs_an_explicit_choice():
     state_2d = resnet2d_state('BN')
-    model = i3d('SN')
-    with pytest.raises(
-            InflationError,
-            match=r'3-D entries without a 2-D source: '
-            r'.*conv1\.bn\.mean_weight <- bn1\.mean_weight'):
-        inflate_state_dict(state_2d, model)
+    model, upstream = refused_into_sn_i3d(
+        state_2d, r'3-D entries without a 2-D source: '
+        r'.*conv1\.bn\.mean_weight <- bn1\.mean_weight')
     # mmaction2's own inflation fails with a bare KeyError.
-    upstream = i3d('SN', cls=upstream_resnet3d())
     with pytest.raises(KeyError, match='bn1.mean_weight'):
         upstream._inflate_bn_params(upstream.conv1.bn, state_2d, 'bn1', [])
 
@@ -209,14 +214,10 @@ def test_shape_mismatch_is_an_error_not_a_warning():
     # A 2-D SN without BN statistics has 2 ratio logits, the 3-D one 3.
     state_2d = random_state_dict(
         ResNet2d(depth=50, norm_cfg=dict(type='SN', using_bn=False)))
-    model = i3d('SN')
-    with pytest.raises(
-            InflationError,
-            match=r'shape mismatches: conv1\.bn\.mean_weight \(3,\) <- '
-            r'bn1\.mean_weight \(2,\)'):
-        inflate_state_dict(state_2d, model)
+    _, upstream = refused_into_sn_i3d(
+        state_2d, r'shape mismatches: conv1\.bn\.mean_weight \(3,\) <- '
+        r'bn1\.mean_weight \(2,\)')
     # mmaction2 warns and leaves the rest of that layer at its init.
-    upstream = i3d('SN', cls=upstream_resnet3d())
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter('always')
         upstream._inflate_bn_params(upstream.conv1.bn, state_2d, 'bn1', [])

@@ -5,12 +5,14 @@ average of every SN layer's batch moments into its running statistics (the
 SN paper's evaluation setting).  Works under ``--launcher pytorch``.
 """
 import argparse
+import sys
+from typing import Optional, Sequence
 
-from ssn_norm.apis import add_common_args, parse_tool_args
-from ssn_norm.batch_stats import update_checkpoint_batch_stats
+from ssn_norm.apis import (add_common_args, parse_tool_args,
+                           update_checkpoint_batch_stats)
 
 
-def parse_args(argv=None):
+def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument('config', help='the training config')
     parser.add_argument('checkpoint', help='trained checkpoint')
@@ -30,7 +32,9 @@ def parse_args(argv=None):
     return parse_tool_args(parser, argv)
 
 
-def main(argv=None) -> None:
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    """Runs :func:`ssn_norm.apis.update_checkpoint_batch_stats` as ``argv``
+    (default: the command line) asks; returns 0 once ``out`` is written."""
     args = parse_args(argv)
     update_checkpoint_batch_stats(
         args.config,
@@ -41,7 +45,8 @@ def main(argv=None) -> None:
         cfg_options=args.cfg_options,
         launcher=args.launcher,
         work_dir=args.work_dir)
+    return 0
 
 
 if __name__ == '__main__':
-    main()
+    sys.exit(main())

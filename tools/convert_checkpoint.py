@@ -7,12 +7,13 @@ source is loaded without running code from it unless --trust-pickle is given.
 """
 import argparse
 import sys
+from typing import Optional, Sequence
 
 from ssn_norm.convert import (FILE_TARGETS, ConversionError,
                               convert_checkpoint_file)
 
 
-def parse_args(argv=None):
+def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument('src', help='source checkpoint')
     parser.add_argument('dst', help='converted checkpoint to write')
@@ -34,7 +35,9 @@ def parse_args(argv=None):
     return parser.parse_args(argv)
 
 
-def main(argv=None) -> int:
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    """Converts as ``argv`` (default: the command line) asks; returns 0, or
+    1 with the reason on stderr when the source cannot be converted."""
     args = parse_args(argv)
     try:
         summary = convert_checkpoint_file(args.src, args.dst, args.to,

@@ -4,17 +4,20 @@ Every SSN layer whose ratios have frozen to one-hot becomes the normaliser
 it selected (BN folded into the preceding conv or an eval BatchNorm; IN, LN
 and mixed choices a small exact module).  OUT holds data only (the state
 dict and the list of replacements, readable with weights_only=True); load it
-with ssn_norm.deploy.load_deployed(CONFIG, OUT), which rebuilds the model
+with ssn_norm.apis.load_deployed(CONFIG, OUT), which rebuilds the model
 from the config.
 """
 import argparse
+import sys
+from typing import Optional, Sequence
 
 from mmengine.config import DictAction
 
-from ssn_norm.deploy import HARDEN_CHOICES, deploy_checkpoint
+from ssn_norm.apis import deploy_checkpoint
+from ssn_norm.deploy import HARDEN_CHOICES
 
 
-def parse_args(argv=None):
+def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument('config', help='the model config')
     parser.add_argument('checkpoint', help='trained checkpoint')
@@ -51,7 +54,9 @@ def parse_args(argv=None):
     return parser.parse_args(argv)
 
 
-def main(argv=None) -> None:
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    """Deploys as ``argv`` (default: the command line) asks and prints what
+    was replaced; returns 0 once ``out`` is written."""
     args = parse_args(argv)
     deployed = deploy_checkpoint(
         args.config,
@@ -72,9 +77,10 @@ def main(argv=None) -> None:
         print(f'  {count:4d} x mean/var {choice}: {how}')
     options = (f', cfg_options={dict(args.cfg_options)!r}'
                if args.cfg_options else '')
-    print(f'wrote {args.out}; load with ssn_norm.deploy.load_deployed('
+    print(f'wrote {args.out}; load with ssn_norm.apis.load_deployed('
           f'{args.config!r}, {args.out!r}{options})')
+    return 0
 
 
 if __name__ == '__main__':
-    main()
+    sys.exit(main())

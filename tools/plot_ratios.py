@@ -2,12 +2,13 @@
 import argparse
 import os.path as osp
 import sys
+from typing import Optional, Sequence
 
 from ssn_norm.analysis import (checkpoint_ratios, plot_layer_ratios,
                                plot_ratio_dynamics)
 
 
-def parse_args():
+def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         description='Per-layer normaliser ratios of one or two checkpoints '
         '(stacked bars), or their dynamics from a run\'s scalars.json')
@@ -30,7 +31,7 @@ def parse_args():
         help='column titles for the checkpoints (default: file names)')
     parser.add_argument(
         '--out', required=True, help='image file to write, e.g. ratios.png')
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     if bool(args.checkpoints) == bool(args.scalars):
         parser.error('give one or two checkpoints, or --scalars, not both '
                      f'(got {len(args.checkpoints)} checkpoints, --scalars '
@@ -46,8 +47,10 @@ def parse_args():
     return args
 
 
-def main():
-    args = parse_args()
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    """Draws what ``argv`` (default: the command line) asks; returns 0, or
+    1 with the reason on stderr when the input cannot be drawn."""
+    args = parse_args(argv)
     try:
         if args.scalars:
             plot_ratio_dynamics(args.scalars, args.out, groups=args.groups)
@@ -59,9 +62,11 @@ def main():
                 [(label, checkpoint_ratios(path))
                  for label, path in zip(labels, args.checkpoints)], args.out)
     except (ValueError, FileNotFoundError) as error:
-        sys.exit(f'error: {error}')
+        print(f'error: {error}', file=sys.stderr)
+        return 1
     print(f'written to {args.out}')
+    return 0
 
 
 if __name__ == '__main__':
-    main()
+    sys.exit(main())

@@ -2,17 +2,24 @@
 plots.  ``--preset mini`` runs on bundled tiny data on one CPU machine."""
 import argparse
 import sys
+from typing import List, Optional
 
-from ssn_norm.suite import NORMS, PRESETS, TASKS, run_suite
+from ssn_norm.suite import PRESETS, SUITE_NORMS, SUITE_TASKS, run_suite
 
 
-def parse_args():
+def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument('--preset', choices=PRESETS, default='mini')
     parser.add_argument(
-        '--tasks', nargs='+', choices=TASKS, default=list(TASKS))
+        '--tasks',
+        nargs='+',
+        choices=SUITE_TASKS,
+        default=list(SUITE_TASKS))
     parser.add_argument(
-        '--norms', nargs='+', choices=NORMS, default=list(NORMS))
+        '--norms',
+        nargs='+',
+        choices=SUITE_NORMS,
+        default=list(SUITE_NORMS))
     parser.add_argument(
         '--root',
         default='.',
@@ -24,16 +31,31 @@ def parse_args():
         help='runs trained at once on CPU (mini/smoke presets)')
     parser.add_argument(
         '--gpus', type=int, default=8, help='GPUs per run (full preset)')
-    return parser.parse_args()
+    parser.add_argument(
+        '--seeds',
+        type=int,
+        default=1,
+        help='run each config N times, with randomness.seed 0..N-1, in '
+        '<config>/seed-<k>; the leaderboard shows mean ± standard deviation '
+        '(default 1: each config once, with its own seed)')
+    args = parser.parse_args(argv)
+    if args.seeds < 1:
+        parser.error(f'--seeds must be at least 1, got {args.seeds}')
+    return args
 
 
-def main():
-    args = parse_args()
+def main(argv: Optional[List[str]] = None) -> int:
+    """Run the suite; 0 when every run succeeded, else 1 (with a message
+    on stderr)."""
+    args = parse_args(argv)
     failed = run_suite(args.preset, args.tasks, args.norms, args.root,
-                       args.jobs, args.gpus)
+                       args.jobs, args.gpus, args.seeds)
     if failed:
-        sys.exit(f'{failed} run(s) failed; see the logs named above')
+        print(f'{failed} run(s) failed; see the logs named above',
+              file=sys.stderr)
+        return 1
+    return 0
 
 
 if __name__ == '__main__':
-    main()
+    sys.exit(main())

@@ -1,5 +1,7 @@
 """Test (evaluate) a checkpoint of an mmdet, mmseg or mmaction2 config."""
 import argparse
+import sys
+from typing import Optional, Sequence
 
 import ssn_norm  # noqa: F401  registers the layers, applies compat fixes
 from ssn_norm.apis import (add_common_args, apply_test_outputs, apply_tta,
@@ -7,7 +9,7 @@ from ssn_norm.apis import (add_common_args, apply_test_outputs, apply_tta,
                            write_run_info)
 
 
-def parse_args(argv=None):
+def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description='Test (and eval) a model')
     parser.add_argument('config', help='test config file path')
     parser.add_argument('checkpoint', help='checkpoint file')
@@ -27,7 +29,9 @@ def parse_args(argv=None):
     return parse_tool_args(parser, argv)
 
 
-def main(argv=None):
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    """Tests the checkpoint of ``argv`` (default: the command line); returns
+    the exit status, 0 once the test has finished."""
     args = parse_args(argv)
     cfg = load_config(args.config, args.cfg_options)
     if args.tta:
@@ -43,7 +47,8 @@ def main(argv=None):
     runner = build_runner(cfg)
     write_run_info(runner, args.tta, args.config, args.checkpoint)
     runner.test()
+    return 0
 
 
 if __name__ == '__main__':
-    main()
+    sys.exit(main())

@@ -21,6 +21,21 @@ name, see :data:`~ssn_norm.analysis.tasks.MULTI_SCALE`) shares the row of
 its single-scale config and fills the ``mIoU(ms)`` column.  Detection and
 video ``--tta`` runs get a row of their own, as the papers have no such
 column: the paper's numbers are shown there as a different setting.
+
+Runs of one config that differ only in their seed (work directories
+``<config>/seed-<k>`` or ``<config>_seed<k>``, as ``tools/run_suite.py
+--seeds N`` writes them) share a row: each metric shows the mean over the
+seeds ± the sample standard deviation and the number of seeds that
+reported it, and the difference to the paper carries that spread.
+
+Cost columns show what mmengine logged (:class:`~ssn_norm.analysis.runs.
+Cost`): training seconds per iteration, inference milliseconds per image
+and peak GPU memory, each the mean over the row's seeds.  A row's
+*baseline* is the row of its table with the same config apart from the
+normalisers (e.g. ``mask-rcnn_r50-sn_fpn_sn-head_2x_coco`` and
+``mask-rcnn_r50_fpn_2x_coco``) whose normaliser comes first in
+:data:`BASELINE_NORMS` (BN†, BN, SyncBN, GN; never a switchable one);
+the ``vs baseline`` column reads e.g. ``+0.8 box AP, +12% train time``.
 """
 import csv
 import io
@@ -28,21 +43,39 @@ import json
 import math
 import os
 import os.path as osp
+import re
+import statistics
 import warnings
 from dataclasses import dataclass, field
 from typing import Dict, Iterable, List, Optional, Sequence
 
 from .paper import ModelEntry, PaperRow, load_model_entries
 from .runs import Run, find_runs
-from .tasks import (NORM_ORDER, SEGMENTATION, TASKS, Task, is_mini,
-                    is_multi_scale, normalizers_in_name, scaled_metrics,
-                    single_scale_name)
+from .tasks import (NORM_NAME_TOKENS, NORM_ORDER, SEGMENTATION, TASKS, Task,
+                    is_mini, is_multi_scale, normalizers_in_name,
+                    scaled_metrics, single_scale_name)
 
 #: Output formats of :func:`write_leaderboard`, by file extension.
-FORMATS = ('.md', '.csv', '.json')
+LEADERBOARD_FORMATS = ('.md', '.csv', '.json')
 Paths = Sequence[str]
 #: Appended to the label of a detection / video ``--tta`` run's own row.
 TTA_LABEL = ' (--tta)'
+#: Normalisers a row's cost is compared with, in order of preference: the
+#: papers' baselines, never a switchable one.
+BASELINE_NORMS = ('BN†', 'BN', 'SyncBN', 'GN')
+#: Cost columns: name, :class:`~ssn_norm.analysis.runs.Cost` field, factor
+#: from the logged unit (seconds, MB) to the shown one.
+COST_COLUMNS = (
+    ('train s/iter', 'train_time', 1.),
+    ('infer ms/img', 'test_time', 1000.),
+    ('memory GB', 'memory', 1. / 1024),
+)
+# How the ``vs baseline`` column names each cost column.
+_COST_WORDS = {
+    'train s/iter': 'train time',
+    'infer ms/img': 'inference time',
+    'memory GB': 'memory',
+}
 
 
 @dataclass
@@ -63,6 +96,15 @@ class Row:
             or a full-size parent's / a ``--tta`` row's.
         normalization: the metafile's ``Metadata: Normalization``.
         reference: the config's labelled non-paper numbers, if any.
+        samples: every seed's number of each metric (one entry per run
+            that reported it); :attr:`values` holds their mean.
+        spread: the sample standard deviation of each metric with two or
+            more samples.
+        cost: the mean cost over the row's runs, by
+            :data:`COST_COLUMNS` name.
+        baseline: the row this one's cost and headline metric are compared
+            with (itself for the baseline row); None when the table has no
+            other normaliser of the same config.
     """
 
     label: str
@@ -74,6 +116,92 @@ class Row:
     same_setting: bool = False
     normalization: Optional[str] = None
     reference: Optional[PaperRow] = None
+    samples: Dict[str, List[Optional[float]]] = field(default_factory=dict)
+    spread: Dict[str, float] = field(default_factory=dict)
+    cost: Dict[str, float] = field(default_factory=dict)
+    baseline: Optional['Row'] = field(default=None, repr=False, compare=False)
+
+    @property
+    def seeds(self) -> List[int]:
+        """The seeds of the row's runs, sorted, without repeats."""
+        return sorted({r.seed for r in self.runs if r.seed is not None})
+
+    def count(self, name: str) -> int:
+        """How many runs reported metric ``name``."""
+        return len(self.samples.get(name, ()))
+
+    def add(self, run: Run, values: Dict[str, Optional[float]]) -> None:
+        """Add ``run`` and its scaled ``values``; :attr:`values` and
+        :attr:`spread` become the mean and sample standard deviation of
+        each metric over the runs that reported it (a "not applicable"
+        None counts only when every run says so)."""
+        self.runs.append(run)
+        for name, value in values.items():
+            self.samples.setdefault(name, []).append(value)
+            numbers = [v for v in self.samples[name] if v is not None]
+            if not numbers:
+                self.values[name] = None
+                continue
+            self.values[name] = math.fsum(numbers) / len(numbers)
+            if len(numbers) > 1:
+                self.spread[name] = statistics.stdev(numbers)
+
+    def accepts(self, run: Run, values: Dict[str, object]) -> bool:
+        """Whether ``run`` belongs in this row: it fills metrics the row
+        lacks (a multi-scale test beside a single-scale one), or it is
+        another seed of seeded runs for every metric it shares."""
+        shared = set(values) & set(self.values)
+        if not shared:
+            return True
+        if run.seed is None or run.seed in {
+                r.seed
+                for r in self.runs if shared & set(self._metric_names(r))
+        }:
+            return False
+        return all(r.seed is not None for r in self.runs)
+
+    def _metric_names(self, run: Run) -> List[str]:
+        multi = run.task is SEGMENTATION and _multi_scale(run)
+        return list(scaled_metrics(run.task, run.evaluation.metrics, multi))
+
+    def compute_cost(self) -> None:
+        """Fill :attr:`cost`: the mean of each logged cost over the row's
+        work directories (a directory tested both ways counts once; the
+        inference time comes from single-scale tests only, as a
+        multi-scale test runs the model several times per image)."""
+        by_path: Dict[str, Run] = {}
+        for run in self.runs:
+            if not _multi_scale(run) or run.path not in by_path:
+                by_path[run.path] = run
+        for name, attribute, scale in COST_COLUMNS:
+            numbers = [
+                getattr(run.cost, attribute) for run in by_path.values()
+                if getattr(run.cost, attribute) is not None
+                and not (attribute == 'test_time' and _multi_scale(run)
+                         and run.task is SEGMENTATION)
+            ]
+            if numbers:
+                self.cost[name] = math.fsum(numbers) / len(numbers) * scale
+
+    def versus_baseline(self, headline: str) -> Optional[str]:
+        """``+0.8 box AP, +12% train time, -3% inference time`` against
+        :attr:`baseline`; ``baseline`` for the baseline row itself; None
+        when there is no baseline."""
+        if self.baseline is None:
+            return None
+        if self.baseline is self:
+            return 'baseline'
+        parts = []
+        ours = self.values.get(headline)
+        theirs = self.baseline.values.get(headline)
+        if ours is not None and theirs is not None:
+            parts.append(f'{_fmt_delta(ours, theirs)} {headline}')
+        for name, what in _COST_WORDS.items():
+            ours, theirs = self.cost.get(name), self.baseline.cost.get(name)
+            if ours is not None and theirs:
+                parts.append(f'{100 * (ours / theirs - 1):+.0f}% {what}')
+        label = self.baseline.setting or self.baseline.label
+        return f'{", ".join(parts)} vs {label}' if parts else None
 
     @property
     def deltas(self) -> Dict[str, float]:
@@ -91,9 +219,10 @@ class Row:
         """Which evaluation each number comes from."""
         if len(self.runs) == 1:
             return self.runs[0].describe()
-        return '; '.join(
-            ('ms: ' if _multi_scale(run) else 'ss: ') + run.describe()
-            for run in self.runs)
+        kinds = {_multi_scale(run) for run in self.runs}
+        return '; '.join((('ms: ' if _multi_scale(run) else 'ss: '
+                           ) if len(kinds) > 1 else '') + run.describe()
+                         for run in self.runs)
 
 
 @dataclass
@@ -122,6 +251,14 @@ class Table:
         return [
             name for name in self.metric_names if any(
                 row.paper and name in row.paper.metrics for row in self.rows)
+        ]
+
+    @property
+    def cost_names(self) -> List[str]:
+        """Cost columns that at least one row has a number for."""
+        return [
+            name for name, _, _ in COST_COLUMNS
+            if any(name in row.cost for row in self.rows)
         ]
 
     @property
@@ -225,6 +362,61 @@ def _norm_rank(label: str) -> tuple:
     return (rank, label)
 
 
+def _leading_norm(setting: Optional[str]) -> str:
+    """The first normaliser of a setting: ``'BN†/–'`` → ``'BN†'``,
+    ``'SN(8,32)'`` → ``'SN'``, ``'GN‡/GN'`` → ``'GN'``; ``''`` for a
+    compound such as ``'GN-WS+GN-WS'`` (GN with weight standardisation is
+    not GN)."""
+    match = re.match(r'[A-Za-z]+†?(?=$|[+/(,‡ ])', setting or '')
+    return match.group(0) if match else ''
+
+
+def _skeleton(label: str) -> str:
+    """A row key without its normalisers: the tokens of the name minus the
+    normaliser tokens, a ``head`` or ``ws`` token and an ``(8,k)`` variant
+    token (``sn-8x32``) after a normaliser."""
+    tokens = re.split(r'[_\-.]', label.lower())
+    kept = []
+    after_norm = False
+    for token in tokens:
+        if token in NORM_NAME_TOKENS or token in ('head', 'ws'):
+            after_norm = token != 'head'
+            continue
+        if after_norm and re.fullmatch(r'\d+x\d+', token):
+            after_norm = False
+            continue
+        after_norm = False
+        kept.append(token)
+    return '_'.join(kept)
+
+
+def _attach_baselines(rows: List[Row]) -> None:
+    """Set each row's :attr:`Row.baseline` (see the module docstring)."""
+    groups: Dict[str, List[Row]] = {}
+    for row in rows:
+        key = row.runs[0].name + (
+            TTA_LABEL if row.label.endswith(TTA_LABEL) else '')
+        groups.setdefault(_skeleton(key), []).append(row)
+    for group in groups.values():
+        candidates = [
+            row for row in group
+            if _leading_norm(row.setting) in BASELINE_NORMS
+        ]
+        if not candidates or len(group) < 2:
+            continue
+
+        def rank(row: Row) -> tuple:
+            # The papers' baseline first; among equals the config naming
+            # the fewest normalisers (BN†/– before BN†/GN).
+            named = normalizers_in_name(row.runs[0].name)
+            return (BASELINE_NORMS.index(_leading_norm(row.setting)),
+                    len(named.split('+')) if named else 0, row.label)
+
+        baseline = min(candidates, key=rank)
+        for row in group:
+            row.baseline = baseline
+
+
 def build_leaderboard(runs: Iterable[Run],
                       entries: Dict[str, ModelEntry]) -> Leaderboard:
     """Tables for ``runs`` with paper numbers from ``entries``.
@@ -249,20 +441,21 @@ def build_leaderboard(runs: Iterable[Run],
                 values = scaled_metrics(task, run.evaluation.metrics, multi)
                 key = _row_key(run)
                 row = open_rows.get(key)
-                if row is None or set(values) & set(row.values):
+                if row is None or not row.accepts(run, values):
                     row = Row(key, [])
                     rows.append(row)
                     open_rows[key] = row
-                row.runs.append(run)
-                row.values.update(values)
+                row.add(run, values)
             for row in rows:
                 _attach_paper(row, entries)
                 row.setting = _setting(row)
+                row.compute_cost()
                 if suite == 'mini':
                     tta = TTA_LABEL if row.label.endswith(TTA_LABEL) else ''
                     row.label = (row.setting or row.label) + tta
                 elif len(row.runs) == 1 and task is SEGMENTATION:
                     row.label = row.runs[0].name  # e.g. a lone ms test
+            _attach_baselines(rows)
             if suite == 'mini':
                 rows.sort(key=lambda r: _norm_rank(r.label))
             tables.append(Table(task, suite, rows))
@@ -310,6 +503,23 @@ def _fmt_delta(ours: float, paper: float) -> str:
     return f'{delta:+.1f}'
 
 
+def _fmt_spread(row: Row, name: str) -> str:
+    """`` ± 0.3 (n=3)`` for a metric with several seeds, else ``''``."""
+    if name not in row.spread:
+        return ''
+    return f' ± {row.spread[name]:.1f} (n={row.count(name)})'
+
+
+def _fmt_cost(name: str, value: Optional[float]) -> str:
+    if value is None:
+        return '—'
+    if name == 'train s/iter':
+        return f'{value:.3f}'
+    if name == 'memory GB':
+        return f'{value:.2f}'
+    return f'{value:.1f}'
+
+
 def _md_table(header: List[str], lines: List[List[str]]) -> List[str]:
     out = ['| ' + ' | '.join(header) + ' |']
     out.append('|' + '|'.join(['---'] * len(header)) + '|')
@@ -323,6 +533,9 @@ def _render_table(table: Table) -> List[str]:
     deltas = set(table.delta_names)
     mini = table.suite == 'mini'
     references = not mini and any(row.reference for row in table.rows)
+    costs = table.cost_names
+    headline = table.task.columns[0].name
+    versus = any(row.baseline is not None for row in table.rows)
     header = ['Norm' if mini else 'Config'] + ([] if mini else ['Setting'])
     for name in metrics:
         header.append(name)
@@ -332,6 +545,7 @@ def _render_table(table: Table) -> List[str]:
             header.append('Δ')
     if mini:
         header += ['Config', 'Paper setting*'] if papers else ['Config']
+    header += costs + (['vs baseline'] if versus else [])
     if references:
         header.append('Reference (not the paper)')
     header.append('Evaluation')
@@ -341,7 +555,9 @@ def _render_table(table: Table) -> List[str]:
         paper_metrics = row.paper.metrics if row.paper else {}
         for name in metrics:
             ours = row.values.get(name)
-            cells.append(_fmt(ours, 'n/a' if name in row.values else '—'))
+            cells.append(
+                _fmt(ours, 'n/a' if name in row.values else '—') +
+                _fmt_spread(row, name))
             if name in papers:
                 theirs = paper_metrics.get(name)
                 text = _fmt(theirs)
@@ -351,7 +567,10 @@ def _render_table(table: Table) -> List[str]:
                     text += f' ({row.paper.split})'
                 cells.append(text)
             if name in deltas and name in row.deltas:
-                cells.append(_fmt_delta(ours, paper_metrics[name]))
+                spread = row.spread.get(name)
+                cells.append(
+                    _fmt_delta(ours, paper_metrics[name]) +
+                    ('' if spread is None else f' ± {spread:.1f}'))
             elif name in deltas:
                 cells.append('—')
         if mini:
@@ -363,6 +582,9 @@ def _render_table(table: Table) -> List[str]:
         elif row.paper is not None and row.same_setting and row.paper.table:
             split = f', {row.paper.split} split' if row.paper.split else ''
             cells[1] += f' (Table {row.paper.table}{split})'
+        cells += [_fmt_cost(name, row.cost.get(name)) for name in costs]
+        if versus:
+            cells.append(row.versus_baseline(headline) or '—')
         if references:
             cells.append(_reference_text(row.reference))
         cells.append(row.evaluation_text())
@@ -399,6 +621,24 @@ def render_markdown(board: Leaderboard) -> str:
         if table.delta_names:
             notes.append('Δ = ours − paper, same setting and split, percent '
                          'points.')
+        if any(row.spread for row in table.rows):
+            notes.append('mean ± s (n=k): the mean over k seeds of one '
+                         'config and their sample standard deviation; Δ is '
+                         'that mean − the paper, ± the same s.')
+        elif table.suite == 'mini':
+            notes.append('One seed per row: a difference between rows may '
+                         'be seed-to-seed noise; `tools/run_suite.py --seeds '
+                         'N` runs each config N times and shows mean ± s.')
+        if table.cost_names:
+            notes.append('Cost from the mmengine logs, mean over the row\'s '
+                         'seeds: train s/iter = training seconds per '
+                         'iteration; infer ms/img = the test loop\'s time '
+                         'per iteration (one image per GPU); memory GB = '
+                         'peak GPU memory while training (logged on GPU '
+                         'only). vs baseline: the row with the same config '
+                         'and the first of BN†, BN, SyncBN, GN as its '
+                         'normaliser; the difference of the first metric '
+                         'and the relative cost.')
         splits = sorted({
             row.paper.split
             for row in table.rows if row.paper and row.paper.split
@@ -474,6 +714,15 @@ def _records(board: Leaderboard) -> List[dict]:
                     paper=paper,
                     reference=reference,
                     delta=_rounded(row.deltas),
+                    spread=_rounded(row.spread),
+                    counts={name: row.count(name)
+                            for name in row.values},
+                    seeds=row.seeds,
+                    cost=_rounded(row.cost),
+                    baseline=None
+                    if row.baseline is None else row.baseline.label,
+                    versus_baseline=row.versus_baseline(
+                        table.task.columns[0].name),
                     evaluation=row.evaluation_text(),
                     evaluations=[
                         dict(
@@ -485,6 +734,11 @@ def _records(board: Leaderboard) -> List[dict]:
                             step=run.evaluation.step,
                             file=run.evaluation.path,
                             num_evaluations=run.num_evaluations,
+                            seed=run.seed,
+                            cost=dict(
+                                train_time=run.cost.train_time,
+                                test_time=run.cost.test_time,
+                                memory=run.cost.memory),
                             raw_metrics=dict(run.evaluation.metrics))
                         for run in row.runs
                     ]))
@@ -519,8 +773,10 @@ def render_json(board: Leaderboard) -> str:
 def render_csv(board: Leaderboard) -> str:
     """CSV: one line per row, the union of all tasks' metric columns, each
     followed by ``<metric> paper``, ``<metric> delta`` and ``<metric>
-    reference`` (not the paper); empty = not reported, ``n/a`` = not
-    applicable."""
+    reference`` (not the paper), ``<metric> sd`` (sample standard
+    deviation over seeds) and ``<metric> n`` (how many runs reported it),
+    then the seeds, the cost columns and the comparison with the baseline;
+    empty = not reported, ``n/a`` = not applicable."""
     names = [
         c.name for task in TASKS for c in task.columns if any(
             c.name in t.metric_names for t in board.tables if t.task is task)
@@ -528,11 +784,14 @@ def render_csv(board: Leaderboard) -> str:
     names = list(dict.fromkeys(names))
     header = ['task', 'suite', 'label', 'configs', 'setting']
     for name in names:
-        header += [name, f'{name} paper', f'{name} delta', f'{name} reference']
+        header += [
+            name, f'{name} paper', f'{name} delta', f'{name} reference',
+            f'{name} sd', f'{name} n'
+        ]
     header += [
         'paper row', 'paper split', 'paper config', 'paper same setting',
-        'reference', 'reference url', 'evaluation'
-    ]
+        'reference', 'reference url', 'seeds'
+    ] + [name for name, _, _ in COST_COLUMNS] + ['vs baseline', 'evaluation']
     buffer = io.StringIO()
     writer = csv.writer(buffer, lineterminator='\n')
     writer.writerow(header)
@@ -547,9 +806,10 @@ def render_csv(board: Leaderboard) -> str:
             value = record['metrics'].get(name, '')
             line += [
                 'n/a' if value is None else value,
-                paper.get('metrics', {}).get(name, ''),
-                record['delta'].get(name, ''),
-                reference.get('metrics', {}).get(name, '')
+                paper.get('metrics',
+                          {}).get(name, ''), record['delta'].get(name, ''),
+                reference.get('metrics', {}).get(name, ''),
+                record['spread'].get(name, ''), record['counts'].get(name, '')
             ]
         cite = ''
         if paper:
@@ -563,8 +823,9 @@ def render_csv(board: Leaderboard) -> str:
             paper.get('split') or '',
             paper.get('config', ''),
             paper.get('same_setting', ''), reference_row,
-            reference.get('url') or '', record['evaluation']
-        ]
+            reference.get('url') or '', ' '.join(map(str, record['seeds']))
+        ] + [record['cost'].get(name, '') for name, _, _ in COST_COLUMNS
+             ] + [record['versus_baseline'] or '', record['evaluation']]
         writer.writerow(line)
     return buffer.getvalue()
 
@@ -579,7 +840,7 @@ def write_leaderboard(board: Leaderboard, out: str) -> None:
     }
     if ext not in renderers:
         raise ValueError(f'--out {out}: unknown format {ext or "(none)"}; '
-                         f'use one of {", ".join(FORMATS)}')
+                         f'use one of {", ".join(LEADERBOARD_FORMATS)}')
     folder = osp.dirname(osp.abspath(out))
     os.makedirs(folder, exist_ok=True)
     with open(out, 'w', encoding='utf-8', newline='') as f:

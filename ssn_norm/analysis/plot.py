@@ -229,9 +229,9 @@ def read_ratio_scalars(
         paths: Sequence[str]) -> Dict[str, List[Tuple[float, float]]]:
     """``{key: [(step, value), ...]}`` of the ratio-related training scalars
     (``ratio/...`` from :class:`~ssn_norm.hooks.RatioLoggerHook`, and the
-    ``ssn_radius`` / ``ssn_one_hot_layers`` of
-    :class:`~ssn_norm.hooks.SparsestMaxRadiusHook`), ``train/`` prefixes
-    removed.  Malformed lines are warned about and skipped."""
+    ``ssn_radius`` of :class:`~ssn_norm.hooks.SparsestMaxRadiusHook`),
+    ``train/`` prefixes removed.  Malformed lines are warned about and
+    skipped."""
     series: Dict[str, List[Tuple[float, float]]] = {}
     for path in paths:
         with open(path, encoding='utf-8') as f:
@@ -250,8 +250,7 @@ def read_ratio_scalars(
                 continue
             for key, value in entry.items():
                 key = key[len('train/'):] if key.startswith('train/') else key
-                if not (key.startswith('ratio/')
-                        or key in ('ssn_radius', 'ssn_one_hot_layers')):
+                if not (key.startswith('ratio/') or key == 'ssn_radius'):
                     continue
                 if isinstance(value, (int, float)):
                     series.setdefault(key, []).append(
@@ -297,9 +296,8 @@ def plot_ratio_dynamics(path: str,
             raise ValueError(f'groups {unknown} were not logged; logged: '
                              f'{", ".join(names)}')
         names = list(groups)
-    one_hot = series.get('ratio/one_hot_layers',
-                         series.get('ssn_one_hot_layers'))
-    radius = series.get('ratio/radius', series.get('ssn_radius'))
+    one_hot = series.get('ratio/one_hot_layers')
+    radius = series.get('ssn_radius')
     extra = 1 if (one_hot or radius) else 0
     figure = _new_figure(10.0, 1.9 * (len(names) + extra) + 0.8)
     _check_out(figure, out)

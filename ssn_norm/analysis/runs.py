@@ -11,7 +11,15 @@ folder per launch, named by mmengine's timestamp ``YYYYMMDD_HHMMSS``:
   result without it is a single-scale test;
 * ``<run>/<timestamp>/vis_data/scalars.json`` — JSON lines written during
   training; validation entries (those holding a metric key) are mixed with
-  training entries.
+  training entries, whose ``time`` (seconds per iteration) and, on GPU,
+  ``memory`` (MB, the peak allocated so far) give the run's cost
+  (:class:`Cost`); a test result's ``time`` is the test loop's seconds per
+  iteration.
+
+Runs of one config that differ only in their seed live in
+``<config>/seed-<k>`` or ``<config>_seed<k>`` (``tools/run_suite.py
+--seeds N``): their :attr:`Run.name` is the config name and
+:attr:`Run.seed` is ``k``, so the leaderboard aggregates them.
 
 Anything missing, unreadable or without metric keys is reported with a
 :class:`ResultWarning` and skipped: never an exception, never a zero.
@@ -25,11 +33,15 @@ import os.path as osp
 import re
 import warnings
 from dataclasses import dataclass, field, replace
-from typing import Dict, Iterable, List, Optional
+from typing import Dict, Iterable, List, Optional, Tuple
 
 from .tasks import TASKS, Task, recognise_task
 
 _TIMESTAMP = re.compile(r'^\d{8}_\d{6}$')
+# A seed's work directory: ``seed-<k>`` inside the config's, or the config
+# name with a ``_seed<k>`` suffix.
+_SEED_DIR = re.compile(r'^seed-(\d+)$')
+_SEED_SUFFIX = re.compile(r'^(.+)_seed(\d+)$')
 #: The run-info file of a launch folder (see the module docstring).
 RUN_INFO = 'run_info.json'
 _METRIC_KEYS = frozenset(column.key for task in TASKS
@@ -76,6 +88,45 @@ class Evaluation:
         return f'val step {self.step} ({self.timestamp})'
 
 
+@dataclass(frozen=True)
+class Cost:
+    """What a run cost, read from mmengine's logs; None where the logs do
+    not say.
+
+    Attributes:
+        train_time: seconds per training iteration: the mean of the logged
+            ``time`` windows of every launch, leaving out each launch's
+            first window (it holds start-up: data workers, cuDNN
+            autotuning) when the launch logged more than one.
+        test_time: seconds per test iteration (mmengine's ``time`` of the
+            latest test result); per image at the test loaders' batch size
+            of one per GPU.
+        memory: the peak of the logged ``memory`` (MB; mmengine logs it on
+            GPU only).
+    """
+
+    train_time: Optional[float] = None
+    test_time: Optional[float] = None
+    memory: Optional[float] = None
+
+
+def split_seed(path: str) -> Tuple[str, Optional[int]]:
+    """The config name and seed of the work directory ``path``.
+
+    ``work_dirs/cfg/seed-2`` and ``work_dirs/cfg_seed2`` give
+    ``('cfg', 2)``; any other directory gives ``(basename, None)``.
+    """
+    path = osp.normpath(path)
+    base = osp.basename(path)
+    match = _SEED_DIR.match(base)
+    if match is not None:
+        return osp.basename(osp.dirname(path)), int(match.group(1))
+    match = _SEED_SUFFIX.match(base)
+    if match is not None:
+        return match.group(1), int(match.group(2))
+    return base, None
+
+
 @dataclass
 class Run:
     """A run and the evaluation chosen to represent it.
@@ -91,6 +142,9 @@ class Run:
             when the run was never tested.
         num_evaluations: how many usable evaluations of its kind (single-
             or multi-scale) the run has in total.
+        seed: the seed its work directory names (:func:`split_seed`), or
+            None.
+        cost: its training and test cost (:func:`read_cost`).
     """
 
     name: str
@@ -99,6 +153,8 @@ class Run:
     evaluation: Evaluation
     num_evaluations: int = 1
     evaluations: List[Evaluation] = field(default_factory=list, repr=False)
+    seed: Optional[int] = None
+    cost: Cost = field(default_factory=Cost)
 
     @property
     def multi_scale(self) -> bool:
@@ -107,8 +163,11 @@ class Run:
 
     def describe(self) -> str:
         """Which evaluation the numbers come from, e.g. ``test
-        20240101_120000 (latest of 3)``."""
+        20240101_120000 (latest of 3)``, prefixed ``seed 2: `` for a seed's
+        run."""
         text = self.evaluation.describe()
+        if self.seed is not None:
+            text = f'seed {self.seed}: {text}'
         if self.num_evaluations > 1:
             text += f' (latest of {self.num_evaluations})'
         return text
@@ -196,6 +255,76 @@ def read_val_results(path: str, timestamp: str) -> List[Evaluation]:
     return results
 
 
+def _finite_number(value: object) -> Optional[float]:
+    if isinstance(value, (int, float)) and not isinstance(value, bool) \
+            and math.isfinite(value):
+        return float(value)
+    return None
+
+
+def read_train_costs(path: str) -> Tuple[List[float], List[float]]:
+    """The ``time`` and ``memory`` values of the training entries of a
+    ``scalars.json``, in file order.
+
+    Training entries are the lines without a metric key that have ``lr``
+    (mmengine logs the learning rate with every training window, never
+    with a validation one, whose ``time`` includes the evaluator).
+    Unreadable files and lines were warned about by
+    :func:`read_val_results` and are skipped silently here.
+    """
+    times: List[float] = []
+    memory: List[float] = []
+    try:
+        with open(path, encoding='utf-8') as f:
+            lines = f.readlines()
+    except (OSError, UnicodeDecodeError):
+        return times, memory
+    for line in lines:
+        try:
+            entry = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        if not isinstance(entry, dict) or _has_metric(entry) \
+                or 'lr' not in entry:
+            continue
+        time_value = _finite_number(entry.get('time'))
+        if time_value is not None:
+            times.append(time_value)
+        memory_value = _finite_number(entry.get('memory'))
+        if memory_value is not None:
+            memory.append(memory_value)
+    return times, memory
+
+
+def read_cost(path: str, evaluation: Optional[Evaluation] = None) -> Cost:
+    """The :class:`Cost` of the run in ``path``.
+
+    Args:
+        path: the run's work directory.
+        evaluation: its chosen evaluation; a test result's ``time`` is the
+            test time (a validation entry's is not used: it mixes in the
+            evaluator).
+
+    Returns:
+        The cost; a field is None when no launch logged it.
+    """
+    times: List[float] = []
+    peaks: List[float] = []
+    for timestamp in _timestamp_dirs(path):
+        scalars = osp.join(path, timestamp, 'vis_data', 'scalars.json')
+        if not osp.isfile(scalars):
+            continue
+        launch_times, launch_memory = read_train_costs(scalars)
+        times += launch_times[1:] if len(launch_times) > 1 else launch_times
+        peaks += launch_memory
+    test_time = None
+    if evaluation is not None and evaluation.kind == 'test':
+        test_time = _finite_number(evaluation.metrics.get('time'))
+    return Cost(
+        sum(times) / len(times) if times else None, test_time,
+        max(peaks) if peaks else None)
+
+
 def _timestamp_dirs(path: str) -> List[str]:
     try:
         names = os.listdir(path)
@@ -270,6 +399,7 @@ def load_runs(path: str) -> List[Run]:
     first).  Empty (warned) when it has no usable evaluation; a kind whose
     metrics name no known task is warned about and left out."""
     path = osp.normpath(path)
+    name, seed = split_seed(path)
     evaluations = evaluations_of(path)
     if not evaluations:
         _warn(f'{path}: no usable evaluation (a test result '
@@ -289,7 +419,8 @@ def load_runs(path: str) -> List[Run]:
                   'no task (detection, segmentation, video); skipped')
             continue
         runs.append(
-            Run(osp.basename(path), path, task, chosen, len(group), group))
+            Run(name, path, task, chosen, len(group), group, seed,
+                read_cost(path, chosen)))
     return runs
 
 

@@ -27,6 +27,9 @@ _NORM_TOKENS = {
     'syncsn': 'SyncSN',
     'syncssn': 'SyncSSN',
 }
+#: The config-name tokens that name a normaliser (``sn`` in
+#: ``mask-rcnn_r50-sn_fpn_sn-head_2x_coco``).
+NORM_NAME_TOKENS = frozenset(_NORM_TOKENS)
 #: Row order of normalisers in the mini-suite tables.
 NORM_ORDER = ('BN†', 'BN', 'SyncBN', 'GN', 'SN', 'SyncSN', 'SSN', 'SyncSSN')
 

@@ -26,12 +26,12 @@ TOOLBOXES = ('mmdet', 'mmseg', 'mmaction')
 def toolbox_of(cfg: Config) -> str:
     """The config's toolbox (its ``default_scope``); errors if unsupported."""
     scope = cfg.get('default_scope')
-    if scope not in TOOLBOXES:
-        raise ValueError(
-            f'the config has default_scope={scope!r}; the ssn-norm tools '
-            f'support {", ".join(TOOLBOXES)} configs (inherit one of their '
-            "bases, e.g. _base_ = 'mmdet::mask_rcnn/...')")
-    return scope
+    if scope in TOOLBOXES:
+        return scope
+    raise ValueError(
+        f'the config has default_scope={scope!r}; the ssn-norm tools '
+        f'support {", ".join(TOOLBOXES)} configs (inherit one of their '
+        "bases, e.g. _base_ = 'mmdet::mask_rcnn/...')")
 
 
 def add_common_args(parser: argparse.ArgumentParser) -> None:

@@ -13,8 +13,9 @@ import glob
 import json
 import os
 import os.path as osp
+import sys
 import time
-from typing import Dict, Optional
+from typing import Dict, Optional, Sequence
 
 from mmengine.config import Config, DictAction
 
@@ -94,15 +95,18 @@ def train_and_test(config: str,
     return record
 
 
-def main() -> None:
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    """Runs :func:`train_and_test` as ``argv`` (default: the command line)
+    asks; returns 0 once the record is written."""
     parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
     parser.add_argument('config')
     parser.add_argument('--work-dir', required=True)
     parser.add_argument('--cfg-options', nargs='+', action=DictAction)
     parser.add_argument('--schedule', type=float, default=1.0)
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     train_and_test(args.config, args.work_dir, args.cfg_options, args.schedule)
+    return 0
 
 
 if __name__ == '__main__':
-    main()
+    sys.exit(main())

@@ -136,12 +136,12 @@ def backbone_of_config(config: str) -> nn.Module:
 
 def _norm_kind(module: nn.Module) -> Optional[str]:
     from ..layers import SSN
-    from ..layers.switchable_norm import _SwitchableNormBase
+    from ..layers.switchable_norm import SwitchableNormBase
     kinds = set()
     for layer in module.modules():
         if isinstance(layer, SSN):
             kinds.add('ssn')
-        elif isinstance(layer, _SwitchableNormBase):
+        elif isinstance(layer, SwitchableNormBase):
             kinds.add('sn')
     if len(kinds) > 1:
         raise ConversionError('the backbone mixes SN and SSN layers; '

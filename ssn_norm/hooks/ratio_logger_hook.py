@@ -24,10 +24,11 @@ class RatioLoggerHook(Hook):
       ``roi_head.mask_head``, ``decode_head`` ...; see
       :func:`~ssn_norm.analysis.group_of`), if ``per_group``;
     * with SSN layers: ``ratio/one_hot_layers`` (layers whose mean and
-      variance ratios are both frozen one-hot), ``ratio/ssn_layers`` and
-      ``ratio/radius`` (the mean of the layers' ``radius`` buffers, read
-      from the model, so it is right with or without
-      :class:`SparsestMaxRadiusHook`).
+      variance ratios are both frozen one-hot) out of ``ratio/ssn_layers``.
+
+    The SparsestMax radius is not a ratio: :class:`SparsestMaxRadiusHook`,
+    which sets it, logs it (``ssn_radius``).  Each quantity is logged by one
+    hook under one name.
 
     They land in ``vis_data/scalars.json`` and in every other visualizer
     backend (TensorBoard, ...) like the loss; ``tools/plot_ratios.py
@@ -103,8 +104,6 @@ class RatioLoggerHook(Hook):
             hub.update_scalar('train/ratio/one_hot_layers',
                               sum(layer.one_hot for layer in ssn))
             hub.update_scalar('train/ratio/ssn_layers', len(ssn))
-            hub.update_scalar('train/ratio/radius',
-                              sum(layer.radius for layer in ssn) / len(ssn))
 
     def after_train_iter(self,
                          runner,

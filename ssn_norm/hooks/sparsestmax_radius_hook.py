@@ -41,9 +41,9 @@ class SparsestMaxRadiusHook(Hook):
     ``end_radius`` at iteration ``end`` (default: the run's ``max_iters``) and
     stays there; it is recomputed from the iteration before every training
     step, so resuming restores it exactly.  Every ``interval`` iterations it
-    logs the radius (``train/ssn_radius``) and the number of SSN layers whose
-    mean and variance ratios are both one-hot (``train/ssn_one_hot_layers``,
-    out of ``train/ssn_layers``).
+    logs the radius (``train/ssn_radius``); the ratios, and how many SSN
+    layers have frozen one-hot, are :class:`RatioLoggerHook`'s to log
+    (``train/ratio/one_hot_layers``), so each is logged once.
 
     Fine-tuning frozen SSN weights (e.g. the released ImageNet checkpoint,
     every layer frozen): ``unfreeze_at_start=True`` calls
@@ -134,19 +134,3 @@ class SparsestMaxRadiusHook(Hook):
             layer.set_radius(radius)
         if self.every_n_train_iters(runner, self.interval):
             runner.message_hub.update_scalar('train/ssn_radius', radius)
-
-    def after_train_iter(self,
-                         runner,
-                         batch_idx: int,
-                         data_batch=None,
-                         outputs=None) -> None:
-        if not self.every_n_train_iters(runner, self.interval):
-            return
-        layers = [layer for _, layer in sparse_switchable_norms(runner.model)]
-        if not layers:
-            return
-        # One host read for all layers, only at the logging interval.
-        one_hot = int(
-            torch.stack([layer.frozen.all() for layer in layers]).sum())
-        runner.message_hub.update_scalar('train/ssn_one_hot_layers', one_hot)
-        runner.message_hub.update_scalar('train/ssn_layers', len(layers))

@@ -1,4 +1,8 @@
-from .switchable_norm import NORMALIZERS, SN, SSN, max_radius
+from .switchable_norm import (NORMALIZERS, SN, SSN, MomentRecorder,
+                              SwitchableNormBase, max_radius)
 from .sync_switchable_norm import SyncSN, SyncSSN
 
-__all__ = ['NORMALIZERS', 'SN', 'SSN', 'SyncSN', 'SyncSSN', 'max_radius']
+__all__ = [
+    'NORMALIZERS', 'MomentRecorder', 'SN', 'SSN', 'SwitchableNormBase',
+    'SyncSN', 'SyncSSN', 'max_radius'
+]

@@ -10,15 +10,18 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ..ops import native
-from ..ops.fused_train import stat_dtype
+from ..ops.backend import compiles_for, fast_ssn_ratios
+from ..ops.moments import MomentSpec, members, names, variance
 from ..ops.sparsestmax import ratios_with_freezing
-from ..ops.switchable_function import (TrainingMix, batch_norm_inference,
-                                       compiles_for, fast_ssn_ratios,
-                                       switchable_norm, uses_native_layer_norm)
+from ..ops.switchable_function import switchable_norm
 
-#: Order of the normalisers in the ratio logits.
-NORMALIZERS = ('IN', 'LN', 'BN')
+#: Order of the normalisers in the ratio logits (:data:`ssn_norm.ops.
+#: moments.MEMBERS`).
+NORMALIZERS = names()
+
+#: ``recorder(layer, mean_bn, sqmean_bn)``, see
+#: :attr:`SwitchableNormBase.moment_recorder`.
+MomentRecorder = Callable[[nn.Module, Tensor, Tensor], None]
 
 #: Starting logits of :meth:`SSN.unfreeze`.
 UNFREEZE_LOGITS = ('uniform', 'soften')
@@ -50,13 +53,25 @@ def _refuse_torchscript(layer: nn.Module, how: str) -> RuntimeError:
         f'{type(layer).__name__} does not support {how}; {_NO_TORCHSCRIPT}')
 
 
-class _SwitchableNormBase(nn.Module):
+class SwitchableNormBase(nn.Module):
     """Common machinery of SN and SSN; subclasses choose how ratios are made.
 
     A subclass implements :meth:`_ratios`, returning the mean and variance
     ratios, each of shape ``(K,)`` with ``K = 3`` (IN, LN, BN) or ``K = 2``
     (IN, LN) when ``using_bn=False``, and may report a one-hot selection
     through :meth:`_selected` so that eval computes only what is needed.
+    The statistics themselves are :mod:`ssn_norm.ops.moments`'; the forward
+    decides once (mode, ratios, selection) and calls
+    :func:`~ssn_norm.ops.switchable_function.switchable_norm` once.
+
+    Attributes:
+        moment_recorder: None (default), or a callable
+            ``recorder(layer, mean_bn, sqmean_bn)`` that receives the
+            detached per-channel batch mean and second moment
+            ``E[var_in + mean_in²]`` (C,) of every training forward
+            *instead of* the running-statistics update (used by
+            :func:`ssn_norm.batch_stats.compute_batch_stats`; set it back to
+            None afterwards).
     """
 
     # ``build_norm_layer`` names the attribute after ``_abbr_``.  'bn' keeps
@@ -91,7 +106,8 @@ class _SwitchableNormBase(nn.Module):
         self.using_bn = bool(using_bn)
         self.using_moving_average = bool(using_moving_average)
         self.last_gamma = bool(last_gamma)
-        num_normalizers = 3 if self.using_bn else 2
+        # One logit per member of the mix (ssn_norm.ops.moments.MEMBERS).
+        num_normalizers = len(members(self.using_bn))
         self.weight = nn.Parameter(torch.empty(num_features))
         self.bias = nn.Parameter(torch.empty(num_features))
         self.mean_weight = nn.Parameter(torch.ones(num_normalizers))
@@ -102,8 +118,7 @@ class _SwitchableNormBase(nn.Module):
             if not self.using_moving_average or momentum is None:
                 self.register_buffer('num_batches_tracked',
                                      torch.tensor(0, dtype=torch.long))
-        # Set by ssn_norm.batch_stats to collect exact per-batch moments.
-        self._moment_recorder = None
+        self.moment_recorder: Optional[MomentRecorder] = None
         self.reset_parameters()
 
     # ------------------------------------------------------------------ setup
@@ -170,8 +185,8 @@ class _SwitchableNormBase(nn.Module):
     @torch.no_grad()
     def _update_running_stats(self, mean_bn: Tensor, sqmean_bn: Tensor,
                               var_bn: Tensor) -> None:
-        if self._moment_recorder is not None:
-            self._moment_recorder(self, mean_bn, sqmean_bn)
+        if self.moment_recorder is not None:
+            self.moment_recorder(self, mean_bn, sqmean_bn)
             return
         if self.using_moving_average and self.momentum is not None:
             m = self.momentum
@@ -185,67 +200,7 @@ class _SwitchableNormBase(nn.Module):
         sqmean_run = self.running_var + self.running_mean.square()
         sqmean_run.add_((sqmean_bn - sqmean_run) * step)
         self.running_mean.add_((mean_bn - self.running_mean) * step)
-        self.running_var.copy_(
-            (sqmean_run - self.running_mean.square()).clamp(min=0))
-
-    def _mixed_moments(self,
-                       var_mean_in: Callable[[], Tuple[Tensor, Tensor]],
-                       dtype: torch.dtype,
-                       mean_ratio: Optional[Tensor],
-                       var_ratio: Optional[Tensor],
-                       selected: Optional[Tuple[int, int]],
-                       training: bool,
-                       record: bool = True) -> Tuple[Tensor, Tensor]:
-        """Mixed mean and variance in ``dtype``, broadcastable to (N, C).
-
-        ``var_mean_in()`` returns the per-sample (IN) variance and mean, each
-        (N, C) in ``dtype``; it is called only when they are needed.
-        ``training``: the mode of the forward (batch or running BN
-        statistics), fixed there so that a later replay uses the same.
-        ``record=False`` leaves the running statistics alone (the
-        double-backward replay of a forward that already updated them).
-        """
-        use_batch_stats = self.using_bn and training
-        use_running = self.using_bn and not training
-        bn = 2 if self.using_bn else None
-        needs_sample_stats = (
-            use_batch_stats or selected is None
-            or any(i != bn for i in selected))
-        mean_terms, var_terms = [], []
-        if needs_sample_stats:
-            # Released numerics: unbiased IN variance.  A single element has
-            # none; its IN variance is defined as 0 (not NaN).
-            var_in, mean_in = var_mean_in()
-            # LN and BN moments derive from the IN moments (one pass).
-            sqmean_in = var_in + mean_in.square()
-            mean_ln = mean_in.mean(1, keepdim=True)
-            var_ln = (sqmean_in.mean(1, keepdim=True) -
-                      mean_ln.square()).clamp(min=0)
-            mean_terms += [mean_in, mean_ln]
-            var_terms += [var_in, var_ln]
-        if use_batch_stats:
-            mean_bn, sqmean_bn = self._batch_moments(mean_in, sqmean_in)
-            var_bn = (sqmean_bn - mean_bn.square()).clamp(min=0)
-            if record:
-                self._update_running_stats(mean_bn.detach(),
-                                           sqmean_bn.detach(),
-                                           var_bn.detach())
-            mean_terms.append(mean_bn)
-            var_terms.append(var_bn)
-        elif use_running:
-            mean_terms.append(self.running_mean.to(dtype))
-            var_terms.append(self.running_var.to(dtype))
-
-        if selected is not None and not training:
-            mean_idx, var_idx = selected
-            if not needs_sample_stats:
-                return mean_terms[0], var_terms[0]
-            return mean_terms[mean_idx], var_terms[var_idx]
-        mean_ratio = mean_ratio.to(dtype)
-        var_ratio = var_ratio.to(dtype)
-        mean = sum(r * t for r, t in zip(mean_ratio.unbind(), mean_terms))
-        var = sum(r * t for r, t in zip(var_ratio.unbind(), var_terms))
-        return mean, var
+        self.running_var.copy_(variance(self.running_mean, sqmean_run))
 
     def _empty_batch_anchor(self, anchor: Tensor) -> Tensor:
         """Zero scalar tied to ``anchor``; SyncSN joins its collectives here.
@@ -281,47 +236,34 @@ class _SwitchableNormBase(nn.Module):
         if x.numel() == 0:
             return self._forward_empty(x)
         selected = None if self.training else self._selected()
-        if selected == (2, 2):
-            # Frozen on BN for mean and variance: plain BatchNorm in eval.
-            return batch_norm_inference(x, self.running_mean, self.running_var,
-                                        self.weight, self.bias, self.eps)
-        if selected == (1, 1) and uses_native_layer_norm(
-                x, self.weight, self.bias):
-            # Frozen on LN for mean and variance: one C++ call with
-            # GroupNorm's memory traffic (the released LN variance needs
-            # per-channel means, which GroupNorm(1, C) does not take).
-            return native.layer_norm_released(x, self.weight, self.bias,
-                                              self.eps)
-        mean_ratio, var_ratio = (
-            self._ratios(compiles_for(x)) if selected is None else
-            (None, None))
-        dtype = stat_dtype(x.dtype)
-        training = self.training
+        mean_ratio = var_ratio = None
+        if selected is None:
+            # Compiled ratios (SSN) where the kernels are compiled too.
+            mean_ratio, var_ratio = self._ratios(compiles_for(x))
+        return switchable_norm(x, self.weight, self.bias,
+                               mean_ratio, var_ratio,
+                               self._moment_spec(selected), self.eps)
 
-        def mix(var_mean_in, mean_ratio, var_ratio, record=True):
-            return self._mixed_moments(var_mean_in, dtype, mean_ratio,
-                                       var_ratio, selected, training, record)
+    def _moment_spec(self, selected: Optional[Tuple[int, int]]) -> MomentSpec:
+        """This forward's decisions, as data for the ops.
 
-        # The heavy O(N·C·L) work runs in fused kernels (ssn_norm.ops); in
-        # training, so does the O(N·C) mix on the fast backends.
-        fused = self._training_mix() if self.training else None
-        return switchable_norm(x, self.weight, self.bias, mean_ratio,
-                               var_ratio, mix, self.eps, fused)
-
-    def _training_mix(self) -> TrainingMix:
-        """:meth:`_mixed_moments` in training, for the fused backward.
-
-        An overridden :meth:`_batch_moments` (SyncSN) is handed over as a
-        differentiable hook; the base one is differentiated by hand.
+        An overridden :meth:`_batch_moments` (SyncSN) is handed down as a
+        differentiable hook; the base one is the BN member's own reduction.
         """
-        own = type(self)._batch_moments is _SwitchableNormBase._batch_moments
-        return TrainingMix(
+        training = self.training
+        own = (type(self)._batch_moments is SwitchableNormBase._batch_moments)
+        return MomentSpec(
             using_bn=self.using_bn,
-            record=self._update_running_stats,
+            training=training,
+            running=((self.running_mean,
+                      self.running_var) if self.using_bn else None),
+            selected=selected,
+            record=(self._update_running_stats
+                    if training and self.using_bn else None),
             batch_moments=None if own else self._batch_moments)
 
 
-class SN(_SwitchableNormBase):
+class SN(SwitchableNormBase):
     """Switchable Normalization (Luo et al., ICLR 2019) for (N, C, *) input.
 
     Normalises with a learned mix of instance (IN, per sample and channel),
@@ -346,8 +288,9 @@ class SN(_SwitchableNormBase):
         last_gamma: initialise γ to 0 (for the last norm of a residual block).
 
     Note:
-        Numerics follow the released implementation so its checkpoints
-        evaluate identically: IN variance is unbiased; LN and BN moments are
+        Numerics (written once, in :mod:`ssn_norm.ops.moments`) follow the
+        released implementation so its checkpoints evaluate identically:
+        IN variance is unbiased; LN and BN moments are
         derived from the IN moments as ``mean(var_in + mean_in²) - mean²``; in
         eval BN uses the running statistics and IN/LN come from the input.
         Where those formulas break we define:
@@ -375,7 +318,7 @@ class SN(_SwitchableNormBase):
         return F.softmax(self.mean_weight, 0), F.softmax(self.var_weight, 0)
 
 
-class SSN(_SwitchableNormBase):
+class SSN(SwitchableNormBase):
     """Sparse Switchable Normalization (Shao et al., CVPR 2019).
 
     SN statistics whose ratios come from :func:`~ssn_norm.ops.sparsestmax` at
@@ -454,8 +397,8 @@ class SSN(_SwitchableNormBase):
         if (not torch.compiler.is_compiling()
                 and _state_key(self.radius) != self._radius_key):
             if self.radius.device.type == 'cpu':
-                self._check_radius(float(self.radius.reshape(-1)[0]),
-                                   'the radius buffer')
+                self._check_radius(
+                    float(self.radius.reshape(-1)[0]), 'the radius buffer')
             else:
                 self._assert_radius_async(self.radius)
             self._radius_key = _state_key(self.radius)
@@ -525,10 +468,11 @@ class SSN(_SwitchableNormBase):
         logits = torch.stack([self.mean_weight, self.var_weight])
         freeze = self.training and torch.is_grad_enabled()
         radius = self._checked_radius().to(logits.dtype)
-        ratios, new_logits, new_fixed = (fast_ssn_ratios
-                                         if fast else ratios_with_freezing)(
-                                             logits, radius, self.mean_fixed,
-                                             self.var_fixed, freeze)
+        ratios, new_logits, new_fixed = (fast_ssn_ratios if fast else
+                                         ratios_with_freezing)(logits, radius,
+                                                               self.mean_fixed,
+                                                               self.var_fixed,
+                                                               freeze)
         if freeze:
             with torch.no_grad():
                 # Newly frozen rows: their one-hot logits and flags.
@@ -546,8 +490,8 @@ class SSN(_SwitchableNormBase):
             key = None if self._selection_cache is None else (
                 self._selection_cache[0])
         else:
-            key = _state_key(self.mean_fixed, self.var_fixed,
-                             self.mean_weight, self.var_weight)
+            key = _state_key(self.mean_fixed, self.var_fixed, self.mean_weight,
+                             self.var_weight)
         if self._selection_cache is None or self._selection_cache[0] != key:
             selection = None
             if all(self.frozen.tolist()):
@@ -565,8 +509,9 @@ class SSN(_SwitchableNormBase):
         radius = state_dict.get(prefix + 'radius')
         if isinstance(radius, Tensor) and radius.numel() == 1:
             # Fail at the load, naming the key, not at the first forward.
-            self._check_radius(float(radius.reshape(-1)[0]),
-                               f'checkpoint entry {prefix}radius')
+            self._check_radius(
+                float(radius.reshape(-1)[0]),
+                f'checkpoint entry {prefix}radius')
         return super()._load_from_state_dict(state_dict, prefix, *args,
                                              **kwargs)
 

@@ -5,6 +5,7 @@ import torch
 from torch import Tensor
 
 from ..distributed import all_reduce_sum, get_world_size
+from ..ops.moments import variance
 from .switchable_norm import SN, SSN
 
 
@@ -36,12 +37,12 @@ class _SyncBatchMomentsMixin:
         count = total[-1]
         # Running statistics are global: follow the other processes' batch
         # (one host read, on this rare path only).
-        if float(count) > 0:
+        if float(count.detach()) > 0:
             with torch.no_grad():
                 mean_bn = total[:num_channels] / count
                 sqmean_bn = total[num_channels:2 * num_channels] / count
-                var_bn = (sqmean_bn - mean_bn.square()).clamp(min=0)
-                self._update_running_stats(mean_bn, sqmean_bn, var_bn)
+                self._update_running_stats(mean_bn, sqmean_bn,
+                                           variance(mean_bn, sqmean_bn))
         return total.sum() * 0
 
     def _batch_moments(self, mean_in: Tensor,

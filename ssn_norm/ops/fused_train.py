@@ -6,34 +6,29 @@ by :mod:`ssn_norm.ops.switchable_function`:
 
 * :func:`var_mean_rows` and :func:`grad_input_rows`: the two row kernels of
   the general path;
-* :func:`training_forward`: row moments, the IN/LN/BN mix
-  (:mod:`ssn_norm.ops.fused_mix`) and ``y = x * scale + shift``;
+* :func:`training_forward`: row moments, the members' moments and their
+  mix (:mod:`ssn_norm.ops.moments`) and ``y = x * scale + shift``;
 * :func:`training_backward`: the row sums ``Σ g`` and ``Σ g·x``, the
-  hand-derived backward of the mix and the input gradient.
+  hand-derived backward of the mix
+  (:func:`~ssn_norm.ops.moments.member_grads`) and the input gradient.
 
 One compiled call per direction replaces a few dozen small eager ops, the
 fixed per-layer cost that dominated small maps.  The whole-layer formulas
 take the input as ``(N, C, L)`` (index arithmetic on a flat row index
 costs more than the fused loops themselves); their graphs are compiled
-once for ``N > 1`` and once for ``N = 1``.  Released numerics throughout:
-unbiased IN variance, LN and BN moments derived from the IN moments.
+once for ``N > 1`` and once for ``N = 1``.  The numerics are those of
+:mod:`ssn_norm.ops.moments`; only the row kernels are written here.
 """
 from typing import Optional, Tuple
 
 import torch
 from torch import Tensor
 
-from .fused_mix import combine, mix_grads, sample_terms
+from .moments import member_grads, member_moments, mix, scale_shift, stat_dtype
 
 __all__ = [
-    'grad_input_rows', 'stat_dtype', 'training_backward', 'training_forward',
-    'var_mean_rows'
+    'grad_input_rows', 'training_backward', 'training_forward', 'var_mean_rows'
 ]
-
-
-def stat_dtype(dtype: torch.dtype) -> torch.dtype:
-    """Statistics dtype: fp32 for fp16/bf16/fp32, fp64 for fp64."""
-    return torch.promote_types(dtype, torch.float32)
 
 
 def var_mean_rows(x: Tensor) -> Tuple[Tensor, Tensor]:
@@ -64,18 +59,6 @@ def grad_input_rows(grad: Tensor, x: Tensor, scale: Tensor, centre: Tensor,
     return out.to(x.dtype)
 
 
-def _terms(var_in: Tensor, mean_in: Tensor, using_bn: bool):
-    sq_in, mean_ln, diff_ln = sample_terms(var_in, mean_in)
-    means, diffs = [mean_in, mean_ln], [diff_ln]
-    mean_bn = sq_bn = None
-    if using_bn:
-        mean_bn, sq_bn = mean_in.mean(0), sq_in.mean(0)
-        means.append(mean_bn)
-        diffs.append(sq_bn - mean_bn.square())
-    variances = [var_in] + [d.clamp(min=0) for d in diffs]
-    return means, variances, diffs, mean_bn, sq_bn
-
-
 def training_forward(
     x: Tensor, mean_ratio: Tensor, var_ratio: Tensor, weight: Tensor,
     bias: Tensor, eps: float, using_bn: bool
@@ -91,11 +74,13 @@ def training_forward(
     """
     var_in, mean_in = var_mean_rows(x)
     dtype = var_in.dtype
-    means, variances, _, mean_bn, sq_bn = _terms(var_in, mean_in, using_bn)
+    moments = member_moments(var_in, mean_in, using_bn)
     ratios = torch.stack([mean_ratio, var_ratio]).to(dtype)
-    _, _, scale, shift = combine(ratios, means, variances, weight, bias, eps)
+    mean = mix(ratios[0], moments.means)
+    _, scale, shift = scale_shift(mean, mix(ratios[1], moments.variances),
+                                  weight, bias, eps)
     out = x.to(dtype) * scale.unsqueeze(-1) + shift.unsqueeze(-1)
-    var_bn = variances[2] if using_bn else None
+    mean_bn, sq_bn, var_bn = moments.batch or (None, None, None)
     return out.to(x.dtype), var_in, mean_in, mean_bn, sq_bn, var_bn
 
 
@@ -117,14 +102,14 @@ def training_backward(
     dtype = var_in.dtype
     xs, gs = x.to(dtype), grad.to(dtype)
     sum_g, sum_gx = gs.sum(-1), (gs * xs).sum(-1)
-    means, variances, diffs, _, _ = _terms(var_in, mean_in, using_bn)
+    moments = member_moments(var_in, mean_in, using_bn)
     ratios = torch.stack([mean_ratio, var_ratio]).to(dtype)
-    mean, inv_std, scale, _ = combine(ratios, means, variances, weight, None,
-                                      eps)
-    masks = [d >= 0 for d in diffs]  # clamp(min=0) passes gradient at 0
+    mean = mix(ratios[0], moments.means)
+    inv_std, scale, _ = scale_shift(mean, mix(ratios[1], moments.variances),
+                                    weight, None, eps)
     (grad_var_in, grad_mean_in, grad_ratios, grad_weight,
-     grad_bias) = mix_grads(ratios, means, variances, masks, mean, inv_std,
-                            scale, sum_g, sum_gx)
+     grad_bias) = member_grads(ratios, moments, using_bn, mean, inv_std, scale,
+                               sum_g, sum_gx)
     # ∂v/∂x = 2(x - m)/(L - 1), ∂m/∂x = 1/L.
     grad_x = grad_input_rows(grad, x, scale, mean_in,
                              grad_var_in * (2.0 / (length - 1)),

@@ -39,7 +39,7 @@ def accepts(x: Tensor, *params: Tensor) -> bool:
     the call may need a gradient, since the kernel has no backward).
 
     Tracers must see plain PyTorch ops: layers ask
-    :func:`ssn_norm.ops.switchable_function.uses_native_layer_norm`.
+    :func:`ssn_norm.ops.backend.uses_native_layer_norm`.
     """
     if _ext is None or x.device.type != 'cpu' or x.dtype not in _DTYPES:
         return False
