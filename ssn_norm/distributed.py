@@ -18,6 +18,8 @@ import torch.distributed as dist
 from torch import Tensor, nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
+from .ops.moments import variance
+
 
 def get_world_size(group=None) -> int:
     """World size of ``group``; 1 when torch.distributed is not initialised."""
@@ -162,7 +164,7 @@ def sync_running_stats(model: nn.Module, group=None) -> int:
         mean = next(sums) / world_size
         sqmean = next(sums) / world_size
         layer.running_mean.copy_(mean)
-        layer.running_var.copy_((sqmean - mean.square()).clamp(min=0))
+        layer.running_var.copy_(variance(mean, sqmean))
         if getattr(layer, 'num_batches_tracked', None) is not None:
             layer.num_batches_tracked.copy_((next(sums) / world_size).round())
     return len(layers)

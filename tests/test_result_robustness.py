@@ -13,6 +13,8 @@ import warnings
 
 import pytest
 
+from _helpers import run_tool
+
 from ssn_norm import suite
 from ssn_norm.analysis import ResultWarning, find_runs
 from ssn_norm.apis.train_test import RESULT_FILE
@@ -80,15 +82,7 @@ def test_gather_results_shows_nan_and_names_the_run(non_finite_runs):
 def test_json_leaderboard_is_strict_json_with_null_for_nan(
         non_finite_runs, tmp_path):
     out = tmp_path / 'board.json'
-    proc = subprocess.run(
-        [sys.executable, 'tools/gather_results.py',
-         str(non_finite_runs), '--out',
-         str(out)],
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        timeout=120)
-    assert proc.returncode == 0, proc.stderr
+    assert run_tool('gather_results', non_finite_runs, '--out', out) == 0
 
     def refuse(constant):
         raise AssertionError(f'{constant} is not JSON')

@@ -11,18 +11,16 @@
 Figures are drawn on matplotlib's Agg canvas directly (no pyplot, no
 display, no global state), so this works on servers and in threads.
 """
-import json
 import os
 import os.path as osp
 import re
-import warnings
 from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
 from ..layers.switchable_norm import NORMALIZERS
 from .ratios import LayerRatios, group_of
-from .runs import ResultWarning
+from .runs import json_objects
 
 #: Bar / line colour of each normaliser.
 COLORS = {'IN': '#4C72B0', 'LN': '#DD8452', 'BN': '#55A868'}
@@ -236,17 +234,8 @@ def read_ratio_scalars(
     for path in paths:
         with open(path, encoding='utf-8') as f:
             lines = f.readlines()
-        for number, line in enumerate(lines, 1):
-            if not line.strip():
-                continue
-            try:
-                entry = json.loads(line)
-            except json.JSONDecodeError as error:
-                warnings.warn(
-                    f'{path}:{number}: malformed line ({error}); '
-                    'skipped', ResultWarning)
-                continue
-            if not isinstance(entry, dict) or 'step' not in entry:
+        for entry in json_objects(lines, path):
+            if 'step' not in entry:
                 continue
             for key, value in entry.items():
                 key = key[len('train/'):] if key.startswith('train/') else key

@@ -33,7 +33,8 @@ import os.path as osp
 import re
 import warnings
 from dataclasses import dataclass, field, replace
-from typing import Dict, Iterable, List, Optional, Tuple
+from typing import (Dict, Iterable, Iterator, List, Optional, Sequence,
+                    Tuple)
 
 from .tasks import TASKS, Task, recognise_task
 
@@ -221,6 +222,25 @@ def read_run_info(path: str) -> Optional[dict]:
     return info
 
 
+def json_objects(lines: Sequence[str], path: str) -> Iterator[dict]:
+    """The JSON objects of mmengine's JSON-lines logs (``scalars.json``), in
+    order.  Blank lines are skipped; a line that is no JSON object (e.g. one
+    cut off when the run was killed) is warned about, naming ``path`` and
+    its line number, and skipped."""
+    for number, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            entry = json.loads(line)
+        except json.JSONDecodeError as error:
+            _warn(f'{path}:{number}: malformed line ({error}); skipped')
+            continue
+        if not isinstance(entry, dict):
+            _warn(f'{path}:{number}: not a JSON object; skipped')
+            continue
+        yield entry
+
+
 def read_val_results(path: str, timestamp: str) -> List[Evaluation]:
     """The validation entries of a ``scalars.json``, in file order.
 
@@ -234,17 +254,7 @@ def read_val_results(path: str, timestamp: str) -> List[Evaluation]:
         _warn(f'{path}: unreadable ({error}); skipped')
         return []
     results = []
-    for number, line in enumerate(lines, 1):
-        if not line.strip():
-            continue
-        try:
-            entry = json.loads(line)
-        except json.JSONDecodeError as error:
-            _warn(f'{path}:{number}: malformed line ({error}); skipped')
-            continue
-        if not isinstance(entry, dict):
-            _warn(f'{path}:{number}: not a JSON object; skipped')
-            continue
+    for entry in json_objects(lines, path):
         if _has_metric(entry):
             step = entry.get('step')
             results.append(

@@ -1,5 +1,5 @@
 """Markdown tables of benchmark results."""
-from typing import Optional, Sequence
+from typing import Dict, Optional, Sequence
 
 from .layers import LAYER_NORMS, LayerResult
 from .models import MODEL_TASKS, ModelResult
@@ -26,6 +26,21 @@ def _row(cells: Sequence[str]) -> str:
     return '| ' + ' | '.join(cells) + ' |'
 
 
+def _timing_row(res: LayerResult,
+                timings: Dict[str, Timing],
+                norms: Sequence[str],
+                reference: str,
+                extra: Sequence[str] = ()) -> str:
+    """One shape: the norms' times, SN and SSN over ``reference``, then
+    ``extra`` cells."""
+    return _row([f'{res.case.family} {res.case.name}',
+                 _shape(res.case.shape)] +
+                [_ms(timings.get(n)) for n in norms] + [
+                    _ratio(timings.get(name), timings.get(reference))
+                    for name in ('SN', 'SSN')
+                ] + list(extra))
+
+
 def layer_table(results: Sequence[LayerResult]) -> str:
     """Markdown tables: training, eval, frozen-SSN eval (ms per call)."""
     norms = [n for n in LAYER_NORMS if results and n in results[0].train]
@@ -40,26 +55,11 @@ def layer_table(results: Sequence[LayerResult]) -> str:
         peak_ratio = (f'{peak[0] / peak[1]:.2f}' if all(
             p for p in peak) else '–')
         lines.append(
-            _row(
-                [f'{res.case.family} {res.case.name}',
-                 _shape(res.case.shape)] +
-                [_ms(res.train.get(n)) for n in norms] + [
-                    _ratio(res.train.get('SN'), res.train.get('BN')),
-                    _ratio(res.train.get('SSN'), res.train.get('BN')),
-                    peak_ratio
-                ]))
+            _timing_row(res, res.train, norms, 'BN', extra=[peak_ratio]))
     lines += ['', '**Eval** (ms)', '']
     head = ['layer', 'shape'] + norms + ['SN/IN', 'SSN/IN']
     lines += [_row(head), _row(['---'] * len(head))]
-    for res in results:
-        lines.append(
-            _row(
-                [f'{res.case.family} {res.case.name}',
-                 _shape(res.case.shape)] +
-                [_ms(res.eval.get(n)) for n in norms] + [
-                    _ratio(res.eval.get('SN'), res.eval.get('IN')),
-                    _ratio(res.eval.get('SSN'), res.eval.get('IN'))
-                ]))
+    lines += [_timing_row(res, res.eval, norms, 'IN') for res in results]
     if any(res.frozen for res in results):
         lines += [
             '', '**Eval, SSN frozen one-hot** on the normaliser in brackets, '
