@@ -34,6 +34,7 @@ def compiled_paths(monkeypatch):
     (the whole-layer training graphs included), SSN's ratios through
     AOTAutograd, whose backward is not differentiable by itself."""
     monkeypatch.setattr(sf, 'MIN_COMPILED_NUMEL', 1)
+    monkeypatch.setattr(sf, 'COMPILE_AFTER_NUMEL', 0)
     monkeypatch.setattr(sf, '_COMPILED',
                         sf._CompiledKernels(backend=EagerGraphs()))
     monkeypatch.setattr(

@@ -47,6 +47,7 @@ def dynamo_kernels(monkeypatch):
     """``compiled`` backend through Dynamo, without C++ compilation."""
     counter = CountingBackend()
     monkeypatch.setattr(sf, 'MIN_COMPILED_NUMEL', 1)
+    monkeypatch.setattr(sf, 'COMPILE_AFTER_NUMEL', 0)
     monkeypatch.setattr(sf, '_COMPILED', sf._CompiledKernels(backend=counter))
     monkeypatch.setattr(
         sf, '_COMPILED_SSN_RATIOS',
@@ -159,6 +160,47 @@ def test_min_compiled_numel_from_environment(monkeypatch):
         monkeypatch.setenv('SSN_NORM_MIN_COMPILED_NUMEL', bad)
         with pytest.raises(ValueError, match='must be a positive integer'):
             sf._min_numel_from_env()
+
+
+def test_compile_after_from_environment(monkeypatch):
+    monkeypatch.delenv('SSN_NORM_COMPILE_AFTER', raising=False)
+    assert sf._compile_after_from_env() == 4 * 10**9
+    monkeypatch.setenv('SSN_NORM_COMPILE_AFTER', ' 0 ')
+    assert sf._compile_after_from_env() == 0
+    for bad in ('-1', '4e9', 'later'):
+        monkeypatch.setenv('SSN_NORM_COMPILE_AFTER', bad)
+        with pytest.raises(
+                ValueError,
+                match="SSN_NORM_COMPILE_AFTER=.*must be a non-negative"):
+            sf._compile_after_from_env()
+
+
+def test_compiled_backend_compiles_only_after_its_warm_up(monkeypatch):
+    """Tiered: eager kernels (no graph) until the layers have normalised
+    ``COMPILE_AFTER_NUMEL`` elements of compilable inputs, then compiled
+    code for good; small inputs neither count nor compile."""
+    counter = CountingBackend()
+    monkeypatch.setattr(sf, 'MIN_COMPILED_NUMEL', 60)
+    monkeypatch.setattr(sf, '_COMPILED', sf._CompiledKernels(backend=counter))
+    shape = (3, 4, 3, 5)  # 180 elements per call
+    monkeypatch.setattr(sf, 'COMPILE_AFTER_NUMEL', 2 * 180)
+    torch._dynamo.reset()
+    try:
+        reference = compare(SN, shape, True, 'eager')
+        for _ in range(5):
+            # 4×2×2×2 = 32 elements: below MIN_COMPILED_NUMEL, not counted.
+            compare(SN, (4, 2, 2, 2), True, 'compiled')
+        assert sf._COMPILED.seen_numel == 0
+        warming = compare(SN, shape, True, 'compiled')
+        assert sf._COMPILED.seen_numel == 180 and not sf._COMPILED.warm()
+        assert counter.graphs == 0
+        assert_all_close(warming, reference, 1e-12)
+        compare(SN, shape, True, 'compiled')  # this call ends the warm-up
+        assert sf._COMPILED.warm() and counter.graphs > 0
+        compare(SN, shape, True, 'compiled')
+        assert sf._COMPILED.seen_numel == 360  # no more counting once warm
+    finally:
+        torch._dynamo.reset()
 
 
 # --------------------------------------- eager kernels, float64 and float32
@@ -332,6 +374,7 @@ def test_compiled_ssn_ratios_match_eager(dynamo_kernels):
 def test_compiled_backend_with_inductor_matches_reference(monkeypatch):
     """Real generated code (fp32; the graphs are shared by all cases)."""
     monkeypatch.setattr(sf, 'MIN_COMPILED_NUMEL', 1)
+    monkeypatch.setattr(sf, 'COMPILE_AFTER_NUMEL', 0)
     monkeypatch.setattr(sf, '_COMPILED', sf._CompiledKernels())
     for cls, dims, training in [(SN, '4d', True), (SSN, '5d', True),
                                 (SN, 'n1', True), (SN, '3d', False)]:
@@ -359,6 +402,7 @@ def test_compile_failure_falls_back_to_eager_once(monkeypatch):
 
     monkeypatch.setattr(torch, 'compile', broken_compile)
     monkeypatch.setattr(sf, 'MIN_COMPILED_NUMEL', 1)
+    monkeypatch.setattr(sf, 'COMPILE_AFTER_NUMEL', 0)
     monkeypatch.setattr(sf, '_COMPILED', sf._CompiledKernels())
     with pytest.warns(
             RuntimeWarning,
@@ -382,6 +426,7 @@ def test_eager_backend_never_calls_torch_compile(monkeypatch):
 
     monkeypatch.setattr(torch, 'compile', forbidden)
     monkeypatch.setattr(sf, 'MIN_COMPILED_NUMEL', 1)
+    monkeypatch.setattr(sf, 'COMPILE_AFTER_NUMEL', 0)
     monkeypatch.setattr(sf, '_COMPILED', sf._CompiledKernels())
     compare(SN, SHAPES['4d'], True, 'eager')
     compare(SSN, SHAPES['5d'], False, 'eager')

@@ -200,3 +200,103 @@ def test_batched_input_equals_row_by_row(device):
         for row, r in zip(z.view(-1, 3), radii.view(-1))
     ])
     torch.testing.assert_close(out.view(-1, 3), rows, atol=1e-15, rtol=0)
+
+
+# ------------------------------------------ host path against tensor code
+def _host_and_tensor(logits, radius, grad):
+    from ssn_norm.ops.sparsestmax import sparsestmax_tensor
+    from ssn_norm.ops.sparsestmax_host import host_sparsestmax
+    results = []
+    for fn in (lambda z: host_sparsestmax(z, radius, sparsestmax_tensor),
+               lambda z: sparsestmax_tensor(z, radius)):
+        z = logits.clone().requires_grad_()
+        out = fn(z)
+        if out is None:
+            return None
+        dz, = torch.autograd.grad(out, z, grad)
+        results.append((out.detach(), dz))
+    return results
+
+
+@pytest.mark.parametrize('dtype', [torch.float64, torch.float32])
+def test_host_path_equals_tensor_code_with_its_gradient(dtype):
+    """Random rows sit inside a piece: the host serves every one of them,
+    with the tensor code's values and autograd's gradient (in float64;
+    fp32 rows against the float64 tensor code, relative to the gradient's
+    size: the host computes in float64, the tensor code in fp32)."""
+    from ssn_norm.ops.sparsestmax import sparsestmax_tensor
+    from ssn_norm.ops.sparsestmax_host import host_sparsestmax
+    gen = torch.Generator().manual_seed(0)
+    served = 0
+    for trial in range(600):
+        num = 2 + trial % 3
+        scale = (0.3, 1.0, 3.0)[trial % 7 % 3]
+        radius = (0.0, 0.1, 0.3, 0.5, 0.7, 0.9)[trial % 6]
+        logits = (torch.randn(2, num, generator=gen, dtype=torch.float64) *
+                  scale).to(dtype)
+        grad = torch.randn(2, num, generator=gen, dtype=torch.float64)
+        radius = torch.tensor(radius, dtype=dtype)
+        leaf = logits.clone().requires_grad_()
+        host = host_sparsestmax(leaf, radius, sparsestmax_tensor)
+        if host is None:
+            continue
+        served += 1
+        host_grad, = torch.autograd.grad(host, leaf, grad.to(dtype))
+        leaf = logits.double().requires_grad_()
+        tensor = sparsestmax_tensor(leaf, radius.double())
+        tensor_grad, = torch.autograd.grad(tensor, leaf, grad)
+        assert host.dtype == host_grad.dtype == dtype
+        tol = 1e-12 if dtype == torch.float64 else 1e-6
+        torch.testing.assert_close(host.double(), tensor, rtol=0, atol=tol)
+        size = max(1.0, tensor_grad.abs().max().item())
+        torch.testing.assert_close(
+            host_grad.double(), tensor_grad, rtol=0, atol=tol * size)
+    assert served >= 590
+
+
+@pytest.mark.parametrize('logits', [
+    [1.0, 1.0, 1.0],  # SSN's start: the centre of the simplex
+    [1.0, 0.0, 0.0],  # frozen: one-hot, coordinates on the support border
+    [0.5, 0.0, 0.0],  # unfreeze('soften')
+    [2.0, 2.0, -1.0],  # a tie on an edge
+    [0.2, 0.2, 0.2, 0.2],
+])
+@pytest.mark.parametrize('radius', [0.0, 0.2, 0.5, 0.9])
+def test_special_rows_equal_tensor_code(logits, radius):
+    """Special rows the layers meet: host or tensor code, the public
+    function gives the tensor code's value and gradient."""
+    from ssn_norm.ops.sparsestmax import sparsestmax_tensor
+    z = torch.tensor([logits, logits[::-1]], dtype=torch.float64)
+    grad = torch.linspace(-1, 1, z.numel(), dtype=torch.float64).view_as(z)
+    outs = []
+    for fn in (sparsestmax, sparsestmax_tensor):
+        leaf = z.clone().requires_grad_()
+        out = fn(leaf, torch.tensor(radius, dtype=torch.float64))
+        outs.append((out.detach(), *torch.autograd.grad(out, leaf, grad)))
+    for actual, expected in zip(*outs):
+        torch.testing.assert_close(actual, expected, rtol=0, atol=1e-12)
+
+
+def test_host_path_double_backward_is_exact():
+    from ssn_norm.ops import sparsestmax_host
+    logits = torch.tensor([[0.3, -0.2, 0.1], [1.0, 0.2, -0.5]],
+                          dtype=torch.float64, requires_grad=True)
+    radius = torch.tensor(0.4, dtype=torch.float64)
+    assert sparsestmax_host.accepts(logits, radius)
+    assert torch.autograd.gradcheck(lambda z: sparsestmax(z, radius),
+                                    (logits, ))
+    assert torch.autograd.gradgradcheck(lambda z: sparsestmax(z, radius),
+                                        (logits, ))
+
+
+def test_host_path_serves_only_small_cpu_rows_outside_tracers():
+    from ssn_norm.ops import sparsestmax_host
+    small = torch.zeros(2, 3)
+    assert sparsestmax_host._ONE_HOT_TOL == ONE_HOT_TOL
+    assert sparsestmax_host.accepts(small, 0.3)
+    assert not sparsestmax_host.accepts(small.half(), 0.3)
+    assert not sparsestmax_host.accepts(torch.zeros(65, 3)[:, :1], 0.3)
+    assert not sparsestmax_host.accepts(torch.zeros(30, 3), 0.3)
+    assert not sparsestmax_host.accepts(
+        small, torch.tensor(0.3, requires_grad=True))
+    assert not sparsestmax_host.accepts(torch.zeros(2, 3, device='meta'), 0.3)

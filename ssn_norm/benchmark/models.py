@@ -5,6 +5,7 @@ from typing import Callable, Dict, List, Optional, Sequence, Tuple
 import torch
 from torch import Tensor
 
+from ..ops.backend import end_warm_up, restart_warm_up
 from .timing import (Timing, clock_reader, peak_memory_bytes, resolve_device,
                      time_interleaved)
 
@@ -208,6 +209,9 @@ class ModelResult:
     task: str
     steps: Dict[str, Timing] = field(default_factory=dict)
     peak: Dict[str, Optional[int]] = field(default_factory=dict)
+    #: the step at which the ``compiled`` backend ends its warm-up and
+    #: compiles (s; once per process, in a long run)
+    switch: Dict[str, float] = field(default_factory=dict)
     #: graphs compiled by Dynamo during the norm's steps (its kernels)
     graphs: Dict[str, int] = field(default_factory=dict)
     #: graphs compiled by one more step at a new input size
@@ -232,8 +236,11 @@ def benchmark_models(
     For each task every norm gets the same model (norm layers swapped,
     random initialisation, same seed) and the same synthetic batch; steps
     are interleaved across norms.  The learning rate is 0, so repeats see
-    the same weights.  ``first_call`` of each timing is the first step,
-    with any compilation of the norm's kernels.  Models run on ``device``.
+    the same weights.  ``first_call`` of each timing is the first step of
+    a fresh process (the ``compiled`` backend still warming up:
+    :data:`~ssn_norm.ops.backend.COMPILE_AFTER_NUMEL`); ``switch`` is the
+    step that ends the warm-up and compiles; the steady-state timings
+    follow it.  Models run on ``device``.
     """
     from mmengine.logging import MMLogger
     from mmengine.optim import OptimWrapper
@@ -266,16 +273,22 @@ def benchmark_models(
                 return model.train_step(batch, wrapper)
 
             cases[norm] = step
-        # Each norm's first step alone, after forgetting compiled code, so
-        # that it includes the compilation (from the on-disk cache of
-        # earlier processes, if any) of the kernels it needs.
+        # Each norm's first step alone, as in a fresh process: compiled
+        # code forgotten, the compiled backend's warm-up restarted.  Then
+        # the step that ends the warm-up and compiles (from the on-disk
+        # cache of earlier processes, if any): what a long run pays once.
         first = {}
         for norm, fn in cases.items():
             torch._dynamo.reset()
+            restart_warm_up()
             count = _compiled_graphs()
             start = now()
             fn()
             first[norm] = now() - start
+            end_warm_up()
+            start = now()
+            fn()
+            result.switch[norm] = now() - start
             result.graphs[norm] = _compiled_graphs() - count
         if log:
             log(f'{task}: timing {", ".join(norms)}')

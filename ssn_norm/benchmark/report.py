@@ -86,13 +86,15 @@ def model_table(results: Sequence[ModelResult]) -> str:
     """Markdown table of training-step times and ratios."""
     lines = [
         '**One training step** (forward, backward, SGD update; s per step, '
-        'median; first = first step, including any compilation; graphs = '
-        'compiled kernels (first step / one more step at a new input size))',
+        'median, compiled code for SN/SSN; first = the first step of a fresh '
+        'process; switch = the step at which the compiled backend ends its '
+        'warm-up and compiles, once in a long run; graphs = kernels '
+        'compiled then / at one more step at a new input size)',
         ''
     ]
     head = [
-        'model', 'norm', 'step (s)', 'first (s)', 'vs GN', 'vs BN',
-        'peak (MiB)', 'graphs'
+        'model', 'norm', 'step (s)', 'first (s)', 'switch (s)', 'vs GN',
+        'vs BN', 'peak (MiB)', 'graphs'
     ]
     lines += [_row(head), _row(['---'] * len(head))]
     for res in results:
@@ -103,6 +105,7 @@ def model_table(results: Sequence[ModelResult]) -> str:
                 _row([
                     f'{spec.name}, {_shape(spec.batch)}', norm,
                     f'{timing.median:.2f}', f'{timing.first_call:.1f}',
+                    f'{res.switch[norm]:.1f}' if norm in res.switch else '–',
                     _ratio(timing, res.steps.get('GN')),
                     _ratio(timing, res.steps.get('BN')),
                     '–' if peak is None else f'{peak / 2**20:.0f}',

@@ -3,20 +3,26 @@
 Holds what decides *how* the layers run, apart from the numerics
 (:mod:`ssn_norm.ops.moments`) and the autograd Function
 (:mod:`ssn_norm.ops.switchable_function`): the environment
-(``SSN_NORM_BACKEND``, ``SSN_NORM_MIN_COMPILED_NUMEL``), :func:`set_backend`
-/ :func:`use_backend`, the row kernels in their eager and compiled forms,
-``torch.compile`` with its one-time fallback warning, SSN's compiled ratios
-and the rules for the native C++ LN kernel.
+(``SSN_NORM_BACKEND``, ``SSN_NORM_MIN_COMPILED_NUMEL``,
+``SSN_NORM_COMPILE_AFTER``), :func:`set_backend` / :func:`use_backend`, the
+row kernels in their eager and compiled forms, ``torch.compile`` with its
+one-time fallback warning, SSN's compiled ratios and the rules for the
+native C++ LN kernel.
 
 Backends (:data:`BACKENDS`):
 
-* ``compiled`` (default): ``torch.compile(dynamic=True)`` of the row
+* ``compiled`` (default): tiered.  A process starts on the eager kernels
+  and switches, for good, to ``torch.compile(dynamic=True)`` of the row
   kernels and of the whole-layer training graphs
   (:mod:`ssn_norm.ops.fused_train`), and SSN's ratios
-  (:func:`fast_ssn_ratios`).  Inputs below :data:`MIN_COMPILED_NUMEL`
-  elements and 1×1 maps use the eager kernels.  If compilation fails (no
-  C++ compiler, unsupported Python) a warning is issued once and the eager
-  kernels are used from then on.
+  (:func:`fast_ssn_ratios`), once its layers have normalised
+  :data:`COMPILE_AFTER_NUMEL` elements in inputs large enough to compile:
+  a short run (a test, a smoke run, an evaluation, the mini suite) never
+  pays the compilation (15-35 s per model on a 2-core CPU), a long one
+  pays it once, after about 13 Mask R-CNN steps.  Inputs below
+  :data:`MIN_COMPILED_NUMEL` elements and 1×1 maps always use the eager
+  kernels.  If compilation fails (no C++ compiler, unsupported Python) a
+  warning is issued once and the eager kernels are used from then on.
 * ``eager``: the same autograd Function with the row kernels made of ATen
   ops; no warm-up, no compiler needed.
 * ``autograd``: plain differentiable ops
@@ -37,11 +43,12 @@ from . import native
 from .fused_train import (grad_input_rows, training_backward, training_forward,
                           var_mean_rows)
 from .moments import stat_dtype, var_mean_in
-from .sparsestmax import ratios_with_freezing, sparsestmax
+from .sparsestmax import ratios_with_freezing, sparsestmax_tensor
 
 __all__ = [
-    'BACKENDS', 'MIN_COMPILED_NUMEL', 'compiles_for', 'fast_ssn_ratios',
-    'alias', 'get_backend', 'kernels', 'set_backend', 'tracing', 'use_backend',
+    'BACKENDS', 'COMPILE_AFTER_NUMEL', 'MIN_COMPILED_NUMEL', 'compiles_for',
+    'end_warm_up', 'fast_ssn_ratios', 'alias', 'get_backend', 'kernels',
+    'restart_warm_up', 'set_backend', 'tracing', 'use_backend',
     'uses_native_layer_norm', 'whole_layer'
 ]
 
@@ -50,13 +57,14 @@ BACKENDS = ('compiled', 'eager', 'autograd')
 
 _ENV_VAR = 'SSN_NORM_BACKEND'
 _NUMEL_ENV_VAR = 'SSN_NORM_MIN_COMPILED_NUMEL'
+_AFTER_ENV_VAR = 'SSN_NORM_COMPILE_AFTER'
 
 
-def _min_numel_from_env() -> int:
-    value = os.environ.get(_NUMEL_ENV_VAR, str(1 << 18)).strip()
-    if not value.isdigit() or int(value) < 1:
-        raise ValueError(f'{_NUMEL_ENV_VAR}={value!r} must be a positive '
-                         'integer (elements per input)')
+def _count_from_env(name: str, default: int, minimum: int, what: str) -> int:
+    value = os.environ.get(name, str(default)).strip()
+    if not value.isdigit() or int(value) < minimum:
+        kind = 'a positive' if minimum > 0 else 'a non-negative'
+        raise ValueError(f'{name}={value!r} must be {kind} integer ({what})')
     return int(value)
 
 
@@ -65,7 +73,27 @@ def _min_numel_from_env() -> int:
 #: by ``SSN_NORM_MIN_COMPILED_NUMEL`` (default 2¹⁸); long runs of models
 #: with many small maps (I3D's late stages) gain from a lower value such as
 #: 4096, at the price of compiling in every short process too.
+def _min_numel_from_env() -> int:
+    return _count_from_env(_NUMEL_ENV_VAR, 1 << 18, 1, 'elements per input')
+
+
+def _compile_after_from_env() -> int:
+    return _count_from_env(_AFTER_ENV_VAR, 4 * 10**9, 0,
+                           'elements normalised before compiling')
+
+
 MIN_COMPILED_NUMEL = _min_numel_from_env()
+
+#: The ``compiled`` backend runs the eager kernels until its layers have
+#: normalised this many elements (summed over the calls whose input could
+#: compile), then compiles.  Set by ``SSN_NORM_COMPILE_AFTER``; 0 compiles
+#: at the first such call.  The default, 4·10⁹ elements, is about 13
+#: training steps of Mask R-CNN R50-FPN with SN everywhere on one
+#: 800×1344 image (0.31·10⁹ elements a step) and about 8 s of the eager
+#: kernels' extra passes (about 2 ns an element, forward and backward, on
+#: a 2-core CPU), less than compiling costs (15-35 s): a run that stops
+#: earlier never compiles, a long one pays the compilation once.
+COMPILE_AFTER_NUMEL = _compile_after_from_env()
 
 
 # ------------------------------------------------------------------ kernels
@@ -140,8 +168,10 @@ def _warn_compile_failure(what: str, err: Exception) -> None:
 class _CompiledKernels:
     """``torch.compile``d formulas; on a compiler failure, eager for good.
 
-    Compiled lazily, on the first input of at least
-    :data:`MIN_COMPILED_NUMEL` elements with rows longer than 1.  A compiled
+    Compiled lazily, once :meth:`tick` has counted
+    :data:`COMPILE_AFTER_NUMEL` elements of inputs of at least
+    :data:`MIN_COMPILED_NUMEL` elements with rows longer than 1 (until
+    then :meth:`accepts` is False and callers run the eager kernels).  A compiled
     kernel that raises is re-run eagerly: if that succeeds the failure was
     the compiler's, which is reported once and disables compilation for
     this object; otherwise the eager error propagates.
@@ -156,10 +186,26 @@ class _CompiledKernels:
         self.compile_kwargs = compile_kwargs
         self._compiled: Optional[Dict[str, Callable]] = None
         self.failed = False
+        #: Elements of compilable inputs seen so far (see :meth:`tick`).
+        self.seen_numel = 0
         self._kernels = {name: self._make(name) for name in _FORMULAS}
 
     def __getitem__(self, name: str) -> Callable:
         return self._kernels[name]
+
+    @staticmethod
+    def _compilable(numel: int, length: int) -> bool:
+        return length > 1 and numel >= MIN_COMPILED_NUMEL
+
+    def tick(self, numel: int, length: int) -> None:
+        """Count one layer call on ``numel`` elements in rows of ``length``
+        towards :data:`COMPILE_AFTER_NUMEL` (once per layer call)."""
+        if self._compilable(numel, length) and not self.warm():
+            self.seen_numel += numel
+
+    def warm(self) -> bool:
+        """Whether the warm-up is over: compiled code runs from now on."""
+        return self.seen_numel >= COMPILE_AFTER_NUMEL
 
     def accepts(self, x: Tensor) -> bool:
         """Whether rows ``x`` (.., L) run compiled code (else eager)."""
@@ -167,7 +213,8 @@ class _CompiledKernels:
 
     def accepts_size(self, numel: int, length: int) -> bool:
         """:meth:`accepts` for ``numel`` elements in rows of ``length``."""
-        return not (self.failed or length == 1 or numel < MIN_COMPILED_NUMEL)
+        return (not self.failed and self.warm()
+                and self._compilable(numel, length))
 
     def _make(self, name: str) -> Callable:
         eager = _EAGER[name]
@@ -196,6 +243,19 @@ class _CompiledKernels:
 
 
 _COMPILED = _CompiledKernels()
+
+
+def end_warm_up() -> None:
+    """End the ``compiled`` backend's warm-up now: compiled code from the
+    next large input on (benchmarks of a long run's steady state)."""
+    _COMPILED.seen_numel = max(_COMPILED.seen_numel, COMPILE_AFTER_NUMEL)
+
+
+def restart_warm_up() -> None:
+    """Start the warm-up count again, as in a fresh process (benchmarks of
+    a first step).  Compiled graphs are kept; forget them with
+    ``torch._dynamo.reset()``."""
+    _COMPILED.seen_numel = 0
 
 
 class _CompiledDifferentiable:
@@ -281,7 +341,9 @@ class _CompiledRatiosFunction(torch.autograd.Function):
             return found, None, None, None, None
         logits, radius, flags = ctx.saved_tensors
         with torch.enable_grad():
-            soft = sparsestmax(logits, radius)
+            # The tensor code, as compiled: the same rounding as the first
+            # backward.
+            soft = sparsestmax_tensor(logits, radius)
             frozen = flags.bool().unsqueeze(-1)
             grad = torch.where(frozen, torch.zeros_like(grad), grad)
             found, = torch.autograd.grad(
@@ -346,8 +408,15 @@ def whole_layer(kernels: object, x: Tensor) -> bool:
     return isinstance(kernels, _CompiledKernels) and kernels.accepts(x)
 
 
-def kernels():
-    return _COMPILED if _backend == 'compiled' else _EAGER
+def kernels(x: Optional[Tensor] = None):
+    """The kernels of the current backend; with ``x`` (N, C, *), counts
+    one layer call on it towards the compiled backend's warm-up."""
+    if _backend != 'compiled':
+        return _EAGER
+    if x is not None:
+        numel = x.numel()
+        _COMPILED.tick(numel, numel // (x.shape[0] * x.shape[1]))
+    return _COMPILED
 
 
 def tracing() -> bool:

@@ -20,6 +20,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from . import sparsestmax_host
+
 #: Ratios whose largest entry is within this of 1 count as one-hot.  Pushed
 #: points reach a vertex only up to float rounding, so exact equality (as in
 #: the released code) would leave layers unfrozen forever.
@@ -68,7 +70,23 @@ def sparsestmax(logits: Tensor, radius) -> Tensor:
     code divides by zero (the projection sits exactly at the centre of its
     face, e.g. equal logits) the push goes towards the vertex of the first
     largest coordinate, so the result is always finite.
+
+    A few rows on the CPU (SSN's logits) run on the host with an exact
+    Jacobian (:mod:`ssn_norm.ops.sparsestmax_host`), about ten times
+    faster; other inputs, and rows on a border between the pieces of the
+    function, run the tensor code below.
     """
+    if sparsestmax_host.accepts(logits, radius):
+        out = sparsestmax_host.host_sparsestmax(logits, radius,
+                                                sparsestmax_tensor)
+        if out is not None:
+            return out
+    return sparsestmax_tensor(logits, radius)
+
+
+def sparsestmax_tensor(logits: Tensor, radius) -> Tensor:
+    """:func:`sparsestmax` as tensor code: any device, any size, traced
+    by ``torch.compile``."""
     radius = torch.as_tensor(radius, dtype=logits.dtype, device=logits.device)
     radius_sq = (radius * radius).expand(logits.shape[:-1]).unsqueeze(-1)
     num = logits.shape[-1]

@@ -21,9 +21,10 @@ no gradient, CPU fp32/fp64, kernel built   (:mod:`ssn_norm.ops.native`)
 no gradient wanted (other cases)           row moments kernel, mix, one
                                            affine pass (:func:`_no_grad`)
 gradient wanted, eval                      reference (as ``autograd``)
-gradient wanted, training, ``compiled``,   :class:`SwitchableNormFunction`,
-input ≥ ``MIN_COMPILED_NUMEL``, no         whole layer: one compiled graph
-``batch_moments`` hook                     per direction (``fused_train``)
+gradient wanted, training, ``compiled``    :class:`SwitchableNormFunction`,
+after its warm-up, input ≥                 whole layer: one compiled graph
+``MIN_COMPILED_NUMEL``, no                 per direction (``fused_train``)
+``batch_moments`` hook
 gradient wanted, training, otherwise       :class:`SwitchableNormFunction`,
                                            row kernels + hand-differentiated
                                            mix (``fused_mix``)
@@ -323,7 +324,7 @@ def switchable_norm(x: Tensor,
         return normalize_reference(
             x.flatten(2), weight, bias, mean_ratio, var_ratio, spec,
             eps).view(x.shape)
-    kernels = backend.kernels()
+    kernels = backend.kernels(x)
     if wants_grad:
         return SwitchableNormFunction.apply(x, weight, bias, mean_ratio,
                                             var_ratio, spec, eps, kernels)
