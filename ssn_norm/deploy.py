@@ -38,7 +38,7 @@ import torch.fx as fx
 from torch import Tensor, nn
 
 from .compat import _weights_only_reason
-from .layers.switchable_norm import NORMALIZERS, SSN, SwitchableNormBase
+from .layers.switchable_norm import SSN, SwitchableNormBase
 from .ops import moments
 from .ops.sparsestmax import is_one_hot
 from .utils import switchable_norms, unwrap_model
@@ -87,10 +87,12 @@ class SwitchedNorm(nn.Module):
                  var: str) -> None:
         super().__init__()
         for choice in (mean, var):
-            if choice not in NORMALIZERS:
-                raise ValueError(
-                    f'choice must be one of {NORMALIZERS}, got {choice!r}')
+            if choice not in layer.normalizers:
+                raise ValueError(f'choice must be one of the layer\'s '
+                                 f'normalizers {layer.normalizers}, got '
+                                 f'{choice!r}')
         self.mean, self.var, self.eps = mean, var, layer.eps
+        self.gn_groups = layer.gn_groups
         self.weight = nn.Parameter(layer.weight.detach().clone())
         self.bias = nn.Parameter(layer.bias.detach().clone())
         if 'BN' in (mean, var):
@@ -121,11 +123,13 @@ class SwitchedNorm(nn.Module):
             # bessel * (var_biased + eps / bessel) - eps = var_unbiased
             var_in = (bessel * rstd.squeeze(-1).pow(-2) -
                       self.eps).clamp(min=0)
-        # The members' moments: the layer's own definition.
-        stats = moments.member_moments(var_in, mean_in, running is not None,
-                                       running)
-        mean = stats.means[NORMALIZERS.index(self.mean)]
-        var = stats.variances[NORMALIZERS.index(self.var)]
+        # The chosen members' moments: the layer's own definition.
+        chosen = tuple(dict.fromkeys((self.mean, self.var)))
+        table = moments.member_table(
+            chosen, self.gn_groups if 'GN' in chosen else None)
+        stats = moments.member_moments(var_in, mean_in, table, running)
+        mean = stats.means[chosen.index(self.mean)]
+        var = stats.variances[chosen.index(self.var)]
         _, scale, shift = moments.scale_shift(mean, var, self.weight,
                                               self.bias, self.eps)
         out = torch.addcmul(
@@ -336,7 +340,7 @@ def deploy_switchable_norms(model: nn.Module,
     used_convs = set()
     deployed = []
     for name, layer, (mean_idx, var_idx), hardened in plan:
-        mean, var = NORMALIZERS[mean_idx], NORMALIZERS[var_idx]
+        mean, var = layer.normalizers[mean_idx], layer.normalizers[var_idx]
         if (mean, var) == ('BN', 'BN'):
             conv_path, conv = convs.get(name, (None, None))
             if conv is not None and id(conv) not in used_convs:
