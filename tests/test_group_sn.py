@@ -415,3 +415,79 @@ def test_ssn_radius_error_names_the_one_hot_radius_of_its_set():
                 gn_groups=2)
     with pytest.raises(ValueError, match='0.8660'):
         layer.set_radius(-1.0)
+
+
+# ------------------------------------------------------------- deployment
+def frozen_group_model(mean_choices, var_choices):
+    from torch import nn
+    layer = make_layer(
+        SSN,
+        dict(num_groups=2, normalizers=('IN', 'LN', 'BN', 'GN'),
+             gn_groups=4))
+    with torch.no_grad():
+        layer.mean_weight.copy_(F.one_hot(torch.tensor(mean_choices), 4))
+        layer.var_weight.copy_(F.one_hot(torch.tensor(var_choices), 4))
+        layer.mean_fixed.fill_(1)
+        layer.var_fixed.fill_(1)
+    conv = nn.Conv2d(3, C, 3, padding=1).double()
+    return nn.Sequential(conv, layer).eval()
+
+
+@pytest.mark.parametrize('mean_choices, var_choices, mean, var, kind', [
+    ((2, 2), (2, 2), 'BN', 'BN', 'folded'),
+    ((3, 3), (1, 1), 'GN', 'LN', 'switched'),
+    ((0, 3), (2, 1), 'IN,GN', 'BN,LN', 'switched'),
+])
+def test_deploy_collapses_frozen_group_ssn(tmp_path, mean_choices,
+                                           var_choices, mean, var, kind):
+    """Frozen group SSN: one normaliser where the groups agree (BN folds
+    into the conv), per-group choices otherwise; exact, saved as data and
+    rebuilt."""
+    from ssn_norm.deploy import (deploy_switchable_norms, read_deployed,
+                                 rebuild_deployed, save_deployed)
+    model = frozen_group_model(mean_choices, var_choices)
+    x = random_input((2, 3, 5, 6))
+    with torch.no_grad():
+        want = model(x)
+        deployed = deploy_switchable_norms(model, check_input=x)
+        got = model(x)
+    assert [(d.mean, d.var) for d in deployed] == [(mean, var)]
+    assert_close(got, want, 1e-9, 1e-11, 'deployed output')
+    path = str(tmp_path / 'deployed.pth')
+    save_deployed(model, path, deployed)
+    data = read_deployed(path)
+    assert data['meta']['deployed'][0]['kind'] == kind
+    fresh = frozen_group_model((0, 0), (0, 0))
+    rebuild_deployed(fresh, data['meta']['deployed'])
+    fresh.load_state_dict(data['state_dict'])
+    with torch.no_grad():
+        assert_close(fresh.eval()(x), want, 1e-9, 1e-11, 'rebuilt output')
+
+
+# ----------------------------------------------------------------- ratios
+def test_model_ratios_report_each_channel_group_and_gn():
+    """Group layers are reported per channel group (``name[g]``) with their
+    own normalizers; GN shares appear once a layer mixes GN."""
+    from torch import nn
+
+    from ssn_norm.analysis import model_ratios
+    from ssn_norm.analysis.ratios import mean_shares
+    model = nn.ModuleDict(
+        dict(
+            a=make_layer(SSN, CONFIGS['group2-gn4']),
+            b=make_layer(SN, CONFIGS['group2-in-ln']),
+            c=make_layer(SN, {})))
+    layers = model_ratios(model)
+    assert [lay.name for lay in layers] == ['a[0]', 'a[1]', 'b[0]', 'b[1]',
+                                            'c']
+    for lay, (key, g) in zip(layers[:4], [('a', 0), ('a', 1), ('b', 0),
+                                          ('b', 1)]):
+        mean, var = model[key].ratios()
+        assert lay.normalizers == model[key].normalizers
+        assert lay.mean == pytest.approx(mean[g].tolist(), abs=1e-6)
+        assert lay.var == pytest.approx(var[g].tolist(), abs=1e-6)
+    shares = mean_shares(layers)
+    assert {n for _, n in shares} == {'IN', 'LN', 'BN', 'GN'}
+    assert sum(v for (s, _), v in shares.items()
+               if s == 'mean') == pytest.approx(1)
+    assert {n for _, n in mean_shares(layers[-1:])} == {'IN', 'LN', 'BN'}
