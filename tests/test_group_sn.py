@@ -491,3 +491,40 @@ def test_model_ratios_report_each_channel_group_and_gn():
     assert sum(v for (s, _), v in shares.items()
                if s == 'mean') == pytest.approx(1)
     assert {n for _, n in mean_shares(layers[-1:])} == {'IN', 'LN', 'BN'}
+
+
+# ------------------------------------------------- one definition, twice
+def test_member_table_is_one_object_per_configuration(monkeypatch):
+    from ssn_norm.ops import moments
+    table = moments.member_table(('IN', 'GN'), 4)
+    assert moments.member_table(['IN', 'GN'], 4) is table
+    assert moments.member_table(('IN', 'GN'), 2) is not table
+    assert moments.member_table(('IN', 'LN', 'BN')) == moments.MEMBERS
+    # A changed MEMBERS table is followed (its entries are looked up).
+    patched = (moments.MEMBERS[0], moments.MEMBERS[1]._replace(name='LN'),
+               moments.MEMBERS[2])
+    monkeypatch.setattr(moments, 'MEMBERS', patched)
+    assert moments.member_table(('LN', ))[0] is patched[1]
+
+
+@pytest.mark.parametrize('backend', ['eager', 'compiled'])
+@pytest.mark.parametrize('cls', [SN, SSN])
+def test_double_backward_of_group_layers(request, cls, backend):
+    """create_graph=True replays the reference: exact second derivatives
+    for per-group ratios and a GN member too."""
+    from torch.func import functional_call
+    backend = _backend(request, backend)
+    layer = make_layer(cls, CONFIGS['group2-gn4']).train()
+    names = ('weight', 'bias', 'mean_weight', 'var_weight')
+    x = random_input((2, C, 3, 4)).requires_grad_()
+    params = [
+        getattr(layer, n).detach().clone().requires_grad_() for n in names
+    ]
+
+    def fn(x, *params):
+        return functional_call(layer, dict(zip(names, params)), (x, ))
+
+    with sf.use_backend(backend):
+        assert torch.autograd.gradgradcheck(
+            fn, (x, *params), eps=1e-6, atol=1e-6, rtol=1e-5,
+            fast_mode=True)

@@ -582,8 +582,11 @@ class SSN(SwitchableNormBase):
         if self._selection_cache is None or self._selection_cache[0] != key:
             selection = None
             if all(self.frozen.tolist()):
-                # Every group frozen on the same members: one selection;
-                # groups that differ mix with their one-hot ratios.
+                # Every group frozen on the same members: one selection.
+                # Groups that differ mix with their one-hot ratios: they
+                # need the per-row moments anyway (unless all chose BN,
+                # which is the single selection), and the other members'
+                # statistics cost O(N·C) on top.
                 choices = (set(self.mean_weight.view(
                     -1, self.mean_weight.shape[-1]).argmax(-1).tolist()),
                            set(self.var_weight.view(
