@@ -528,3 +528,12 @@ def test_double_backward_of_group_layers(request, cls, backend):
         assert torch.autograd.gradgradcheck(
             fn, (x, *params), eps=1e-6, atol=1e-6, rtol=1e-5,
             fast_mode=True)
+
+
+def test_loading_ungrouped_logits_names_the_converter():
+    layer = SSN(C, num_groups=2)
+    with pytest.raises(RuntimeError,
+                       match='tools/convert_checkpoint.py --groups 2'):
+        layer.load_state_dict(SSN(C).state_dict())
+    with pytest.raises(RuntimeError, match="checkpoint's num_groups"):
+        SN(C).load_state_dict(SN(C, num_groups=2).state_dict())

@@ -259,6 +259,28 @@ class SwitchableNormBase(nn.Module):
             anchor = anchor * 0
         return x + anchor.to(x.dtype)
 
+    def _load_from_state_dict(self, state_dict, prefix, local_metadata,
+                              strict, missing_keys, unexpected_keys,
+                              error_msgs):
+        logits = state_dict.get(prefix + 'mean_weight')
+        if (isinstance(logits, Tensor)
+                and logits.shape != self.mean_weight.shape):
+            # torch's own message names the shapes only; say the fix.
+            fix = ('convert an ungrouped SN/SSN checkpoint with '
+                   'tools/convert_checkpoint.py --groups '
+                   f'{self.num_groups}' if logits.dim() == 1
+                   and self.num_groups > 1 else
+                   'build the layer with the checkpoint\'s num_groups and '
+                   'normalizers')
+            error_msgs.append(
+                f'{prefix}mean_weight: the checkpoint holds ratio logits of '
+                f'shape {tuple(logits.shape)}, this {type(self).__name__} '
+                f'{tuple(self.mean_weight.shape)} (num_groups='
+                f'{self.num_groups}, normalizers={self.normalizers}); {fix}')
+        super()._load_from_state_dict(state_dict, prefix, local_metadata,
+                                      strict, missing_keys, unexpected_keys,
+                                      error_msgs)
+
     def __prepare_scriptable__(self):
         # torch.jit.script calls this on every submodule before compiling.
         raise _refuse_torchscript(self, 'torch.jit.script')
