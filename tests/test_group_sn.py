@@ -252,6 +252,26 @@ def test_eval_matches_reference(request, cls, config, dims, backend):
 
 @pytest.mark.parametrize('backend', BACKENDS)
 @pytest.mark.parametrize('dims', list(SHAPES))
+@pytest.mark.parametrize('config', list(CONFIGS))
+@pytest.mark.parametrize('cls', [SN, SSN])
+def test_fp32_matches_reference(request, cls, config, dims, backend):
+    """fp32 input and layer against the fp32 reference (the reference in
+    fp64 above pins the formulas; this pins the fp32 paths' rounding)."""
+    backend = _backend(request, backend)
+    layer = make_layer(cls, CONFIGS[config], dtype=torch.float32)
+    shape = SHAPES[dims]
+    x = random_input(shape, torch.float32)
+    grad = random_input(shape, torch.float32, seed=2)
+    want_out, _, want_grads = expected(layer, x, grad, True)
+    out, grads = actual(layer.train(), x, grad, backend)
+    assert out.dtype == torch.float32
+    assert_close(out, want_out, 1e-5, 1e-6, 'output')
+    for name, got, want in zip(GRAD_NAMES, grads, want_grads):
+        assert_close(got, want, 1e-4, 1e-5, f'grad of {name}')
+
+
+@pytest.mark.parametrize('backend', BACKENDS)
+@pytest.mark.parametrize('dims', list(SHAPES))
 @pytest.mark.parametrize('config', ['group2-gn4', 'group4-no-in'])
 @pytest.mark.parametrize('cls', [SN, SSN])
 def test_bf16_matches_reference(request, cls, config, dims, backend):
