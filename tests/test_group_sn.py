@@ -557,3 +557,23 @@ def test_loading_ungrouped_logits_names_the_converter():
         layer.load_state_dict(SSN(C).state_dict())
     with pytest.raises(RuntimeError, match="checkpoint's num_groups"):
         SN(C).load_state_dict(SN(C, num_groups=2).state_dict())
+
+
+def test_outer_torch_compile_sees_plain_ops():
+    """A model compiled from outside traces the reference: same output
+    and gradients, and no warning about the member-table lookup."""
+    import warnings
+    layer = make_layer(SSN, CONFIGS['group2-gn4']).train()
+    x = random_input(SHAPES['4d']).requires_grad_()
+    grad = random_input(SHAPES['4d'], seed=2)
+    want = actual(layer, x, grad, 'eager')
+    torch._dynamo.reset()
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter('always')
+        compiled = torch.compile(layer, backend='eager')
+        got = actual(compiled, x, grad, 'eager')
+    torch._dynamo.reset()
+    assert not [w for w in caught if 'lru_cache' in str(w.message)]
+    assert_close(got[0], want[0], 1e-12, 1e-12, 'output')
+    for name, a, e in zip(GRAD_NAMES, got[1], want[1]):
+        assert_close(a, e, 1e-10, 1e-12, f'grad of {name}')

@@ -120,6 +120,9 @@ class SwitchableNormBase(nn.Module):
         self.momentum = momentum
         self.gn_groups = gn_groups
         self.num_groups = num_groups
+        # Looked up once: an outer torch.compile traces the forward, and
+        # would trace (and warn about) the cached table lookup every time.
+        self._members = member_table(self.normalizers, gn_groups)
         # BN is the only member over the batch (running statistics).
         self.using_bn = 'BN' in self.normalizers
         self.using_moving_average = bool(using_moving_average)
@@ -163,7 +166,7 @@ class SwitchableNormBase(nn.Module):
     def members(self) -> tuple:
         """The mixed members (:func:`~ssn_norm.ops.moments.member_table`),
         in logit order."""
-        return member_table(self.normalizers, self.gn_groups)
+        return self._members
 
     def extra_repr(self) -> str:
         text = (f'{self.num_features}, eps={self.eps}, '
