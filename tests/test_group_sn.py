@@ -577,3 +577,17 @@ def test_outer_torch_compile_sees_plain_ops():
     assert_close(got[0], want[0], 1e-12, 1e-12, 'output')
     for name, a, e in zip(GRAD_NAMES, got[1], want[1]):
         assert_close(a, e, 1e-10, 1e-12, f'grad of {name}')
+
+
+def test_ratio_plot_draws_group_layers_and_gn(tmp_path):
+    from torch import nn
+
+    from ssn_norm.analysis import model_ratios
+    from ssn_norm.analysis.plot import plot_layer_ratios
+    model = nn.ModuleDict(
+        dict(backbone=nn.ModuleDict(
+            dict(a=make_layer(SSN, CONFIGS['group2-gn4']),
+                 b=make_layer(SN, {})))))
+    out = tmp_path / 'ratios.png'
+    plot_layer_ratios([('group SN', model_ratios(model))], str(out))
+    assert out.stat().st_size > 0
