@@ -159,11 +159,8 @@ class SwitchedNorm(nn.Module):
         table = moments.member_table(
             chosen, self.gn_groups if 'GN' in chosen else None)
         stats = moments.member_moments(var_in, mean_in, table, running)
-        mean, var = (self._select(terms, choice, keys)
-                     for terms, choice, keys in zip((stats.means,
-                                                     stats.variances),
-                                                    (self.mean, self.var),
-                                                    self._masks))
+        mean = self._select(stats.means, self.mean, self._masks[0])
+        var = self._select(stats.variances, self.var, self._masks[1])
         _, scale, shift = moments.scale_shift(mean, var, self.weight,
                                               self.bias, self.eps)
         out = torch.addcmul(
@@ -171,13 +168,11 @@ class SwitchedNorm(nn.Module):
             scale.unsqueeze(-1).to(x.dtype))
         return out.view_as(x)
 
-
     def _select(self, terms, choice: str, keys) -> Tensor:
         """The chosen member's term, or per channel group the group's."""
         if keys is None:
             return terms[self._chosen.index(choice.split(',')[0])]
-        return sum(term * getattr(self, key)
-                   for term, key in zip(terms, keys))
+        return sum(term * getattr(self, key) for term, key in zip(terms, keys))
 
 
 def switched_norm(layer: SwitchableNormBase, mean: str,

@@ -25,14 +25,18 @@ SHAPES = {'4d': (3, C, 3, 5), '5d': (2, C, 2, 3, 4)}
 
 #: Layer configurations: group SN, normaliser sets, and both together.
 CONFIGS = {
-    'group2': dict(num_groups=2),
-    'gn': dict(normalizers=('IN', 'LN', 'BN', 'GN'), gn_groups=2),
-    'group2-gn4': dict(
-        num_groups=2, normalizers=('IN', 'LN', 'BN', 'GN'), gn_groups=4),
-    'group4-no-in': dict(
-        num_groups=4, normalizers=('GN', 'BN', 'LN'), gn_groups=2),
-    'group2-in-ln': dict(num_groups=2, normalizers=('LN', 'IN')),
-    'bn-only': dict(normalizers=('BN', )),
+    'group2':
+    dict(num_groups=2),
+    'gn':
+    dict(normalizers=('IN', 'LN', 'BN', 'GN'), gn_groups=2),
+    'group2-gn4':
+    dict(num_groups=2, normalizers=('IN', 'LN', 'BN', 'GN'), gn_groups=4),
+    'group4-no-in':
+    dict(num_groups=4, normalizers=('GN', 'BN', 'LN'), gn_groups=2),
+    'group2-in-ln':
+    dict(num_groups=2, normalizers=('LN', 'IN')),
+    'bn-only':
+    dict(normalizers=('BN', )),
 }
 BACKENDS = ('autograd', 'eager', 'compiled')
 #: SSN radius: SparsestMax pushes and the result stays sparse, not
@@ -76,9 +80,18 @@ def ratios_of(logits, kind, radius):
     return torch.stack([sparsestmax(row, radius) for row in rows])
 
 
-def reference(x, weight, bias, mean_logits, var_logits, normalizers,
-              gn_groups=None, training=True, running=None, kind='SN',
-              radius=0.0, eps=1e-5):
+def reference(x,
+              weight,
+              bias,
+              mean_logits,
+              var_logits,
+              normalizers,
+              gn_groups=None,
+              training=True,
+              running=None,
+              kind='SN',
+              radius=0.0,
+              eps=1e-5):
     """SN / SSN of ``x`` from the formulas; also the batch (BN) mean and
     variance (C,) in training."""
     n, c = x.shape[:2]
@@ -94,8 +107,10 @@ def reference(x, weight, bias, mean_logits, var_logits, normalizers,
 
     stats = {
         'IN': (mean_in, var_in),
-        'LN': derived(mean_in.mean(1, keepdim=True).expand(n, c),
-                      sq_in.mean(1, keepdim=True).expand(n, c)),
+        'LN':
+        derived(
+            mean_in.mean(1, keepdim=True).expand(n, c),
+            sq_in.mean(1, keepdim=True).expand(n, c)),
     }
     if gn_groups is not None:
         group = torch.arange(c) // (c // gn_groups)
@@ -128,10 +143,10 @@ def make_layer(cls, config, dtype=torch.float64, seed=0):
     gen = torch.Generator().manual_seed(seed)
     layer = cls(C, **config).to(dtype)
     with torch.no_grad():
-        for t, (mean, std) in ((layer.weight, (1, 0.3)), (layer.bias,
-                                                          (0, 0.3)),
-                               (layer.mean_weight, (0, 0.3)),
-                               (layer.var_weight, (0, 0.3))):
+        for t, (mean,
+                std) in ((layer.weight, (1, 0.3)), (layer.bias, (0, 0.3)),
+                         (layer.mean_weight, (0, 0.3)), (layer.var_weight,
+                                                         (0, 0.3))):
             t.copy_(mean + std * torch.randn(t.shape, generator=gen))
         if layer.using_bn:
             layer.running_mean.copy_(torch.randn(C, generator=gen))
@@ -181,15 +196,24 @@ def actual(layer, x, grad, backend):
 def assert_close(a, e, rtol, atol, what):
     scale = max(e.double().abs().max().item(), 1.0)
     torch.testing.assert_close(
-        a.double(), e.double(), rtol=rtol, atol=atol * scale,
+        a.double(),
+        e.double(),
+        rtol=rtol,
+        atol=atol * scale,
         msg=lambda m: f'{what}: {m}')
 
 
 GRAD_NAMES = ('x', 'weight', 'bias', 'mean_weight', 'var_weight')
 
 
-def check_training(cls, config, shape, backend, dtype=torch.float64,
-                   rtol=1e-9, atol=1e-11, grad_tol=None):
+def check_training(cls,
+                   config,
+                   shape,
+                   backend,
+                   dtype=torch.float64,
+                   rtol=1e-9,
+                   atol=1e-11,
+                   grad_tol=None):
     layer = make_layer(cls, config)
     x, grad = random_input(shape, dtype), random_input(shape, dtype, seed=2)
     if isinstance(layer, SSN) and len(layer.normalizers) > 1:
@@ -228,7 +252,8 @@ def test_training_matches_reference(request, cls, config, dims, backend):
     grads = check_training(cls, CONFIGS[config], SHAPES[dims], backend)
     # The case tests something: the logits get a gradient (one member:
     # its ratio is 1 whatever the logit).
-    assert len(CONFIGS[config].get('normalizers', 'KKK')) == 1 or grads[3].abs().max() > 1e-6 and grads[4].abs().max() > 1e-6
+    assert len(CONFIGS[config].get('normalizers', 'KKK')) == 1 or grads[3].abs(
+    ).max() > 1e-6 and grads[4].abs().max() > 1e-6
 
 
 @pytest.mark.parametrize('backend', BACKENDS)
@@ -318,9 +343,15 @@ def test_compiled_with_inductor_matches_reference(monkeypatch):
     """Real generated code for a group SN with a GN member (fp32)."""
     monkeypatch.setattr(sf, 'MIN_COMPILED_NUMEL', 1)
     monkeypatch.setattr(sf, '_COMPILED', sf._CompiledKernels())
-    check_training(SN, CONFIGS['group2-gn4'], SHAPES['4d'], 'compiled',
-                   dtype=torch.float32, rtol=2e-5, atol=2e-6,
-                   grad_tol=(1e-4, 1e-5))
+    check_training(
+        SN,
+        CONFIGS['group2-gn4'],
+        SHAPES['4d'],
+        'compiled',
+        dtype=torch.float32,
+        rtol=2e-5,
+        atol=2e-6,
+        grad_tol=(1e-4, 1e-5))
     assert sf._COMPILED._compiled is not None and not sf._COMPILED.failed
 
 
@@ -329,16 +360,17 @@ def test_shapes_of_logits_and_buffers():
     assert SN(C).mean_weight.shape == (3, )
     assert SN(C, num_groups=1).var_weight.shape == (3, )
     assert SN(C, num_groups=4).mean_weight.shape == (4, 3)
-    assert SN(C, normalizers=('IN', 'GN'), gn_groups=2,
-              num_groups=2).var_weight.shape == (2, 2)
+    assert SN(
+        C, normalizers=('IN', 'GN'), gn_groups=2,
+        num_groups=2).var_weight.shape == (2, 2)
     assert SSN(C).mean_fixed.shape == (1, )
     ssn = SSN(C, num_groups=4)
     assert ssn.mean_fixed.shape == ssn.var_fixed.shape == (4, )
     assert ssn.frozen.shape == (8, )
     assert SN(C).ratios()[0].shape == (3, )
     assert SSN(C, num_groups=2).ratios()[1].shape == (2, 3)
-    assert not hasattr(SN(C, normalizers=('IN', 'LN', 'GN'), gn_groups=4),
-                       'running_mean')
+    assert not hasattr(
+        SN(C, normalizers=('IN', 'LN', 'GN'), gn_groups=4), 'running_mean')
 
 
 def test_default_and_alias_configurations_are_todays_layer():
@@ -354,8 +386,13 @@ def test_default_and_alias_configurations_are_todays_layer():
             a = make_layer(cls, explicit)
             b = make_layer(cls, default)
             assert a.normalizers == b.normalizers
-            assert {k: v.shape for k, v in a.state_dict().items()} == {
-                k: v.shape for k, v in b.state_dict().items()}
+            assert {
+                k: v.shape
+                for k, v in a.state_dict().items()
+            } == {
+                k: v.shape
+                for k, v in b.state_dict().items()
+            }
             for mode in (True, False):
                 assert torch.equal(a.train(mode)(x), b.train(mode)(x))
     assert 'normalizers' not in repr(SN(C)) + repr(SN(C, using_bn=False))
@@ -431,8 +468,8 @@ def test_frozen_group_ssn_in_eval(choices):
 
 
 def test_ssn_radius_error_names_the_one_hot_radius_of_its_set():
-    layer = SSN(C, num_groups=2, normalizers=('IN', 'LN', 'BN', 'GN'),
-                gn_groups=2)
+    layer = SSN(
+        C, num_groups=2, normalizers=('IN', 'LN', 'BN', 'GN'), gn_groups=2)
     with pytest.raises(ValueError, match='0.8660'):
         layer.set_radius(-1.0)
 
@@ -442,8 +479,7 @@ def frozen_group_model(mean_choices, var_choices):
     from torch import nn
     layer = make_layer(
         SSN,
-        dict(num_groups=2, normalizers=('IN', 'LN', 'BN', 'GN'),
-             gn_groups=4))
+        dict(num_groups=2, normalizers=('IN', 'LN', 'BN', 'GN'), gn_groups=4))
     with torch.no_grad():
         layer.mean_weight.copy_(F.one_hot(torch.tensor(mean_choices), 4))
         layer.var_weight.copy_(F.one_hot(torch.tensor(var_choices), 4))
@@ -458,8 +494,8 @@ def frozen_group_model(mean_choices, var_choices):
     ((3, 3), (1, 1), 'GN', 'LN', 'switched'),
     ((0, 3), (2, 1), 'IN,GN', 'BN,LN', 'switched'),
 ])
-def test_deploy_collapses_frozen_group_ssn(tmp_path, mean_choices,
-                                           var_choices, mean, var, kind):
+def test_deploy_collapses_frozen_group_ssn(tmp_path, mean_choices, var_choices,
+                                           mean, var, kind):
     """Frozen group SSN: one normaliser where the groups agree (BN folds
     into the conv), per-group choices otherwise; exact, saved as data and
     rebuilt."""
@@ -498,8 +534,8 @@ def test_model_ratios_report_each_channel_group_and_gn():
             b=make_layer(SN, CONFIGS['group2-in-ln']),
             c=make_layer(SN, {})))
     layers = model_ratios(model)
-    assert [lay.name for lay in layers] == ['a[0]', 'a[1]', 'b[0]', 'b[1]',
-                                            'c']
+    assert [lay.name
+            for lay in layers] == ['a[0]', 'a[1]', 'b[0]', 'b[1]', 'c']
     for lay, (key, g) in zip(layers[:4], [('a', 0), ('a', 1), ('b', 0),
                                           ('b', 1)]):
         mean, var = model[key].ratios()
@@ -546,14 +582,13 @@ def test_double_backward_of_group_layers(request, cls, backend):
 
     with sf.use_backend(backend):
         assert torch.autograd.gradgradcheck(
-            fn, (x, *params), eps=1e-6, atol=1e-6, rtol=1e-5,
-            fast_mode=True)
+            fn, (x, *params), eps=1e-6, atol=1e-6, rtol=1e-5, fast_mode=True)
 
 
 def test_loading_ungrouped_logits_names_the_converter():
     layer = SSN(C, num_groups=2)
-    with pytest.raises(RuntimeError,
-                       match='tools/convert_checkpoint.py --groups 2'):
+    with pytest.raises(
+            RuntimeError, match='tools/convert_checkpoint.py --groups 2'):
         layer.load_state_dict(SSN(C).state_dict())
     with pytest.raises(RuntimeError, match="checkpoint's num_groups"):
         SN(C).load_state_dict(SN(C, num_groups=2).state_dict())
@@ -585,9 +620,11 @@ def test_ratio_plot_draws_group_layers_and_gn(tmp_path):
     from ssn_norm.analysis import model_ratios
     from ssn_norm.analysis.plot import plot_layer_ratios
     model = nn.ModuleDict(
-        dict(backbone=nn.ModuleDict(
-            dict(a=make_layer(SSN, CONFIGS['group2-gn4']),
-                 b=make_layer(SN, {})))))
+        dict(
+            backbone=nn.ModuleDict(
+                dict(
+                    a=make_layer(SSN, CONFIGS['group2-gn4']),
+                    b=make_layer(SN, {})))))
     out = tmp_path / 'ratios.png'
     plot_layer_ratios([('group SN', model_ratios(model))], str(out))
     assert out.stat().st_size > 0

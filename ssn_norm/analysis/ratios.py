@@ -92,6 +92,10 @@ class _RatioLogits(NamedTuple):
     members: Tuple[str, ...] = ()
 
 
+def _row(flags: Optional[Tensor], g: int) -> Optional[Tensor]:
+    return None if flags is None else flags[g:g + 1]
+
+
 def _per_group(entry: _RatioLogits) -> List[_RatioLogits]:
     """A group layer's (G, K) logits as G entries ``name[g]``; a (K,)
     layer as it is."""
@@ -102,10 +106,8 @@ def _per_group(entry: _RatioLogits) -> List[_RatioLogits]:
             name=f'{entry.name}[{g}]',
             mean_logits=entry.mean_logits[g],
             var_logits=entry.var_logits[g],
-            mean_fixed=None if entry.mean_fixed is None else
-            entry.mean_fixed[g:g + 1],
-            var_fixed=None if entry.var_fixed is None else
-            entry.var_fixed[g:g + 1])
+            mean_fixed=_row(entry.mean_fixed, g),
+            var_fixed=_row(entry.var_fixed, g))
         for g in range(entry.mean_logits.shape[0])
     ]
 

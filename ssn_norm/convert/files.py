@@ -220,6 +220,10 @@ def convert_checkpoint_file(src: str,
         summary = (f'recognised by MD5 {md5}: the released {release.name} '
                    f'ImageNet model (top-1 {release.top1} in its release)\n'
                    + summary)
+    # Group SN: (G, K) logits.
+    num_groups = next((v.shape[0] if v.dim() == 2 else 1
+                       for k, v in converted.items()
+                       if k.endswith('.mean_weight')), 1)
     meta = {
         'converted_from': osp.basename(src),
         'source_md5': md5,
@@ -230,9 +234,7 @@ def convert_checkpoint_file(src: str,
         'arch': report.arch,
         'depth': report.depth,
         'deep_stem': report.deep_stem,
-        'num_groups': next((v.shape[0] if v.dim() == 2 else 1
-                            for k, v in converted.items()
-                            if k.endswith('.mean_weight')), 1),
+        'num_groups': num_groups,
         'ssn_norm_version': __version__,
     }
     if to == 'i3d':

@@ -288,9 +288,9 @@ def _convert_norm(source: str, entries: Dict[str, Tensor], source_format: str,
         ) == 2
         for name in ('mean_weight', 'var_weight'):
             logits = entries[name]
-            if logits.shape[-1] not in (2, 3) or (
-                    logits.dim() != 2 if grouped else logits.numel()
-                    not in (2, 3)):
+            wrong = (
+                logits.dim() != 2 if grouped else logits.numel() not in (2, 3))
+            if wrong or logits.shape[-1] not in (2, 3):
                 raise ConversionError(
                     f'{source}.{name}: expected 3 ratio logits (IN, LN, BN) '
                     f'or 2 (IN, LN) (per channel group: (G, 3) / (G, 2)), '

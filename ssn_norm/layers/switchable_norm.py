@@ -106,8 +106,9 @@ class SwitchableNormBase(nn.Module):
                 f'{type(self).__name__}: momentum must be in [0, 1] (torch '
                 'convention: the weight of the new batch; the released SN '
                 f'code\'s 0.9 is 0.1 here), got {momentum!r}')
-        self.normalizers = _normalizers(type(self).__name__, num_features,
-                                        using_bn, normalizers, gn_groups)
+        self.normalizers = _normalizers(
+            type(self).__name__, num_features, using_bn, normalizers,
+            gn_groups)
         if (isinstance(num_groups, bool) or not isinstance(num_groups, int)
                 or num_groups <= 0 or num_features % num_groups):
             raise ValueError(
@@ -262,17 +263,16 @@ class SwitchableNormBase(nn.Module):
             anchor = anchor * 0
         return x + anchor.to(x.dtype)
 
-    def _load_from_state_dict(self, state_dict, prefix, local_metadata,
-                              strict, missing_keys, unexpected_keys,
-                              error_msgs):
+    def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict,
+                              missing_keys, unexpected_keys, error_msgs):
         logits = state_dict.get(prefix + 'mean_weight')
         if (isinstance(logits, Tensor)
                 and logits.shape != self.mean_weight.shape):
             # torch's own message names the shapes only; say the fix.
             fix = ('convert an ungrouped SN/SSN checkpoint with '
                    'tools/convert_checkpoint.py --groups '
-                   f'{self.num_groups}' if logits.dim() == 1
-                   and self.num_groups > 1 else
+                   f'{self.num_groups}'
+                   if logits.dim() == 1 and self.num_groups > 1 else
                    'build the layer with the checkpoint\'s num_groups and '
                    'normalizers')
             error_msgs.append(
@@ -414,8 +414,9 @@ class SN(SwitchableNormBase):
 
     def _ratios(self, fast: bool = False) -> Tuple[Tensor, Tensor]:
         # Per row: (K,), or each group's (K,) of (G, K).
-        return (F.softmax(self.mean_weight, -1),
-                F.softmax(self.var_weight, -1))
+        mean_ratio = F.softmax(self.mean_weight, -1)
+        var_ratio = F.softmax(self.var_weight, -1)
+        return mean_ratio, var_ratio
 
 
 class SSN(SwitchableNormBase):
@@ -612,13 +613,12 @@ class SSN(SwitchableNormBase):
                 # need the per-row moments anyway (unless all chose BN,
                 # which is the single selection), and the other members'
                 # statistics cost O(N·C) on top.
-                choices = (set(self.mean_weight.view(
-                    -1, self.mean_weight.shape[-1]).argmax(-1).tolist()),
-                           set(self.var_weight.view(
-                               -1, self.var_weight.shape[-1]).argmax(
-                                   -1).tolist()))
-                if all(len(found) == 1 for found in choices):
-                    selection = (choices[0].pop(), choices[1].pop())
+                rows = [
+                    w.view(-1, w.shape[-1]).argmax(-1).tolist()
+                    for w in (self.mean_weight, self.var_weight)
+                ]
+                if all(len(set(row)) == 1 for row in rows):
+                    selection = (rows[0][0], rows[1][0])
             self._selection_cache = (key, selection)
         return self._selection_cache[1]
 

@@ -131,12 +131,12 @@ MEMBERS: Tuple[Member, ...] = (
     Member('BN', _batch, _expand_batch, True),
 )
 
-
 #: Every member name a layer may mix: :data:`MEMBERS`' and GN.
 NAMES: Tuple[str, ...] = ('IN', 'LN', 'BN', 'GN')
 
 
-def check_normalizers(normalizers, gn_groups: Optional[int] = None,
+def check_normalizers(normalizers,
+                      gn_groups: Optional[int] = None,
                       num_features: Optional[int] = None) -> Tuple[str, ...]:
     """``normalizers`` as a tuple of names, or a ``ValueError`` naming the
     fix: the set must be a non-empty sequence of distinct names of
@@ -362,8 +362,7 @@ def normalize_reference(x3: Tensor, weight: Tensor, bias: Tensor,
     a spec without it to replay a forward).
     """
     sample_needed = not (spec.selected is not None and not spec.training
-                         and all(spec.members[i].batch
-                                 for i in spec.selected))
+                         and all(spec.members[i].batch for i in spec.selected))
     if sample_needed:
         var_in, mean_in = var_mean_in(x3)
     else:
@@ -430,8 +429,7 @@ def member_grads(
             # term (N, 1) or (C,) times ratios (C,): reduce after weighting.
             mean_parts.append(
                 (grad_mean * term_mean).sum_to_size(mean_r[k].shape))
-            var_parts.append(
-                (grad_var * term_var).sum_to_size(var_r[k].shape))
+            var_parts.append((grad_var * term_var).sum_to_size(var_r[k].shape))
             g_mean = (grad_mean * mean_r[k]).sum_to_size(term_mean.shape)
             g_var = (grad_var * var_r[k]).sum_to_size(term_var.shape)
         else:
