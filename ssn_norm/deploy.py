@@ -31,14 +31,14 @@ normaliser of its largest ratio, which changes the outputs.
 """
 import pickle
 from dataclasses import dataclass
-from typing import Any, Callable, Dict, List, Optional, Tuple
+from typing import Any, Callable, Dict, List, Optional, Tuple, Union
 
 import torch
 import torch.fx as fx
 from torch import Tensor, nn
 
 from .compat import _weights_only_reason
-from .layers.switchable_norm import NORMALIZERS, SSN, SwitchableNormBase
+from .layers.switchable_norm import SSN, SwitchableNormBase
 from .ops import moments
 from .ops.sparsestmax import is_one_hot
 from .utils import switchable_norms, unwrap_model
@@ -54,8 +54,11 @@ class DeployedLayer:
 
     Attributes:
         name: the layer's module path.
-        mean: normaliser of the mean (``'IN'``, ``'LN'`` or ``'BN'``).
-        var: normaliser of the variance.
+        mean: normaliser of the mean (``'IN'``, ``'LN'``, ``'BN'``,
+            ``'GN'``); for a group SN layer whose channel groups chose
+            differently, one name per group joined by commas
+            (``'IN,BN'``).
+        var: normaliser of the variance, as ``mean``.
         replacement: what took its place, e.g. ``'folded into conv1'``,
             ``'BatchNorm2d'`` or ``'SwitchedNorm(mean=IN, var=LN)'``.
         hardened: True when the choice came from hardening (outputs change).
@@ -79,21 +82,51 @@ class SwitchedNorm(nn.Module):
     Args:
         layer: the SN / SSN layer to copy ``weight``, ``bias``, ``eps`` and
             (if a choice is BN) the running statistics from.
-        mean: ``'IN'``, ``'LN'`` or ``'BN'``.
-        var: ``'IN'``, ``'LN'`` or ``'BN'``.
+        mean: one of the layer's normalizers (``'IN'``, ``'LN'``, ``'BN'``,
+            ``'GN'``), or for a group layer one per channel group joined
+            by commas (``'IN,BN'``: group g takes the g-th).
+        var: as ``mean``.
     """
 
     def __init__(self, layer: SwitchableNormBase, mean: str,
                  var: str) -> None:
         super().__init__()
+        groups = getattr(layer, 'num_groups', 1)
+        per_group = []
         for choice in (mean, var):
-            if choice not in NORMALIZERS:
+            names = choice.split(',')
+            if len(names) not in (1, groups) or any(
+                    name not in layer.normalizers for name in names):
                 raise ValueError(
-                    f'choice must be one of {NORMALIZERS}, got {choice!r}')
+                    f'choice must be one of the layer\'s normalizers '
+                    f'{layer.normalizers}, or one per channel group '
+                    f'({groups}) joined by commas, got {choice!r}')
+            per_group.append(names)
         self.mean, self.var, self.eps = mean, var, layer.eps
+        self.gn_groups = layer.gn_groups
+        # Members computed, in order; channel masks where groups differ.
+        self._chosen = tuple(dict.fromkeys(per_group[0] + per_group[1]))
+        self._masks = []
+        for statistic, names in zip(('mean', 'var'), per_group):
+            if len(set(names)) == 1:
+                self._masks.append(None)
+                continue
+            # mask_<statistic>_<member>: 1 on the channels of the groups
+            # that chose the member (mixing with one-hot ratios is exact).
+            width = layer.num_features // groups
+            keys = []
+            for member in self._chosen:
+                mask = torch.tensor([
+                    float(names[c // width] == member)
+                    for c in range(layer.num_features)
+                ])
+                key = f'mask_{statistic}_{member}'
+                self.register_buffer(key, mask.to(layer.weight))
+                keys.append(key)
+            self._masks.append(keys)
         self.weight = nn.Parameter(layer.weight.detach().clone())
         self.bias = nn.Parameter(layer.bias.detach().clone())
-        if 'BN' in (mean, var):
+        if 'BN' in self._chosen:
             self.register_buffer('running_mean',
                                  layer.running_mean.detach().clone())
             self.register_buffer('running_var',
@@ -107,9 +140,9 @@ class SwitchedNorm(nn.Module):
         # variance 0 and any factor keeps it 0 (the denominator avoids /0).
         bessel = length / (length - 1 + (length == 1))
         running = None
-        if 'BN' in (self.mean, self.var):
+        if 'BN' in self._chosen:
             running = (self.running_mean, self.running_var)
-        if self.mean == 'BN' and self.var == 'BN':
+        if self._chosen == ('BN', ):
             # Running statistics only: no pass over the input.
             mean_in = var_in = x3.new_zeros(x3.shape[:2])
         else:
@@ -121,17 +154,25 @@ class SwitchedNorm(nn.Module):
             # bessel * (var_biased + eps / bessel) - eps = var_unbiased
             var_in = (bessel * rstd.squeeze(-1).pow(-2) -
                       self.eps).clamp(min=0)
-        # The members' moments: the layer's own definition.
-        stats = moments.member_moments(var_in, mean_in, running is not None,
-                                       running)
-        mean = stats.means[NORMALIZERS.index(self.mean)]
-        var = stats.variances[NORMALIZERS.index(self.var)]
+        # The chosen members' moments: the layer's own definition.
+        chosen = self._chosen
+        table = moments.member_table(
+            chosen, self.gn_groups if 'GN' in chosen else None)
+        stats = moments.member_moments(var_in, mean_in, table, running)
+        mean = self._select(stats.means, self.mean, self._masks[0])
+        var = self._select(stats.variances, self.var, self._masks[1])
         _, scale, shift = moments.scale_shift(mean, var, self.weight,
                                               self.bias, self.eps)
         out = torch.addcmul(
             shift.unsqueeze(-1).to(x.dtype), x.flatten(2),
             scale.unsqueeze(-1).to(x.dtype))
         return out.view_as(x)
+
+    def _select(self, terms, choice: str, keys) -> Tensor:
+        """The chosen member's term, or per channel group the group's."""
+        if keys is None:
+            return terms[self._chosen.index(choice.split(',')[0])]
+        return sum(term * getattr(self, key) for term, key in zip(terms, keys))
 
 
 def switched_norm(layer: SwitchableNormBase, mean: str,
@@ -142,6 +183,7 @@ def switched_norm(layer: SwitchableNormBase, mean: str,
     """
     module = SwitchedNorm(layer, mean, var)
     graph = fx.Tracer().trace(module)
+    graph = fx.Tracer().trace(module)
     traced = fx.GraphModule(module, graph, class_name='SwitchedNorm')
     traced.mean, traced.var, traced.eps = mean, var, module.eps
     # torch.fx reads this entry back when unpickling; keeps the name.
@@ -149,26 +191,47 @@ def switched_norm(layer: SwitchableNormBase, mean: str,
     return traced
 
 
+#: A layer's choice for one statistic: a member index, or for a group
+#: layer whose channel groups chose differently one index per group.
+Choice = Union[int, Tuple[int, ...]]
+
+
+def _argmax(values: Tensor) -> Choice:
+    """Index of the largest entry of (K,), or per row of (G, K) (one int
+    where every row agrees)."""
+    found = values.reshape(-1, values.shape[-1]).argmax(-1).tolist()
+    return found[0] if len(set(found)) == 1 else tuple(found)
+
+
 def layer_choice(layer: SwitchableNormBase,
-                 harden: bool = False) -> Optional[Tuple[int, int]]:
+                 harden: bool = False) -> Optional[Tuple[Choice, Choice]]:
     """``(mean_idx, var_idx)`` the layer computes, or None if not one-hot.
 
     An SSN layer is one-hot when both ratios are frozen (``mean_fixed``,
     ``var_fixed``; the choice is then the logits' argmax, as in the layer)
     or its SparsestMax ratios are one-hot within
     :data:`~ssn_norm.ops.ONE_HOT_TOL`.  With ``harden`` any layer yields the
-    argmax of its current ratios.
+    argmax of its current ratios.  A group layer (``num_groups > 1``) is
+    one-hot when every group is; its index is one int where all groups
+    agree, else a tuple with each group's.
     """
     if isinstance(layer, SSN) and bool(layer.frozen.all()):
-        return (int(layer.mean_weight.argmax()),
-                int(layer.var_weight.argmax()))
+        return _argmax(layer.mean_weight), _argmax(layer.var_weight)
     mean_ratio, var_ratio = layer.ratios()
-    if isinstance(layer, SSN) and bool(is_one_hot(mean_ratio)) and bool(
-            is_one_hot(var_ratio)):
-        return int(mean_ratio.argmax()), int(var_ratio.argmax())
+    if isinstance(layer, SSN) and bool(is_one_hot(mean_ratio).all()) and bool(
+            is_one_hot(var_ratio).all()):
+        return _argmax(mean_ratio), _argmax(var_ratio)
     if harden:
-        return int(mean_ratio.argmax()), int(var_ratio.argmax())
+        return _argmax(mean_ratio), _argmax(var_ratio)
     return None
+
+
+def choice_names(layer: SwitchableNormBase, choice: Choice) -> str:
+    """A :data:`Choice` as :class:`SwitchedNorm` takes it: the member's
+    name, or the groups' names joined by commas."""
+    if isinstance(choice, int):
+        return layer.normalizers[choice]
+    return ','.join(layer.normalizers[index] for index in choice)
 
 
 def _conv_before_norm(model: nn.Module) -> Dict[str, Tuple[str, nn.Module]]:
@@ -336,7 +399,8 @@ def deploy_switchable_norms(model: nn.Module,
     used_convs = set()
     deployed = []
     for name, layer, (mean_idx, var_idx), hardened in plan:
-        mean, var = NORMALIZERS[mean_idx], NORMALIZERS[var_idx]
+        mean = choice_names(layer, mean_idx)
+        var = choice_names(layer, var_idx)
         if (mean, var) == ('BN', 'BN'):
             conv_path, conv = convs.get(name, (None, None))
             if conv is not None and id(conv) not in used_convs:

@@ -181,6 +181,46 @@ def test_released_resnet50_converts_and_reproduces_features(sparse):
             g, e, rtol=1e-9, atol=1e-9, msg=f'stage {level + 1}')
 
 
+@pytest.mark.parametrize('sparse', [False, True], ids=['SN', 'SSN'])
+def test_released_resnet50_to_group_sn_reproduces_features(sparse):
+    """groups=2: every layer's logits copied to both channel groups (SSN
+    flags too), so group SN with num_groups=2 computes the source's
+    features; the group checkpoint passes through again."""
+    ref, checkpoint = released(sparse)
+    converted, report = convert_resnet(
+        extract_state_dict(checkpoint), groups=2)
+    norm = 'SSN' if sparse else 'SN'
+    assert converted['layer1.0.bn1.mean_weight'].shape == (2, 3)
+    for row in converted['layer4.2.bn3.var_weight']:
+        torch.testing.assert_close(
+            row, checkpoint['state_dict']['module.layer4.2.sn3.var_weight'])
+    if sparse:
+        assert converted['bn1.mean_fixed'].shape == (2, )
+    assert any('num_groups=2' in note for note in report.notes)
+    backbone = ResNet(
+        depth=50,
+        norm_cfg=dict(type=norm, num_groups=2),
+        style='pytorch',
+        out_indices=(0, 1, 2, 3))
+    backbone.eval()  # mmdet's train() override returns None
+    backbone.load_state_dict(converted, strict=True)
+    x = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        expected = ref.double()(x.double())
+        got = backbone.double()(x.double())
+    for level, (e, g) in enumerate(zip(expected, got)):
+        torch.testing.assert_close(
+            g, e, rtol=1e-9, atol=1e-9, msg=f'stage {level + 1}')
+    again, report = convert_resnet(converted)
+    assert report.source_format == 'ssn-norm'
+    for key, value in converted.items():
+        assert torch.equal(again[key], value), key
+    with pytest.raises(ConversionError, match='not 4; convert its ungrouped'):
+        convert_resnet(converted, groups=4)
+    with pytest.raises(ConversionError, match='groups must be a positive'):
+        convert_resnet(converted, groups=0)
+
+
 def test_released_without_prefix_and_resnet101():
     _, checkpoint = released(prefix='', blocks=(3, 4, 23, 3))
     converted, report = convert_resnet(extract_state_dict(checkpoint))

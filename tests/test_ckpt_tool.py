@@ -46,6 +46,21 @@ def test_released_sn_file_converts_and_loads_through_init_cfg(
         ResNet(depth=50, norm_cfg=dict(type='SN')), str(dst), strict=True)
 
 
+def test_groups_option_targets_group_sn(tmp_path, capsys):
+    """--groups 2: the released SN logits copied to both channel groups;
+    the file loads strictly into a num_groups=2 backbone."""
+    _, checkpoint = released()
+    src, dst = tmp_path / 'resnet50v1_sn.pth', tmp_path / 'sn_g2.pth'
+    torch.save(checkpoint, src)
+    assert convert_tool.main([str(src), str(dst), '--groups', '2']) == 0
+    assert 'build the target with num_groups=2' in capsys.readouterr().out
+    saved = torch.load(dst, weights_only=True)
+    assert saved['meta']['num_groups'] == 2
+    load_checkpoint(
+        ResNet(depth=50, norm_cfg=dict(type='SN', num_groups=2)), str(dst),
+        strict=True)
+
+
 def test_foreign_and_unreadable_files_exit_nonzero(tmp_path, capsys):
     dst = tmp_path / 'out.pth'
     text = tmp_path / 'notes.txt'

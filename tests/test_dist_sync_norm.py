@@ -31,12 +31,25 @@ SPLIT = (3, 5)  # uneven per-rank batch sizes
 STEPS = 2
 TOL = dict(rtol=1e-9, atol=1e-11)
 
+GROUP_GN = dict(
+    momentum=0.1,
+    num_groups=2,
+    normalizers=('IN', 'LN', 'BN', 'GN'),
+    gn_groups=2)
+# Per group (rows), as the (3,) logits below: sparse, not one-hot, at
+# radius 0.1.
+GROUP_MEAN_LOGITS = ((0.5, 0.3, -1.0, -1.0), (-1.0, 0.1, -1.0, 0.5))
+GROUP_VAR_LOGITS = ((-0.8, 0.2, 0.6, -1.0), (0.3, -1.0, -1.0, 0.55))
+
 # name -> (synchronised class, reference class, layer kwargs)
 LAYER_CASES = {
     'SyncSN': (SyncSN, SN, dict(momentum=0.1)),
     'SyncSSN': (SyncSSN, SSN, dict(momentum=0.1)),
     'SyncSN-cumulative': (SyncSN, SN, dict(using_moving_average=False)),
     'SyncSSN-cumulative': (SyncSSN, SSN, dict(using_moving_average=False)),
+    # Group SN (2 channel groups) mixing a GN member (2 groups of 2).
+    'SyncSN-group-gn': (SyncSN, SN, GROUP_GN),
+    'SyncSSN-group-gn': (SyncSSN, SSN, GROUP_GN),
 }
 HOOK_BATCH = 4  # equal per-rank batch sizes for the hook scenario
 HOOK_SHIFT = 4.0  # rank r's data is shifted by r * HOOK_SHIFT
@@ -215,10 +228,16 @@ def make_case() -> dict:
             # edges, so at radius 0.1 SparsestMax returns it: sparse, not
             # one-hot, with a non-zero gradient (a point pushed out to the
             # radius would be locally constant: zero gradient).
-            layer.mean_weight.copy_(
-                torch.tensor([0.5, 0.3, -1.0]) + 0.05 * randn(3))
-            layer.var_weight.copy_(
-                torch.tensor([-0.8, 0.2, 0.6]) + 0.05 * randn(3))
+            if layer.num_groups > 1:
+                layer.mean_weight.copy_(
+                    torch.tensor(GROUP_MEAN_LOGITS) + 0.05 * randn(2, 4))
+                layer.var_weight.copy_(
+                    torch.tensor(GROUP_VAR_LOGITS) + 0.05 * randn(2, 4))
+            else:
+                layer.mean_weight.copy_(
+                    torch.tensor([0.5, 0.3, -1.0]) + 0.05 * randn(3))
+                layer.var_weight.copy_(
+                    torch.tensor([-0.8, 0.2, 0.6]) + 0.05 * randn(3))
             if hasattr(layer, 'radius'):
                 layer.radius.fill_(0.1)
         case['state'][name] = layer.state_dict()
@@ -328,9 +347,43 @@ def test_scenario_has_nonzero_sparse_logit_gradients(case, name):
         assert ref['steps'][0]['grads'][key].abs().max() > 1e-3
     layer = make_layer(*LAYER_CASES[name][1:], case['state'][name])
     for ratios in layer.ratios():
-        assert not is_one_hot(ratios)
+        assert not is_one_hot(ratios).any()
         if isinstance(layer, SSN):
-            assert (ratios == 0).any()
+            # Every row (channel group) sparse.
+            assert (ratios == 0).any(-1).all()
+
+
+@pytest.mark.parametrize('name', ['SyncSN-group-gn', 'SyncSSN-group-gn'])
+def test_sync_group_layer_equals_formula_reference(case, ranks, name):
+    """Two processes of a group SN with a GN member against the reference
+    written from the formulas (``test_group_sn.reference``) on the
+    concatenated batch: outputs, input gradients and the per-rank
+    parameter gradients summed."""
+    from test_group_sn import reference
+    _, ref_cls, kwargs = LAYER_CASES[name]
+    layer = make_layer(ref_cls, kwargs, case['state'][name])
+    kind = 'SSN' if isinstance(layer, SSN) else 'SN'
+    radius = float(layer.radius) if kind == 'SSN' else 0.0
+    for step, (x, g) in enumerate(zip(case['x'], case['g'])):
+        # The parameters do not change between the steps (no optimiser).
+        leaves = [
+            t.detach().clone().requires_grad_()
+            for t in (x, layer.weight, layer.bias, layer.mean_weight,
+                      layer.var_weight)
+        ]
+        out, _ = reference(*leaves, layer.normalizers, layer.gn_groups,
+                           True, None, kind, radius, layer.eps)
+        grads = torch.autograd.grad(out, leaves, g)
+        for rank in range(WORLD_SIZE):
+            got = ranks[rank]['layers'][name]['steps'][step]
+            sl = rank_slice(rank)
+            torch.testing.assert_close(got['y'], out[sl].detach(), **TOL)
+            torch.testing.assert_close(got['x_grad'], grads[0][sl], **TOL)
+        for key, want in zip(('weight', 'bias', 'mean_weight', 'var_weight'),
+                             grads[1:]):
+            total = sum(r['layers'][name]['steps'][step]['grads'][key]
+                        for r in ranks)
+            torch.testing.assert_close(total, want, **TOL)
 
 
 @pytest.mark.parametrize('name', list(LAYER_CASES))

@@ -27,6 +27,11 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
         help='check that the result loads strictly into this config\'s '
         'backbone before writing (required with --to i3d)')
     parser.add_argument(
+        '--groups',
+        type=int,
+        help='target group SN (num_groups=G in the config): copy each '
+        'layer\'s ratio logits to every one of its G channel groups')
+    parser.add_argument(
         '--trust-pickle',
         action='store_true',
         help='unpickle the source in full, which runs any code it holds '
@@ -41,7 +46,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     args = parse_args(argv)
     try:
         summary = convert_checkpoint_file(args.src, args.dst, args.to,
-                                          args.config, args.trust_pickle)
+                                          args.config, args.trust_pickle,
+                                          args.groups)
     except ConversionError as error:
         print(f'error: {error}\nnothing written.', file=sys.stderr)
         return 1

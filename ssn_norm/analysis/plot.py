@@ -18,15 +18,15 @@ from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
-from ..layers.switchable_norm import NORMALIZERS
-from .ratios import LayerRatios, group_of
+from ..ops.moments import NAMES
+from .ratios import LayerRatios, group_of, present_normalizers
 from .runs import json_objects
 
 #: Bar / line colour of each normaliser.
-COLORS = {'IN': '#4C72B0', 'LN': '#DD8452', 'BN': '#55A868'}
+COLORS = {'IN': '#4C72B0', 'LN': '#DD8452', 'BN': '#55A868', 'GN': '#C44E52'}
 _STATISTICS = ('mean', 'var')
 _RATIO_KEY = re.compile(r'^(?:train/)?ratio/(?P<group>.+)/'
-                        r'(?P<stat>mean|var)_(?P<norm>IN|LN|BN)$')
+                        r'(?P<stat>mean|var)_(?P<norm>IN|LN|BN|GN)$')
 _TIMESTAMP = re.compile(r'^\d{8}_\d{6}$')
 
 
@@ -90,7 +90,8 @@ def describe(layers: Sequence[LayerRatios]) -> str:
 def _draw_bars(ax, layers: Sequence[LayerRatios], statistic: str) -> None:
     x = np.arange(len(layers))
     bottom = np.zeros(len(layers))
-    for normalizer in NORMALIZERS:
+    # Group SN layers are drawn one bar per channel group (``name[g]``).
+    for normalizer in present_normalizers(layers):
         heights = np.array(
             [lay.share(statistic, normalizer) for lay in layers])
         ax.bar(
@@ -294,7 +295,7 @@ def plot_ratio_dynamics(path: str,
     for row, group in enumerate(names):
         for col, statistic in enumerate(_STATISTICS):
             ax = axes[row][col]
-            for normalizer in NORMALIZERS:
+            for normalizer in NAMES:
                 points = found[group].get((statistic, normalizer))
                 if points:
                     ax.plot(

@@ -1,4 +1,10 @@
-"""IN/LN/BN importance ratios of SN and SSN layers, from a model or a file.
+"""IN/LN/BN(/GN) importance ratios of SN and SSN layers, from a model or a
+file.
+
+A group SN layer (``num_groups = G > 1``) has G ratio vectors, one per
+channel group: it is reported as G entries named ``<layer>[g]`` (each group
+holds ``C / G`` channels), so averages, counts of one-hot layers and plots
+count each channel group as a layer of its own.
 
 One function computes the ratios for a whole model at once, from the ratio
 logits and the SSN buffers, exactly as the layers do in their forward: SN
@@ -19,6 +25,7 @@ from torch import Tensor, nn
 
 from ..layers.switchable_norm import NORMALIZERS, SSN
 from ..ops import sparsestmax
+from ..ops.moments import NAMES
 from ..utils import switchable_norms
 
 #: Names under these top-level modules are grouped by their first two
@@ -43,6 +50,8 @@ class LayerRatios:
         radius: the SparsestMax radius the ratios were taken at (SSN only).
         frozen: whether the mean / variance ratios are frozen one-hot (SSN
             only; always ``(False, False)`` for SN).
+        members: the layer's normalizers in logit order; empty: the
+            default set of that length (IN, LN[, BN]).
     """
 
     name: str
@@ -51,12 +60,13 @@ class LayerRatios:
     var: Tuple[float, ...]
     radius: Optional[float] = None
     frozen: Tuple[bool, bool] = (False, False)
+    members: Tuple[str, ...] = ()
 
     @property
     def normalizers(self) -> Tuple[str, ...]:
-        """``('IN', 'LN', 'BN')``, or ``('IN', 'LN')`` for ``using_bn=False``.
-        """
-        return NORMALIZERS[:len(self.mean)]
+        """The layer's normalizers: :attr:`members`, or ``('IN', 'LN',
+        'BN')`` / ``('IN', 'LN')`` (``using_bn=False``) by length."""
+        return self.members or NORMALIZERS[:len(self.mean)]
 
     @property
     def one_hot(self) -> bool:
@@ -79,10 +89,42 @@ class _RatioLogits(NamedTuple):
     radius: Optional[Tensor]  # None for SN
     mean_fixed: Optional[Tensor]
     var_fixed: Optional[Tensor]
+    members: Tuple[str, ...] = ()
+
+
+def _row(flags: Optional[Tensor], g: int) -> Optional[Tensor]:
+    return None if flags is None else flags[g:g + 1]
+
+
+def _per_group(entry: _RatioLogits) -> List[_RatioLogits]:
+    """A group layer's (G, K) logits as G entries ``name[g]``; a (K,)
+    layer as it is."""
+    if entry.mean_logits.dim() == 1:
+        return [entry]
+    return [
+        entry._replace(
+            name=f'{entry.name}[{g}]',
+            mean_logits=entry.mean_logits[g],
+            var_logits=entry.var_logits[g],
+            mean_fixed=_row(entry.mean_fixed, g),
+            var_fixed=_row(entry.var_fixed, g))
+        for g in range(entry.mean_logits.shape[0])
+    ]
+
+
+def present_normalizers(layers: Sequence['LayerRatios']) -> Tuple[str, ...]:
+    """IN, LN, BN and any other normalizer of ``layers`` (GN), in
+    :data:`~ssn_norm.ops.moments.NAMES` order."""
+    found = set(NORMALIZERS)
+    for layer in layers:
+        found.update(layer.normalizers)
+    return tuple(name for name in NAMES if name in found)
 
 
 def _compute(entries: Sequence[_RatioLogits]) -> List[LayerRatios]:
-    """Ratios of ``entries`` in their order, vectorised per (kind, K)."""
+    """Ratios of ``entries`` in their order, vectorised per (kind, K);
+    group layers become one entry per group (:func:`_per_group`)."""
+    entries = [one for entry in entries for one in _per_group(entry)]
     buckets: Dict[Tuple[bool, int], List[int]] = {}
     for index, entry in enumerate(entries):
         key = (entry.radius is not None, entry.mean_logits.numel())
@@ -118,14 +160,16 @@ def _compute(entries: Sequence[_RatioLogits]) -> List[LayerRatios]:
                 mean=tuple(mean),
                 var=tuple(var),
                 radius=radius_value,
-                frozen=tuple(bool(f) for f in frozen))
+                frozen=tuple(bool(f) for f in frozen),
+                members=entry.members)
     return results
 
 
 def model_ratios(model: nn.Module) -> List[LayerRatios]:
     """Current ratios of every SN/SSN (and Sync) layer of ``model``.
 
-    Layers come in module order (depth order for the OpenMMLab models).  The
+    Layers come in module order (depth order for the OpenMMLab models), a
+    group SN layer as one entry per channel group (``name[g]``).  The
     result equals each layer's own :meth:`ratios`; nothing in the model is
     modified (SSN layers do not freeze here).
     """
@@ -136,7 +180,8 @@ def model_ratios(model: nn.Module) -> List[LayerRatios]:
             _RatioLogits(name, layer.mean_weight, layer.var_weight,
                          layer.radius if is_ssn else None,
                          layer.mean_fixed if is_ssn else None,
-                         layer.var_fixed if is_ssn else None))
+                         layer.var_fixed if is_ssn else None,
+                         layer.normalizers))
     with torch.no_grad():
         return _compute(entries)
 
@@ -172,12 +217,15 @@ def state_dict_ratios(state_dict: Mapping[str, object]) -> List[LayerRatios]:
         if not isinstance(var, Tensor):
             raise ValueError(f'{key} has no matching {prefix}.var_weight; '
                              'is this an SN/SSN state dict?')
-        if (value.dim() != 1 or value.shape != var.shape
-                or value.numel() not in (2, 3)):
+        if (value.dim() not in (1, 2) or value.shape != var.shape
+                or value.shape[-1] not in (2, 3)):
             raise ValueError(
                 f'{prefix}: ratio logits must be two vectors of length 3 '
-                '(IN, LN, BN) or 2 (IN, LN), got mean_weight '
-                f'{tuple(value.shape)} and var_weight {tuple(var.shape)}')
+                '(IN, LN, BN) or 2 (IN, LN), or (G, 3) / (G, 2) for group '
+                f'SN, got mean_weight {tuple(value.shape)} and var_weight '
+                f'{tuple(var.shape)}; other normaliser sets are not '
+                'recorded in a state dict: build the model and use '
+                'model_ratios')
         buffers = [state_dict.get(f'{prefix}.{name}') for name in _SSN_KEYS]
         present = [isinstance(b, Tensor) for b in buffers]
         if any(present) and not all(present):
@@ -216,7 +264,8 @@ def mean_shares(layers: Sequence[LayerRatios]) -> Dict[Tuple[str, str], float]:
 
     Keys are ``(statistic, normalizer)`` with statistic ``'mean'`` or
     ``'var'``; a layer without BN (``using_bn=False``) counts 0 for BN, so
-    the three shares of each statistic still sum to one.
+    the shares of each statistic still sum to one.  The normalizers are
+    IN, LN, BN and any other one of ``layers`` (GN).
     """
     if not layers:
         raise ValueError('mean_shares needs at least one layer')
@@ -225,7 +274,7 @@ def mean_shares(layers: Sequence[LayerRatios]) -> Dict[Tuple[str, str], float]:
         sum(layer.share(statistic, normalizer)
             for layer in layers) / len(layers)
         for statistic in ('mean', 'var')
-        for normalizer in NORMALIZERS
+        for normalizer in present_normalizers(layers)
     }
 
 

@@ -153,7 +153,8 @@ def convert_checkpoint_file(src: str,
                             dst: str,
                             to: Optional[str] = None,
                             config: Optional[str] = None,
-                            trust_pickle: bool = False) -> str:
+                            trust_pickle: bool = False,
+                            groups: Optional[int] = None) -> str:
     """Converts the ResNet checkpoint ``src`` and writes it to ``dst``.
 
     Args:
@@ -168,6 +169,9 @@ def convert_checkpoint_file(src: str,
             strictly; checked before anything is written.  Required for
             ``'i3d'``.
         trust_pickle: see :func:`load_source`.
+        groups: target group SN with this many channel groups (each
+            layer's logits copied to every group); see
+            :func:`~ssn_norm.convert.resnet.convert_resnet`.
 
     Returns:
         The summary to show the user.  It names the release when the MD5 of
@@ -196,7 +200,7 @@ def convert_checkpoint_file(src: str,
                 f'{config}: the backbone has no SN/SSN layer; BN checkpoints '
                 'inflate directly with pretrained2d=True')
     try:
-        converted, report = convert_resnet(state_dict, norm)
+        converted, report = convert_resnet(state_dict, norm, groups)
     except ConversionError as error:
         raise ConversionError(f'{src}: {error}') from None
     if release is None:
@@ -216,6 +220,10 @@ def convert_checkpoint_file(src: str,
         summary = (f'recognised by MD5 {md5}: the released {release.name} '
                    f'ImageNet model (top-1 {release.top1} in its release)\n'
                    + summary)
+    # Group SN: (G, K) logits.
+    num_groups = next((v.shape[0] if v.dim() == 2 else 1
+                       for k, v in converted.items()
+                       if k.endswith('.mean_weight')), 1)
     meta = {
         'converted_from': osp.basename(src),
         'source_md5': md5,
@@ -226,6 +234,7 @@ def convert_checkpoint_file(src: str,
         'arch': report.arch,
         'depth': report.depth,
         'deep_stem': report.deep_stem,
+        'num_groups': num_groups,
         'ssn_norm_version': __version__,
     }
     if to == 'i3d':

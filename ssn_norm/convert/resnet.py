@@ -12,7 +12,9 @@ layout too)::
 Every norm holds ``weight``, ``bias`` (C,), the ratio logits ``mean_weight``
 and ``var_weight`` (3,) in the order IN, LN, BN, and ``running_mean``,
 ``running_var`` (C,); SSN adds ``mean_fixed``, ``var_fixed`` (long, (1,))
-and ``radius`` ((1,)).
+and ``radius`` ((1,)).  For group SN (``num_groups=G``, ``groups=G`` here)
+the logits are (G, 3), each group starting from the layer's logits, and
+SSN's flags (G,).
 
 Sources, detected from the keys (:func:`detect_format`):
 
@@ -281,24 +283,33 @@ def _convert_norm(source: str, entries: Dict[str, Tensor], source_format: str,
             out[name] = torch.ones(3, dtype=out['weight'].dtype)
             report.initialised.append(f'{target}.{name}')
     else:
+        # (G, K): a group SN checkpoint of this project, kept as it is.
+        grouped = source_format == SSN_NORM and entries['mean_weight'].dim(
+        ) == 2
         for name in ('mean_weight', 'var_weight'):
             logits = entries[name]
-            if logits.numel() not in (2, 3):
+            wrong = (
+                logits.dim() != 2 if grouped else logits.numel() not in (2, 3))
+            if wrong or logits.shape[-1] not in (2, 3):
                 raise ConversionError(
                     f'{source}.{name}: expected 3 ratio logits (IN, LN, BN) '
-                    f'or 2 (IN, LN), got shape {tuple(logits.shape)}')
-            out[name] = logits.reshape(-1).clone()
-        if out['mean_weight'].numel() != out['var_weight'].numel():
+                    f'or 2 (IN, LN) (per channel group: (G, 3) / (G, 2)), '
+                    f'got shape {tuple(logits.shape)}')
+            out[name] = (logits if grouped else logits.reshape(-1)).clone()
+        if out['mean_weight'].shape != out['var_weight'].shape:
             raise ConversionError(
-                f'{source}: mean_weight has {out["mean_weight"].numel()} '
-                f'logits, var_weight {out["var_weight"].numel()}')
+                f'{source}: mean_weight has shape '
+                f'{tuple(out["mean_weight"].shape)}, var_weight '
+                f'{tuple(out["var_weight"].shape)}')
     if to_ssn and ssn_source:
+        rows = out['mean_weight'].shape[:-1].numel()
         for name in ('mean_fixed', 'var_fixed'):
-            out[name] = entries[name].reshape(1).to(torch.long).clone()
+            out[name] = entries[name].reshape(rows).to(torch.long).clone()
         out['radius'] = entries['radius'].reshape(1).clone()
     elif to_ssn:
-        out['mean_fixed'] = torch.zeros(1, dtype=torch.long)
-        out['var_fixed'] = torch.zeros(1, dtype=torch.long)
+        rows = out['mean_weight'].shape[:-1].numel()
+        out['mean_fixed'] = torch.zeros(rows, dtype=torch.long)
+        out['var_fixed'] = torch.zeros(rows, dtype=torch.long)
         out['radius'] = torch.zeros(1, dtype=out['weight'].dtype)
         report.initialised += [f'{target}.{n}' for n in _SSN_BUFFERS]
     # Order as the layer's own state dict (parameters, then buffers).
@@ -399,7 +410,8 @@ def _check_architecture(modules: Mapping[str, str],
 
 def convert_resnet(
     state_dict: Mapping[str, Tensor],
-    to: Optional[str] = None
+    to: Optional[str] = None,
+    groups: Optional[int] = None
 ) -> Tuple['OrderedDict[str, Tensor]', ConversionReport]:
     """Converts a ResNet state dict into the SN / SSN target layout.
 
@@ -408,6 +420,11 @@ def convert_resnet(
             returns them (a ``module.`` prefix already stripped).
         to: ``'sn'`` or ``'ssn'``; None keeps a switchable source's own kind
             and makes SN from BN.
+        groups: target group SN with G channel groups (``num_groups=G``):
+            each layer's logits (and SSN flags) are copied to every group,
+            so the converted layer computes what the source's did.  None
+            keeps the source's layout (G = 1 for every source but a group
+            checkpoint of this project, whose G must then match).
 
     Returns:
         The converted state dict, which loads with ``strict=True`` into
@@ -422,6 +439,11 @@ def convert_resnet(
     source_format = detect_format(state_dict)
     if to is not None and to not in TARGETS:
         raise ConversionError(f'to must be one of {TARGETS}, got {to!r}')
+    if groups is not None and (isinstance(groups, bool)
+                               or not isinstance(groups, int) or groups < 1):
+        raise ConversionError(
+            f'groups must be a positive int (the target num_groups), got '
+            f'{groups!r}')
     keys = list(state_dict)
     body = OrderedDict(state_dict)
     if any(k.startswith('backbone.') for k in keys):
@@ -505,8 +527,10 @@ def convert_resnet(
             f'({flavour} layout): {_listing(unmapped)}.  Only ResNet '
             'backbones (stem, layer1-4, classifier) can be converted')
     _check_architecture(kinds, report)
+    if groups is not None:
+        converted = _to_groups(converted, groups, report)
     num_ratios = {
-        v.numel()
+        v.shape[-1]
         for k, v in converted.items() if k.endswith('.mean_weight')
     }
     if num_ratios == {2}:
@@ -528,6 +552,32 @@ def convert_resnet(
             '(deep_stem=False); mmseg\'s ResNetV1c has a deep stem and cannot '
             'take it (see docs/checkpoints.md)')
     return converted, report
+
+
+def _to_groups(converted: 'OrderedDict[str, Tensor]', groups: int,
+               report: ConversionReport) -> 'OrderedDict[str, Tensor]':
+    """Every layer's logits (K,) as (G, K) and SSN flags (1,) as (G,):
+    each channel group starts from the layer's own.  A group source must
+    already have G groups; G = 1 keeps the released (K,) layout."""
+    out = OrderedDict()
+    for key, value in converted.items():
+        name = key.rpartition('.')[2]
+        if name in ('mean_weight', 'var_weight') and value.dim() == 2:
+            if value.shape[0] != groups:
+                raise ConversionError(
+                    f'{key}: the source is group SN with {value.shape[0]} '
+                    f'channel groups, not {groups}; convert its ungrouped '
+                    'source instead')
+        elif name in ('mean_weight', 'var_weight') and groups > 1:
+            value = value.unsqueeze(0).repeat(groups, 1)
+        elif name in ('mean_fixed', 'var_fixed') and value.numel() == 1:
+            value = value.repeat(groups)
+        out[key] = value
+    if groups > 1:
+        report.notes.append(
+            f'group SN: each layer\'s ratio logits copied to its {groups} '
+            f'channel groups; build the target with num_groups={groups}')
+    return out
 
 
 def check_loadable(state_dict: Mapping[str, Tensor], module) -> None:

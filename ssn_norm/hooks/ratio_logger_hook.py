@@ -18,13 +18,15 @@ class RatioLoggerHook(Hook):
 
     * ``ratio/all/<mean|var>_<IN|LN|BN>`` — the mean ratio of each
       normaliser over all SN/SSN layers (a layer without BN counts 0 for
-      BN, so the three add up to one);
+      BN, so the three add up to one); ``_GN`` too where a layer mixes GN;
+      a group SN layer counts as one layer per channel group;
     * ``ratio/<group>/<mean|var>_<IN|LN|BN>`` — the same per stage or
       top-level module (``backbone.layer1``, ``backbone.stem``, ``neck``,
       ``roi_head.mask_head``, ``decode_head`` ...; see
       :func:`~ssn_norm.analysis.group_of`), if ``per_group``;
     * with SSN layers: ``ratio/one_hot_layers`` (layers whose mean and
-      variance ratios are both frozen one-hot) out of ``ratio/ssn_layers``.
+      variance ratios are both frozen one-hot) out of ``ratio/ssn_layers``
+      (a group SSN layer: one per channel group).
 
     The SparsestMax radius is not a ratio: :class:`SparsestMaxRadiusHook`,
     which sets it, logs it (``ssn_radius``).  Each quantity is logged by one

@@ -11,7 +11,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..ops.backend import compiles_for, fast_ssn_ratios
-from ..ops.moments import MomentSpec, members, names, variance
+from ..ops.moments import (MomentSpec, channel_ratios, check_normalizers,
+                           member_table, names, variance)
 from ..ops.sparsestmax import ratios_with_freezing
 from ..ops.switchable_function import switchable_norm
 
@@ -57,9 +58,11 @@ class SwitchableNormBase(nn.Module):
     """Common machinery of SN and SSN; subclasses choose how ratios are made.
 
     A subclass implements :meth:`_ratios`, returning the mean and variance
-    ratios, each of shape ``(K,)`` with ``K = 3`` (IN, LN, BN) or ``K = 2``
-    (IN, LN) when ``using_bn=False``, and may report a one-hot selection
-    through :meth:`_selected` so that eval computes only what is needed.
+    ratios, each of the logits' shape: ``(K,)`` with ``K`` the number of
+    normalizers (3: IN, LN, BN by default; 2: IN, LN for
+    ``using_bn=False``), or ``(G, K)`` for ``num_groups = G > 1``, and may
+    report a one-hot selection through :meth:`_selected` so that eval
+    computes only what is needed.
     The statistics themselves are :mod:`ssn_norm.ops.moments`'; the forward
     decides once (mode, ratios, selection) and calls
     :func:`~ssn_norm.ops.switchable_function.switchable_norm` once.
@@ -84,9 +87,12 @@ class SwitchableNormBase(nn.Module):
                  num_features: int,
                  eps: float = 1e-5,
                  momentum: Optional[float] = 0.1,
-                 using_bn: bool = True,
+                 using_bn: Optional[bool] = None,
                  using_moving_average: bool = True,
-                 last_gamma: bool = False) -> None:
+                 last_gamma: bool = False,
+                 normalizers: Optional[Tuple[str, ...]] = None,
+                 gn_groups: Optional[int] = None,
+                 num_groups: int = 1) -> None:
         super().__init__()
         if not isinstance(num_features, int) or isinstance(
                 num_features, bool) or num_features <= 0:
@@ -100,18 +106,37 @@ class SwitchableNormBase(nn.Module):
                 f'{type(self).__name__}: momentum must be in [0, 1] (torch '
                 'convention: the weight of the new batch; the released SN '
                 f'code\'s 0.9 is 0.1 here), got {momentum!r}')
+        self.normalizers = _normalizers(
+            type(self).__name__, num_features, using_bn, normalizers,
+            gn_groups)
+        if (isinstance(num_groups, bool) or not isinstance(num_groups, int)
+                or num_groups <= 0 or num_features % num_groups):
+            raise ValueError(
+                f'{type(self).__name__}: num_groups must be a positive int '
+                f'dividing the {num_features} channels (each group of '
+                f'C / num_groups channels has its own ratios), got '
+                f'num_groups={num_groups!r}')
         self.num_features = num_features
         self.eps = float(eps)
         self.momentum = momentum
-        self.using_bn = bool(using_bn)
+        self.gn_groups = gn_groups
+        self.num_groups = num_groups
+        # Looked up once: an outer torch.compile traces the forward, and
+        # would trace (and warn about) the cached table lookup every time.
+        self._members = member_table(self.normalizers, gn_groups)
+        # BN is the only member over the batch (running statistics).
+        self.using_bn = 'BN' in self.normalizers
         self.using_moving_average = bool(using_moving_average)
         self.last_gamma = bool(last_gamma)
-        # One logit per member of the mix (ssn_norm.ops.moments.MEMBERS).
-        num_normalizers = len(members(self.using_bn))
+        # One logit per member of the mix (ssn_norm.ops.moments), per
+        # channel group; one group keeps the released (K,) shape.
+        shape = (len(self.normalizers), )
+        if num_groups > 1:
+            shape = (num_groups, ) + shape
         self.weight = nn.Parameter(torch.empty(num_features))
         self.bias = nn.Parameter(torch.empty(num_features))
-        self.mean_weight = nn.Parameter(torch.ones(num_normalizers))
-        self.var_weight = nn.Parameter(torch.ones(num_normalizers))
+        self.mean_weight = nn.Parameter(torch.ones(shape))
+        self.var_weight = nn.Parameter(torch.ones(shape))
         if self.using_bn:
             self.register_buffer('running_mean', torch.zeros(num_features))
             self.register_buffer('running_var', torch.ones(num_features))
@@ -138,11 +163,24 @@ class SwitchableNormBase(nn.Module):
             self.var_weight.fill_(1)
         self.reset_running_stats()
 
+    @property
+    def members(self) -> tuple:
+        """The mixed members (:func:`~ssn_norm.ops.moments.member_table`),
+        in logit order."""
+        return self._members
+
     def extra_repr(self) -> str:
-        return (f'{self.num_features}, eps={self.eps}, '
+        text = (f'{self.num_features}, eps={self.eps}, '
                 f'momentum={self.momentum}, using_bn={self.using_bn}, '
                 f'using_moving_average={self.using_moving_average}, '
                 f'last_gamma={self.last_gamma}')
+        if self.normalizers not in (NORMALIZERS, names(False)):
+            text += f', normalizers={self.normalizers}'
+        if self.gn_groups is not None:
+            text += f', gn_groups={self.gn_groups}'
+        if self.num_groups > 1:
+            text += f', num_groups={self.num_groups}'
+        return text
 
     # ---------------------------------------------------------------- ratios
     def _ratios(self, fast: bool = False) -> Tuple[Tensor, Tensor]:
@@ -156,7 +194,9 @@ class SwitchableNormBase(nn.Module):
 
     @torch.no_grad()
     def ratios(self) -> Tuple[Tensor, Tensor]:
-        """The current (mean, variance) ratios over IN, LN[, BN], detached."""
+        """The current (mean, variance) ratios over :attr:`normalizers`,
+        detached: ``(K,)`` each, or ``(G, K)`` with ``num_groups = G > 1``
+        (row g: channels ``[g·C/G, (g+1)·C/G)``)."""
         mean_ratio, var_ratio = self._ratios()
         return mean_ratio.detach().clone(), var_ratio.detach().clone()
 
@@ -223,6 +263,27 @@ class SwitchableNormBase(nn.Module):
             anchor = anchor * 0
         return x + anchor.to(x.dtype)
 
+    def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict,
+                              missing_keys, unexpected_keys, error_msgs):
+        logits = state_dict.get(prefix + 'mean_weight')
+        if (isinstance(logits, Tensor)
+                and logits.shape != self.mean_weight.shape):
+            # torch's own message names the shapes only; say the fix.
+            fix = ('convert an ungrouped SN/SSN checkpoint with '
+                   'tools/convert_checkpoint.py --groups '
+                   f'{self.num_groups}'
+                   if logits.dim() == 1 and self.num_groups > 1 else
+                   'build the layer with the checkpoint\'s num_groups and '
+                   'normalizers')
+            error_msgs.append(
+                f'{prefix}mean_weight: the checkpoint holds ratio logits of '
+                f'shape {tuple(logits.shape)}, this {type(self).__name__} '
+                f'{tuple(self.mean_weight.shape)} (num_groups='
+                f'{self.num_groups}, normalizers={self.normalizers}); {fix}')
+        super()._load_from_state_dict(state_dict, prefix, local_metadata,
+                                      strict, missing_keys, unexpected_keys,
+                                      error_msgs)
+
     def __prepare_scriptable__(self):
         # torch.jit.script calls this on every submodule before compiling.
         raise _refuse_torchscript(self, 'torch.jit.script')
@@ -240,6 +301,9 @@ class SwitchableNormBase(nn.Module):
         if selected is None:
             # Compiled ratios (SSN) where the kernels are compiled too.
             mean_ratio, var_ratio = self._ratios(compiles_for(x))
+            # Group SN: each channel takes its group's ratios.
+            mean_ratio = channel_ratios(mean_ratio, self.num_features)
+            var_ratio = channel_ratios(var_ratio, self.num_features)
         return switchable_norm(x, self.weight, self.bias,
                                mean_ratio, var_ratio,
                                self._moment_spec(selected), self.eps)
@@ -253,7 +317,7 @@ class SwitchableNormBase(nn.Module):
         training = self.training
         own = (type(self)._batch_moments is SwitchableNormBase._batch_moments)
         return MomentSpec(
-            using_bn=self.using_bn,
+            members=self.members,
             training=training,
             running=((self.running_mean,
                       self.running_var) if self.using_bn else None),
@@ -261,6 +325,29 @@ class SwitchableNormBase(nn.Module):
             record=(self._update_running_stats
                     if training and self.using_bn else None),
             batch_moments=None if own else self._batch_moments)
+
+
+def _normalizers(owner: str, num_features: int, using_bn: Optional[bool],
+                 normalizers, gn_groups) -> Tuple[str, ...]:
+    """The layer's member names from ``using_bn`` (the alias) and/or
+    ``normalizers``; a ``ValueError`` naming the fix where they conflict or
+    the set is invalid."""
+    if normalizers is None:
+        if gn_groups is not None:
+            raise ValueError(
+                f'{owner}: gn_groups={gn_groups!r} is given but \'GN\' is '
+                'not among the normalizers; pass normalizers=(..., \'GN\')')
+        return names(True if using_bn is None else bool(using_bn))
+    try:
+        normalizers = check_normalizers(normalizers, gn_groups, num_features)
+    except ValueError as err:
+        raise ValueError(f'{owner}: {err}') from None
+    if using_bn is not None and bool(using_bn) != ('BN' in normalizers):
+        raise ValueError(
+            f'{owner}: using_bn={using_bn!r} contradicts normalizers='
+            f'{normalizers}; give only normalizers (using_bn=False is the '
+            'alias of normalizers=(\'IN\', \'LN\'))')
+    return normalizers
 
 
 class SN(SwitchableNormBase):
@@ -280,12 +367,23 @@ class SN(SwitchableNormBase):
             the new batch; the released code's 0.9 equals 0.1 here).  None
             gives a cumulative average, like ``nn.BatchNorm2d``.
         using_bn: mix in BN statistics; False leaves IN + LN (2 logits), for
-            one sample per device.
+            one sample per device: the alias of ``normalizers=('IN', 'LN')``
+            (None: as ``normalizers`` says, default True).
         using_moving_average: False makes the running statistics an exact
             average of the batch means and second moments seen since
             :meth:`reset_running_stats` (the paper's batch-average inference
             statistics) instead of a moving average.
         last_gamma: initialise γ to 0 (for the last norm of a residual block).
+        normalizers: the ordered members of the mix, any non-empty subset
+            of ``('IN', 'LN', 'BN', 'GN')``; the logits follow this order.
+            Default ``('IN', 'LN', 'BN')``.
+        gn_groups: GN's group count, required exactly when ``'GN'`` is a
+            member; GN moments are per sample over each group of
+            ``C / gn_groups`` channels, derived from the IN moments as LN's.
+        num_groups: G, channel groups with their own ratios (group SN):
+            group g (channels ``[g·C/G, (g+1)·C/G)``) mixes the usual
+            statistics with its own ratios; the logits are then (G, K).
+            1 (default): one (K,) ratio vector, the released layout.
 
     Note:
         Numerics (written once, in :mod:`ssn_norm.ops.moments`) follow the
@@ -315,7 +413,10 @@ class SN(SwitchableNormBase):
     """
 
     def _ratios(self, fast: bool = False) -> Tuple[Tensor, Tensor]:
-        return F.softmax(self.mean_weight, 0), F.softmax(self.var_weight, 0)
+        # Per row: (K,), or each group's (K,) of (G, K).
+        mean_ratio = F.softmax(self.mean_weight, -1)
+        var_ratio = F.softmax(self.var_weight, -1)
+        return mean_ratio, var_ratio
 
 
 class SSN(SwitchableNormBase):
@@ -350,9 +451,12 @@ class SSN(SwitchableNormBase):
 
     def __init__(self, num_features: int, **kwargs) -> None:
         super().__init__(num_features, **kwargs)
-        # Shapes as in the released checkpoints.
-        self.register_buffer('mean_fixed', torch.zeros(1, dtype=torch.long))
-        self.register_buffer('var_fixed', torch.zeros(1, dtype=torch.long))
+        # One flag per ratio row: (1,) as in the released checkpoints, (G,)
+        # for group SSN.
+        self.register_buffer('mean_fixed',
+                             torch.zeros(self.num_groups, dtype=torch.long))
+        self.register_buffer('var_fixed',
+                             torch.zeros(self.num_groups, dtype=torch.long))
         self.register_buffer('radius', torch.zeros(1))
         self._selection_cache = None
         self._radius_key = None
@@ -372,7 +476,7 @@ class SSN(SwitchableNormBase):
                             f'number, got {value!r}')
         value = float(value)
         if not (math.isfinite(value) and value >= 0):
-            one_hot = max_radius(self.mean_weight.numel())
+            one_hot = max_radius(self.mean_weight.shape[-1])
             raise ValueError(
                 f'{type(self).__name__}: {where} must be a finite number '
                 f'>= 0 (0: sparsemax; >= {one_hot:.4f}: one-hot for every '
@@ -453,19 +557,27 @@ class SSN(SwitchableNormBase):
             if logits == 'uniform':
                 start = torch.zeros_like(param)
             else:
-                start = F.one_hot(param.argmax(), param.numel()).to(
+                start = F.one_hot(param.argmax(-1), param.shape[-1]).to(
                     param.dtype) * _SOFTENED_LOGIT
-            # On the device: no host read of the flags.
-            param.copy_(torch.where(fixed.bool(), start, param))
+            # On the device: no host read of the flags (one per row).
+            frozen = fixed.bool().view(param.shape[:-1] + (1, ))
+            param.copy_(torch.where(frozen, start, param))
             fixed.zero_()
 
     @property
     def frozen(self) -> Tensor:
-        """Bool tensor (2,): whether the mean / variance ratios are frozen."""
+        """Bool tensor (2,): whether the mean / variance ratios are frozen;
+        (2G,) for group SSN (the G mean rows, then the G variance rows)."""
         return torch.cat([self.mean_fixed, self.var_fixed]).bool()
 
     def _ratios(self, fast: bool = False) -> Tuple[Tensor, Tensor]:
-        logits = torch.stack([self.mean_weight, self.var_weight])
+        # Rows: the G mean logits, then the G variance logits (G = 1: the
+        # released (2, K)); SparsestMax and freezing work per row.
+        groups = self.num_groups
+        if groups == 1:
+            logits = torch.stack([self.mean_weight, self.var_weight])
+        else:
+            logits = torch.cat([self.mean_weight, self.var_weight])
         freeze = self.training and torch.is_grad_enabled()
         radius = self._checked_radius().to(logits.dtype)
         ratios, new_logits, new_fixed = (fast_ssn_ratios if fast else
@@ -473,15 +585,16 @@ class SSN(SwitchableNormBase):
                                                                self.mean_fixed,
                                                                self.var_fixed,
                                                                freeze)
+        shape = self.mean_weight.shape
         if freeze:
             with torch.no_grad():
                 # Newly frozen rows: their one-hot logits and flags.
-                self.mean_weight.copy_(new_logits[0])
-                self.var_weight.copy_(new_logits[1])
-                self.mean_fixed.copy_(new_fixed[:1])
-                self.var_fixed.copy_(new_fixed[1:])
+                self.mean_weight.copy_(new_logits[:groups].view(shape))
+                self.var_weight.copy_(new_logits[groups:].view(shape))
+                self.mean_fixed.copy_(new_fixed[:groups])
+                self.var_fixed.copy_(new_fixed[groups:])
             self._selection_cache = None
-        return ratios[0], ratios[1]
+        return ratios[:groups].view(shape), ratios[groups:].view(shape)
 
     def _selected(self) -> Optional[Tuple[int, int]]:
         # One host read per layer, then cached until the flags or logits
@@ -495,8 +608,17 @@ class SSN(SwitchableNormBase):
         if self._selection_cache is None or self._selection_cache[0] != key:
             selection = None
             if all(self.frozen.tolist()):
-                selection = (int(self.mean_weight.argmax()),
-                             int(self.var_weight.argmax()))
+                # Every group frozen on the same members: one selection.
+                # Groups that differ mix with their one-hot ratios: they
+                # need the per-row moments anyway (unless all chose BN,
+                # which is the single selection), and the other members'
+                # statistics cost O(N·C) on top.
+                rows = [
+                    w.view(-1, w.shape[-1]).argmax(-1).tolist()
+                    for w in (self.mean_weight, self.var_weight)
+                ]
+                if all(len(set(row)) == 1 for row in rows):
+                    selection = (rows[0][0], rows[1][0])
             self._selection_cache = (key, selection)
         return self._selection_cache[1]
 

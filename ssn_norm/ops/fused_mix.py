@@ -16,16 +16,16 @@ from typing import NamedTuple, Optional, Tuple
 import torch
 from torch import Tensor
 
-from .moments import (BatchMomentsFn, Moments, MomentSpec, member_grads,
-                      member_moments, mix, scale_shift)
+from .moments import (BatchMomentsFn, Member, Moments, MomentSpec,
+                      member_grads, member_moments, mix, scale_shift)
 
 __all__ = ['mix_backward', 'mix_forward']
 
 
 class _Saved(NamedTuple):
-    ratios: Tensor  # (2, K): mean ratios, variance ratios
+    ratios: Tensor  # (2, K) or (2, K, C): mean ratios, variance ratios
     moments: Moments
-    using_bn: bool
+    table: Tuple[Member, ...]
     mean: Tensor
     inv_std: Tensor
     scale: Tensor
@@ -56,7 +56,8 @@ def mix_forward(var_in: Tensor, mean_in: Tensor, mean_ratio: Tensor,
     Args:
         var_in, mean_in: per-sample (IN) unbiased variance and mean (N, C),
             in the statistics dtype.
-        mean_ratio, var_ratio: (K,) ratios over the members.
+        mean_ratio, var_ratio: (K,) ratios over the members, or (K, C)
+            per channel (group SN).
         weight, bias: (C,) affine parameters.
         eps: added to the mixed variance.
         spec: a training :class:`~ssn_norm.ops.moments.MomentSpec`;
@@ -73,14 +74,17 @@ def mix_forward(var_in: Tensor, mean_in: Tensor, mean_ratio: Tensor,
     if spec.using_bn and spec.batch_moments is not None:
         hook = _recording(spec.batch_moments, graphs)
     with torch.no_grad():
-        moments = member_moments(var_in, mean_in, spec.using_bn, None, hook)
+        moments = member_moments(var_in, mean_in, spec.members, None, hook)
         if spec.record is not None and moments.batch is not None:
             spec.record(*moments.batch)
         ratios = torch.stack([mean_ratio, var_ratio]).to(dtype)
         mean = mix(ratios[0], moments.means)
         var = mix(ratios[1], moments.variances)
         inv_std, scale, shift = scale_shift(mean, var, weight, bias, eps)
-    saved = _Saved(ratios, moments, spec.using_bn, mean, inv_std, scale,
+        # A set without a per-sample, per-channel member mixes to (C,)
+        # or (N, 1): the affine pass takes one factor per row.
+        scale, shift = scale.expand_as(var_in), shift.expand_as(var_in)
+    saved = _Saved(ratios, moments, spec.members, mean, inv_std, scale,
                    graphs[0] if graphs else None)
     return scale, shift, saved
 
@@ -110,14 +114,14 @@ def mix_backward(
 
     Returns:
         Gradients of the IN variance and mean (N, C), of the mean and
-        variance ratios (K,) and of weight and bias (C,), all in the
+        variance ratios (as given) and of weight and bias (C,), all in the
         statistics dtype.
     """
     batch_grads = None
     if saved.bn_graph is not None:
         batch_grads = partial(_graph_grads, *saved.bn_graph)
     (grad_var_in, grad_mean_in, grad_ratios, grad_weight,
-     grad_bias) = member_grads(saved.ratios, saved.moments, saved.using_bn,
+     grad_bias) = member_grads(saved.ratios, saved.moments, saved.table,
                                saved.mean, saved.inv_std, saved.scale, sum_g,
                                sum_gx, batch_grads)
     return (grad_var_in, grad_mean_in, grad_ratios[0], grad_ratios[1],

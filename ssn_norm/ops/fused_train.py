@@ -61,10 +61,13 @@ def grad_input_rows(grad: Tensor, x: Tensor, scale: Tensor, centre: Tensor,
 
 def training_forward(
     x: Tensor, mean_ratio: Tensor, var_ratio: Tensor, weight: Tensor,
-    bias: Tensor, eps: float, using_bn: bool
+    bias: Tensor, eps: float, table: tuple
 ) -> Tuple[Tensor, Tensor, Tensor, Optional[Tensor], Optional[Tensor],
            Optional[Tensor]]:
-    """SN/SSN in training on ``x`` (N, C, L), L > 1.
+    """SN/SSN in training on ``x`` (N, C, L), L > 1, mixing the members
+    ``table`` (:func:`~ssn_norm.ops.moments.member_table`: one object per
+    layer configuration, a constant of the compiled graph) with ratios
+    (K,) or (K, C).
 
     Returns:
         The output (as ``x``), the IN variance and mean (N, C) for
@@ -74,7 +77,7 @@ def training_forward(
     """
     var_in, mean_in = var_mean_rows(x)
     dtype = var_in.dtype
-    moments = member_moments(var_in, mean_in, using_bn)
+    moments = member_moments(var_in, mean_in, table)
     ratios = torch.stack([mean_ratio, var_ratio]).to(dtype)
     mean = mix(ratios[0], moments.means)
     _, scale, shift = scale_shift(mean, mix(ratios[1], moments.variances),
@@ -87,28 +90,28 @@ def training_forward(
 def training_backward(
         grad: Tensor, x: Tensor, var_in: Tensor, mean_in: Tensor,
         mean_ratio: Tensor, var_ratio: Tensor, weight: Tensor, eps: float,
-        using_bn: bool) -> Tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
+        table: tuple) -> Tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
     """Backward of :func:`training_forward` for the output gradient ``grad``.
 
     The mix is recomputed from the saved IN moments (``O(N·C)``), so only
     ``x`` is kept at full size, as in BatchNorm.
 
     Returns:
-        Gradients of ``x`` (as ``x``), of the mean and variance ratios (K,)
-        and of weight and bias (C,), in the statistics dtype except the
+        Gradients of ``x`` (as ``x``), of the mean and variance ratios (as
+        given) and of weight and bias (C,), in the statistics dtype except the
         first.
     """
     length = x.shape[-1]
     dtype = var_in.dtype
     xs, gs = x.to(dtype), grad.to(dtype)
     sum_g, sum_gx = gs.sum(-1), (gs * xs).sum(-1)
-    moments = member_moments(var_in, mean_in, using_bn)
+    moments = member_moments(var_in, mean_in, table)
     ratios = torch.stack([mean_ratio, var_ratio]).to(dtype)
     mean = mix(ratios[0], moments.means)
     inv_std, scale, _ = scale_shift(mean, mix(ratios[1], moments.variances),
                                     weight, None, eps)
     (grad_var_in, grad_mean_in, grad_ratios, grad_weight,
-     grad_bias) = member_grads(ratios, moments, using_bn, mean, inv_std, scale,
+     grad_bias) = member_grads(ratios, moments, table, mean, inv_std, scale,
                                sum_g, sum_gx)
     # ∂v/∂x = 2(x - m)/(L - 1), ∂m/∂x = 1/L.
     grad_x = grad_input_rows(grad, x, scale, mean_in,

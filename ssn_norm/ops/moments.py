@@ -25,22 +25,31 @@ Numerics (the released SN code, so its checkpoints evaluate identically):
 * dtype: statistics, mix and factors in :func:`stat_dtype` of the input
   (fp32 for fp16/bf16/fp32, fp64 for fp64); the output has the input's.
 
-The members are the ordered table :data:`MEMBERS`.  A new normaliser (a GN
-member, group SN) is one more :class:`Member` whose ``reduce`` maps the
-``(N, C)`` IN moments to a tensor broadcastable to ``(N, C)`` and whose
-``expand`` is the transpose of that map (for the hand-derived backward);
-the layer's logits, the forward, the fused backward and deployment follow
-from the table.
+The members are the ordered table :data:`MEMBERS` (IN, LN, BN) plus GN,
+whose moments are per sample over each group of ``C / gn_groups``
+channels, derived from the IN moments as LN's are.  A layer mixes any
+non-empty ordered subset, its :func:`member_table`; each :class:`Member`'s
+``reduce`` maps the ``(N, C)`` IN moments to a tensor broadcastable to
+``(N, C)`` and its ``expand`` is the transpose of that map (for the
+hand-derived backward); the layer's logits, the forward, the fused
+backward and deployment follow from the table.
+
+Ratios are ``(K,)`` per moment (every channel shares them), or, for group
+SN, ``(K, C)``: channel ``c`` mixes with the ratios of its channel group
+(:func:`channel_ratios`); the gradient of a ``(K, C)`` ratio is summed
+over the samples only (the group sum is the expansion's own backward).
 """
+from functools import lru_cache, partial
 from typing import Callable, List, NamedTuple, Optional, Sequence, Tuple
 
 import torch
 from torch import Tensor
 
 __all__ = [
-    'MEMBERS', 'Member', 'MomentSpec', 'Moments', 'member_grads',
-    'member_moments', 'members', 'mix', 'normalize_reference', 'names',
-    'scale_shift', 'select', 'stat_dtype', 'var_mean_in', 'variance'
+    'MEMBERS', 'Member', 'MomentSpec', 'Moments', 'NAMES', 'channel_ratios',
+    'check_normalizers', 'member_grads', 'member_moments', 'member_table',
+    'members', 'mix', 'normalize_reference', 'names', 'scale_shift', 'select',
+    'stat_dtype', 'var_mean_in', 'variance'
 ]
 
 
@@ -73,6 +82,19 @@ def _expand_channels(grad: Tensor, like: Tensor) -> Tensor:
     return (grad / like.shape[1]).expand_as(like)
 
 
+def _channel_groups(groups: int, t: Tensor) -> Tensor:
+    # Mean over each of ``groups`` consecutive channel groups, per sample,
+    # repeated over the group's channels: (N, C) -> (N, C).
+    grouped = t.unflatten(1, (groups, -1))
+    return grouped.mean(-1, keepdim=True).expand_as(grouped).flatten(1)
+
+
+def _expand_channel_groups(groups: int, grad: Tensor, like: Tensor) -> Tensor:
+    grouped = grad.unflatten(1, (groups, -1))
+    total = grouped.sum(-1, keepdim=True) / grouped.shape[-1]
+    return total.expand_as(grouped).flatten(1).expand_as(like)
+
+
 def _batch(t: Tensor) -> Tensor:
     return t.mean(0)
 
@@ -92,7 +114,8 @@ class Member(NamedTuple):
             gradient of ``reduce``'s output to ``like``'s ``(N, C)``.
         batch: True for a member over the batch (BN): replaced by the
             running statistics in eval, by a layer's ``batch_moments``
-            hook where given, and dropped with ``using_bn=False``.
+            hook where given, and dropped with ``using_bn=False``.  The
+            only batch member is BN.
     """
 
     name: str
@@ -108,15 +131,97 @@ MEMBERS: Tuple[Member, ...] = (
     Member('BN', _batch, _expand_batch, True),
 )
 
+#: Every member name a layer may mix: :data:`MEMBERS`' and GN.
+NAMES: Tuple[str, ...] = ('IN', 'LN', 'BN', 'GN')
+
+
+def check_normalizers(normalizers,
+                      gn_groups: Optional[int] = None,
+                      num_features: Optional[int] = None) -> Tuple[str, ...]:
+    """``normalizers`` as a tuple of names, or a ``ValueError`` naming the
+    fix: the set must be a non-empty sequence of distinct names of
+    :data:`NAMES`; ``gn_groups`` is given exactly when 'GN' is a member,
+    is a positive int and divides ``num_features`` (when given)."""
+    if isinstance(normalizers, str) or not isinstance(normalizers,
+                                                      (tuple, list)):
+        raise ValueError('normalizers must be a tuple of names from '
+                         f'{NAMES}, e.g. (\'IN\', \'LN\', \'BN\'), got '
+                         f'{normalizers!r}')
+    normalizers = tuple(normalizers)
+    if not normalizers:
+        raise ValueError('normalizers must name at least one of '
+                         f'{NAMES}, got an empty set')
+    for name in normalizers:
+        if name not in NAMES:
+            raise ValueError(f'unknown normalizer {name!r} in normalizers='
+                             f'{normalizers}; valid ones are {NAMES}')
+        if normalizers.count(name) > 1:
+            raise ValueError(f'normalizer {name!r} is repeated in '
+                             f'normalizers={normalizers}; name each once')
+    if 'GN' in normalizers:
+        if (gn_groups is None or isinstance(gn_groups, bool)
+                or not isinstance(gn_groups, int) or gn_groups <= 0):
+            raise ValueError(
+                'normalizers include \'GN\': gn_groups must be a positive '
+                f'int (channels per GN group = C / gn_groups), got '
+                f'gn_groups={gn_groups!r}')
+        if num_features is not None and num_features % gn_groups:
+            raise ValueError(
+                f'gn_groups={gn_groups} does not divide the {num_features} '
+                'channels; choose a divisor of the channel count')
+    elif gn_groups is not None:
+        raise ValueError(
+            f'gn_groups={gn_groups!r} is given but \'GN\' is not among '
+            f'normalizers={normalizers}; add \'GN\' or drop gn_groups')
+    return normalizers
+
+
+def member_table(normalizers: Sequence[str] = ('IN', 'LN', 'BN'),
+                 gn_groups: Optional[int] = None) -> Tuple[Member, ...]:
+    """The members of a layer mixing ``normalizers`` (in logit order).
+
+    Guarantees: the same configuration gives the identical tuple (so
+    compiled graphs that take it as a constant are reused across layers);
+    IN, LN and BN are :data:`MEMBERS`' entries as they are at the call.
+    Call :func:`check_normalizers` first: names are not checked here.
+    """
+    return _member_table(MEMBERS, tuple(normalizers), gn_groups)
+
+
+@lru_cache(maxsize=None)
+def _member_table(base: Tuple[Member, ...], normalizers: Tuple[str, ...],
+                  gn_groups: Optional[int]) -> Tuple[Member, ...]:
+    by_name = {m.name: m for m in base}
+    table = []
+    for name in normalizers:
+        if name == 'GN':
+            table.append(
+                Member('GN', partial(_channel_groups, gn_groups),
+                       partial(_expand_channel_groups, gn_groups), False))
+        else:
+            table.append(by_name[name])
+    return tuple(table)
+
 
 def members(using_bn: bool = True) -> Tuple[Member, ...]:
-    """The members a layer mixes: all, or those not over the batch."""
+    """The members of :data:`MEMBERS` a layer mixes: all, or those not
+    over the batch."""
     return tuple(m for m in MEMBERS if using_bn or not m.batch)
 
 
 def names(using_bn: bool = True) -> Tuple[str, ...]:
     """Names of :func:`members`, in logit order."""
     return tuple(m.name for m in members(using_bn))
+
+
+def channel_ratios(ratios: Tensor, channels: int) -> Tensor:
+    """Ratios as the mix takes them: ``(K,)`` as they are; group ratios
+    ``(G, K)`` as ``(K, C)``, channel ``c`` holding the row of its group
+    ``c // (C / G)``.  Differentiable (the backward sums over each group's
+    channels)."""
+    if ratios.dim() == 1:
+        return ratios
+    return ratios.t().repeat_interleave(channels // ratios.shape[0], dim=1)
 
 
 #: ``(mean_in, sqmean_in) -> (mean_bn, sqmean_bn)``: (N, C) -> (C,) each.
@@ -130,7 +235,7 @@ class MomentSpec(NamedTuple):
     into the layer's numerics.
 
     Attributes:
-        using_bn: mix the batch member(s) in.
+        members: the layer's :func:`member_table`, in logit order.
         training: batch statistics (True) or running ones (False).
         running: ``(running_mean, running_var)`` (C,) used in eval.
         selected: ``(mean_idx, var_idx)`` of a frozen one-hot layer in
@@ -142,42 +247,50 @@ class MomentSpec(NamedTuple):
             reduction (SyncSN's all-reduce); None: the member's own.
     """
 
-    using_bn: bool
+    members: Tuple[Member, ...]
     training: bool
     running: Optional[Tuple[Tensor, Tensor]] = None
     selected: Optional[Tuple[int, int]] = None
     record: Optional[RecordFn] = None
     batch_moments: Optional[BatchMomentsFn] = None
 
+    @property
+    def using_bn(self) -> bool:
+        """Whether a batch member (BN) is mixed in."""
+        return any(m.batch for m in self.members)
+
 
 class Moments(NamedTuple):
-    """Every member's moments, in :func:`members` order.
+    """Every member's moments, in the table's order.
 
     ``diffs[k]``: the unclamped ``R(sqmean_in) - mean²`` of a derived member
     (None for IN and for running statistics); ``batch``: the batch
-    member's ``(mean, sqmean, var)`` for recording, or None.
+    member's ``(mean, sqmean, var)`` for recording, or None; ``mean_in``:
+    the IN mean (N, C), whether or not IN is a member.
     """
 
     means: List[Tensor]
     variances: List[Tensor]
     diffs: List[Optional[Tensor]]
     batch: Optional[Tuple[Tensor, Tensor, Tensor]]
+    mean_in: Tensor
 
 
 def member_moments(var_in: Tensor,
                    mean_in: Tensor,
-                   using_bn: bool = True,
+                   table: Tuple[Member, ...],
                    running: Optional[Tuple[Tensor, Tensor]] = None,
                    batch_moments: Optional[BatchMomentsFn] = None) -> Moments:
     """Every member's mean and variance from the IN moments (N, C).
 
     Plain differentiable ops (also traced by ``torch.compile`` and
-    ``torch.fx``).  ``running`` replaces batch members by the running
-    statistics (eval); ``batch_moments`` replaces their reduction.
+    ``torch.fx``).  ``table``: the members (:func:`member_table`);
+    ``running`` replaces batch members by the running statistics (eval);
+    ``batch_moments`` replaces their reduction.
     """
     sqmean_in = torch.addcmul(var_in, mean_in, mean_in)
     means, variances, diffs, batch = [], [], [], None
-    for member in members(using_bn):
+    for member in table:
         if member.reduce is None:
             means.append(mean_in)
             variances.append(var_in)
@@ -198,11 +311,16 @@ def member_moments(var_in: Tensor,
         diffs.append(diff)
         if member.batch:
             batch = (mean, sqmean, variances[-1])
-    return Moments(means, variances, diffs, batch)
+    return Moments(means, variances, diffs, batch, mean_in)
 
 
 def mix(ratios: Tensor, terms: Sequence[Tensor]) -> Tensor:
-    """``Σ_k ratios[k] · terms[k]``, broadcast to the IN term's (N, C)."""
+    """``Σ_k ratios[k] · terms[k]``; ``ratios`` (K,) or per channel (K, C).
+
+    The result broadcasts to (N, C); it is (N, C) whenever a term or the
+    ratios are per channel and per sample together (IN, GN, group ratios
+    with LN), else (C,) or (N, 1).
+    """
     out = terms[0] * ratios[0]
     for k in range(1, len(terms)):
         out = out + terms[k] * ratios[k]
@@ -244,7 +362,7 @@ def normalize_reference(x3: Tensor, weight: Tensor, bias: Tensor,
     a spec without it to replay a forward).
     """
     sample_needed = not (spec.selected is not None and not spec.training
-                         and all(MEMBERS[i].batch for i in spec.selected))
+                         and all(spec.members[i].batch for i in spec.selected))
     if sample_needed:
         var_in, mean_in = var_mean_in(x3)
     else:
@@ -252,7 +370,7 @@ def normalize_reference(x3: Tensor, weight: Tensor, bias: Tensor,
         dtype = stat_dtype(x3.dtype)
         var_in = mean_in = x3.new_zeros(x3.shape[:2], dtype=dtype)
     running = spec.running if spec.using_bn and not spec.training else None
-    moments = member_moments(var_in, mean_in, spec.using_bn, running,
+    moments = member_moments(var_in, mean_in, spec.members, running,
                              spec.batch_moments if spec.training else None)
     if spec.record is not None and moments.batch is not None:
         spec.record(*(t.detach() for t in moments.batch))
@@ -272,7 +390,7 @@ BatchGradsFn = Callable[[Tensor, Tensor], Sequence[Optional[Tensor]]]
 def member_grads(
     ratios: Tensor,
     moments: Moments,
-    using_bn: bool,
+    table: Tuple[Member, ...],
     mean: Tensor,
     inv_std: Tensor,
     scale: Tensor,
@@ -284,32 +402,42 @@ def member_grads(
     :func:`scale_shift` in training, from ``∂shift = Σ g`` and
     ``∂scale = Σ g·x`` per row (N, C).
 
-    Pure tensor code (also traced by ``torch.compile``), written over
-    :data:`MEMBERS`: each member's ``expand`` carries its gradient back to
+    Pure tensor code (also traced by ``torch.compile``), written over the
+    member ``table``: each member's ``expand`` carries its gradient back to
     the IN moments (``batch_grads`` does for a batch member computed by a
-    ``batch_moments`` hook).
+    ``batch_moments`` hook).  ``ratios`` is (2, K), or (2, K, C) per channel
+    (group SN), whose gradients are then summed over the samples only.
 
     Returns:
         Gradients of the IN variance and mean (N, C), of the ratios
-        (2, K) and of weight and bias (C,).
+        (as ``ratios``) and of weight and bias (C,).
     """
     mean_r, var_r = ratios.unbind()
+    per_channel = ratios.dim() == 3
     grad_mean = -sum_g * scale
     grad_scale = sum_gx - sum_g * mean
     grad_bias = sum_g.sum(0)
     grad_weight = (grad_scale * inv_std).sum(0)
     # d rsqrt(v + eps) = -1/2 (v + eps)^(-3/2) dv.
     grad_var = grad_scale * scale * inv_std.square() * -0.5
-    mean_in = moments.means[0]
+    mean_in = moments.mean_in
     grad_mean_in = grad_var_in = grad_sq_in = None
     mean_parts, var_parts = [], []
-    for k, member in enumerate(members(using_bn)):
+    for k, member in enumerate(table):
         term_mean, term_var = moments.means[k], moments.variances[k]
-        g_mean = grad_mean.sum_to_size(term_mean.shape)
-        g_var = grad_var.sum_to_size(term_var.shape)
-        mean_parts.append((g_mean * term_mean).sum())
-        var_parts.append((g_var * term_var).sum())
-        g_mean, g_var = g_mean * mean_r[k], g_var * var_r[k]
+        if per_channel:
+            # term (N, 1) or (C,) times ratios (C,): reduce after weighting.
+            mean_parts.append(
+                (grad_mean * term_mean).sum_to_size(mean_r[k].shape))
+            var_parts.append((grad_var * term_var).sum_to_size(var_r[k].shape))
+            g_mean = (grad_mean * mean_r[k]).sum_to_size(term_mean.shape)
+            g_var = (grad_var * var_r[k]).sum_to_size(term_var.shape)
+        else:
+            g_mean = grad_mean.sum_to_size(term_mean.shape)
+            g_var = grad_var.sum_to_size(term_var.shape)
+            mean_parts.append((g_mean * term_mean).sum())
+            var_parts.append((g_var * term_var).sum())
+            g_mean, g_var = g_mean * mean_r[k], g_var * var_r[k]
         if member.reduce is None:
             grad_mean_in = _add(grad_mean_in, g_mean)
             grad_var_in = _add(grad_var_in, g_var)
@@ -329,7 +457,7 @@ def member_grads(
          torch.stack(var_parts)])
     if grad_sq_in is not None:
         # sqmean_in = var_in + mean_in².
-        grad_var_in = grad_var_in + grad_sq_in
+        grad_var_in = _add(grad_var_in, grad_sq_in)
         grad_mean_in = torch.addcmul(
             grad_mean_in, mean_in, grad_sq_in, value=2)
     return grad_var_in, grad_mean_in, grad_ratios, grad_weight, grad_bias

@@ -133,22 +133,24 @@ def sparsestmax_tensor(logits: Tensor, radius) -> Tensor:
 def ratios_with_freezing(logits: Tensor, radius: Tensor, mean_fixed: Tensor,
                          var_fixed: Tensor,
                          freeze: bool) -> Tuple[Tensor, Tensor, Tensor]:
-    """SSN's ratios from its logits (2, K): SparsestMax, frozen rows one-hot.
+    """SSN's ratios from its logits (2G, K): SparsestMax, frozen rows
+    one-hot, each row on its own.
 
     Pure (no in-place update), so it can be compiled as one graph.
 
     Args:
-        logits: mean and variance logits (2, K).
+        logits: mean and variance logits (2G, K): the G mean rows (one per
+            channel group; G = 1 for plain SSN), then the G variance rows.
         radius: SparsestMax radius (scalar or (1,)).
-        mean_fixed, var_fixed: (1,) integer flags, rows already frozen.
+        mean_fixed, var_fixed: (G,) integer flags, rows already frozen.
         freeze: also freeze the rows whose SparsestMax is one-hot (within
             :data:`ONE_HOT_TOL`) now (training).
 
     Returns:
-        The ratios (2, K): a frozen row is the one-hot vector of its logits'
+        The ratios (2G, K): a frozen row is the one-hot vector of its logits'
         argmax (zero gradient), the others SparsestMax; the logits to store
         (a newly frozen row becomes its one-hot vector, so the choice
-        survives optimizer drift); the frozen flags (2,) to store.
+        survives optimizer drift); the frozen flags (2G,) to store.
     """
     num = logits.shape[-1]
     soft = sparsestmax(logits, radius)

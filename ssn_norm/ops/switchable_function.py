@@ -53,7 +53,7 @@ from torch import Tensor
 from . import backend, native
 from .backend import BACKENDS, alias, get_backend, set_backend, use_backend
 from .fused_mix import mix_backward, mix_forward
-from .moments import (MEMBERS, MomentSpec, member_moments, normalize_reference,
+from .moments import (MomentSpec, member_moments, normalize_reference,
                       scale_shift, select, stat_dtype)
 
 __all__ = [
@@ -143,11 +143,11 @@ class SwitchableNormFunction(torch.autograd.Function):
              var_bn) = kernels['training_forward'](x.view(num, channels,
                                                           -1), mean_ratio,
                                                    var_ratio, weight, bias,
-                                                   eps, spec.using_bn)
+                                                   eps, spec.members)
             if spec.using_bn and spec.record is not None:
                 spec.record(mean_bn, sq_bn, var_bn)
             ctx.save_for_backward(*inputs, var_in, mean_in)
-            ctx.whole = (eps, spec.using_bn)
+            ctx.whole = (eps, spec.members)
             return alias(out, x_in.shape)
         var, mean = kernels['var_mean'](x)
         scale, shift, ctx.fused = mix_forward(
@@ -242,7 +242,7 @@ def _fused_backward(ctx, grad_out: Tensor) -> tuple:
         # ∂v/∂x = 2(x - m)/(L - 1), ∂m/∂x = 1/L; no variance for L = 1.
         coef = grad_var * (2.0 / (length - 1)) if length > 1 else (
             torch.zeros_like(grad_var))
-        factors = (saved.scale, saved.moments.means[0], coef,
+        factors = (saved.scale, saved.moments.mean_in, coef,
                    grad_mean / length)
         grad_x = ctx.kernels['grad_input'](
             grad, x, *(t.reshape(-1) for t in factors)).view(grad_out.shape)
@@ -262,7 +262,7 @@ def _no_grad(x: Tensor, weight: Tensor, bias: Tensor,
     rows = torch.Size((num, channels))
     running = spec.running if spec.using_bn and not spec.training else None
     moments = member_moments(
-        var_in.view(rows), mean_in.view(rows), spec.using_bn, running,
+        var_in.view(rows), mean_in.view(rows), spec.members, running,
         spec.batch_moments if spec.training else None)
     if spec.record is not None and moments.batch is not None:
         spec.record(*moments.batch)
@@ -278,7 +278,7 @@ def _no_grad(x: Tensor, weight: Tensor, bias: Tensor,
 def _frozen_on(spec: MomentSpec, name: str) -> bool:
     """Eval of a layer frozen on member ``name`` for mean and variance."""
     return (not spec.training and spec.selected is not None
-            and all(MEMBERS[i].name == name for i in spec.selected))
+            and all(spec.members[i].name == name for i in spec.selected))
 
 
 def switchable_norm(x: Tensor,
@@ -293,8 +293,10 @@ def switchable_norm(x: Tensor,
     Args:
         x: input; statistics are taken over every dimension after C.
         weight, bias: per-channel affine parameters (C,).
-        mean_ratio, var_ratio: (K,) ratios over the members (None for a
-            frozen layer in eval, whose ``spec.selected`` is used).
+        mean_ratio, var_ratio: (K,) ratios over the members, or (K, C) per
+            channel (group SN, :func:`~ssn_norm.ops.moments.channel_ratios`)
+            (None for a frozen layer in eval, whose ``spec.selected`` is
+            used).
         spec: what the layer decided (see
             :class:`~ssn_norm.ops.moments.MomentSpec`); ``spec.record`` is
             called exactly once per training call.
