@@ -62,6 +62,7 @@ def dynamo_kernels(monkeypatch):
     """``compiled`` backend through Dynamo for every input size."""
     counter = CountingBackend()
     monkeypatch.setattr(sf, 'MIN_COMPILED_NUMEL', 1)
+    monkeypatch.setattr(sf, 'COMPILE_AFTER_NUMEL', 0)
     monkeypatch.setattr(sf, '_COMPILED', sf._CompiledKernels(backend=counter))
     monkeypatch.setattr(
         sf, '_COMPILED_SSN_RATIOS',
@@ -342,6 +343,7 @@ def test_compiled_graphs_are_shared_by_layers_of_one_configuration(
 def test_compiled_with_inductor_matches_reference(monkeypatch):
     """Real generated code for a group SN with a GN member (fp32)."""
     monkeypatch.setattr(sf, 'MIN_COMPILED_NUMEL', 1)
+    monkeypatch.setattr(sf, 'COMPILE_AFTER_NUMEL', 0)
     monkeypatch.setattr(sf, '_COMPILED', sf._CompiledKernels())
     check_training(
         SN,
