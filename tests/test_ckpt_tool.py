@@ -106,6 +106,27 @@ def test_normalizers_option_puts_bn_logits_in_gns_place(tmp_path, capsys):
     assert 'normalizers must be distinct names' in capsys.readouterr().err
 
 
+@pytest.mark.parametrize('options, config', [
+    (['--groups', '2'],
+     'configs/mask_rcnn/mask-rcnn_r50-gsn2_fpn_gsn2-head_2x_coco.py'),
+    (['--normalizers', 'IN,LN,GN'],
+     'configs/mask_rcnn/mask-rcnn_r50-sn-gn_fpn_sn-gn-head_8xb1-2x_coco.py'),
+    (['--groups', '2'], 'configs/deeplabv3/'
+     'deeplabv3_r50b-d8-gsn2-8x2_8xb2-40k_cityscapes-713x713.py'),
+])
+def test_converted_files_fit_the_configs_that_name_them(
+        options, config, tmp_path, capsys):
+    """The conversions the READMEs give for our group SN and SN-with-GN
+    configs: the file loads strictly into each config's backbone."""
+    _, checkpoint = released()
+    src, dst = tmp_path / 'resnet50v1_sn.pth', tmp_path / 'out.pth'
+    torch.save(checkpoint, src)
+    assert convert_tool.main([str(src), str(dst), *options, '--config',
+                              config]) == 0
+    assert f'checked: loads strictly into ResNet of {config}' in (
+        capsys.readouterr().out)
+
+
 def test_foreign_and_unreadable_files_exit_nonzero(tmp_path, capsys):
     dst = tmp_path / 'out.pth'
     text = tmp_path / 'notes.txt'
