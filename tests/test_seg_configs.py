@@ -171,7 +171,7 @@ def test_config_builds_with_the_promised_norm_everywhere(config):
         types = norm_types(getattr(model, part))
         assert types and all(is_promised(t, norm)
                              for t in types), (part, types)
-        if norm in NORM_TYPES and norm != 'gn':
+        if norm in ('sn', 'syncsn', 'ssn', 'gsn2'):
             assert groups_of(getattr(model, part)) == {
                 NUM_GROUPS.get(norm, 1)
             }, part
