@@ -61,6 +61,72 @@ def test_groups_option_targets_group_sn(tmp_path, capsys):
         strict=True)
 
 
+def test_normalizers_option_puts_bn_logits_in_gns_place(tmp_path, capsys):
+    """--normalizers IN,LN,GN: IN and LN logits kept, BN's moved to GN,
+    BN statistics dropped; the file loads strictly into an (IN, LN, GN)
+    backbone, with --groups too."""
+    _, checkpoint = released()
+    src = tmp_path / 'resnet50v1_sn.pth'
+    torch.save(checkpoint, src)
+    plain, ilg = tmp_path / 'sn.pth', tmp_path / 'sn_in-ln-gn.pth'
+    assert convert_tool.main([str(src), str(plain)]) == 0
+    assert convert_tool.main([str(src),
+                              str(ilg), '--normalizers', 'IN,LN,GN']) == 0
+    assert 'logits IN from IN, LN from LN, GN from BN' in (
+        capsys.readouterr().out)
+    before = torch.load(plain, weights_only=True)['state_dict']
+    saved = torch.load(ilg, weights_only=True)
+    after = saved['state_dict']
+    assert saved['meta']['normalizers'] == ['IN', 'LN', 'GN']
+    for key in ('bn1.mean_weight', 'layer4.2.bn3.var_weight'):
+        torch.testing.assert_close(after[key], before[key], rtol=0, atol=0)
+    assert not any(k.endswith(('running_mean', 'running_var')) for k in after)
+    norm_cfg = dict(type='SN', normalizers=('IN', 'LN', 'GN'), gn_groups=32)
+    load_checkpoint(ResNet(depth=50, norm_cfg=norm_cfg), str(ilg), strict=True)
+    # Reordered members take their own logits; groups copy them.
+    both = tmp_path / 'sn_g2_gn-in.pth'
+    assert convert_tool.main(
+        [str(src),
+         str(both), '--normalizers', 'GN,IN', '--groups', '2']) == 0
+    grouped = torch.load(both, weights_only=True)['state_dict']
+    assert torch.equal(grouped['bn1.mean_weight'],
+                       before['bn1.mean_weight'][[2, 0]].repeat(2, 1))
+    load_checkpoint(
+        ResNet(
+            depth=50,
+            norm_cfg=dict(
+                type='SN',
+                num_groups=2,
+                normalizers=('GN', 'IN'),
+                gn_groups=32)),
+        str(both),
+        strict=True)
+    assert convert_tool.main(
+        [str(src), str(tmp_path / 'x.pth'), '--normalizers', 'IN,BW']) == 1
+    assert 'normalizers must be distinct names' in capsys.readouterr().err
+
+
+@pytest.mark.parametrize('options, config', [
+    (['--groups', '2'],
+     'configs/mask_rcnn/mask-rcnn_r50-gsn2_fpn_gsn2-head_2x_coco.py'),
+    (['--normalizers', 'IN,LN,GN'],
+     'configs/mask_rcnn/mask-rcnn_r50-sn-gn_fpn_sn-gn-head_8xb1-2x_coco.py'),
+    (['--groups', '2'], 'configs/deeplabv3/'
+     'deeplabv3_r50b-d8-gsn2-8x2_8xb2-40k_cityscapes-713x713.py'),
+])
+def test_converted_files_fit_the_configs_that_name_them(
+        options, config, tmp_path, capsys):
+    """The conversions the READMEs give for our group SN and SN-with-GN
+    configs: the file loads strictly into each config's backbone."""
+    _, checkpoint = released()
+    src, dst = tmp_path / 'resnet50v1_sn.pth', tmp_path / 'out.pth'
+    torch.save(checkpoint, src)
+    assert convert_tool.main([str(src), str(dst), *options, '--config',
+                              config]) == 0
+    assert f'checked: loads strictly into ResNet of {config}' in (
+        capsys.readouterr().out)
+
+
 def test_foreign_and_unreadable_files_exit_nonzero(tmp_path, capsys):
     dst = tmp_path / 'out.pth'
     text = tmp_path / 'notes.txt'

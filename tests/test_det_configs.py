@@ -35,11 +35,11 @@ FULL_CONFIGS = [c for c in CONFIGS if osp.sep + 'mini' + osp.sep not in c]
 MINI_CONFIGS = [c for c in CONFIGS if c not in FULL_CONFIGS]
 
 NAME = re.compile(r'^(?P<arch>mask|faster)-rcnn_r(?P<depth>18|50)'
-                  r'(?:-(?P<backbone>bn|gn-ws|gn|sn|ssn|syncsn))?'
+                  r'(?:-(?P<backbone>bn|gn-ws|gn|gsn2|sn-gn|sn|ssn|syncsn))?'
                   r'_(?P<neck>fpn|c4)'
-                  r'(?:_(?P<head>bn|gn-ws|gn|sn|ssn|syncsn)-head)?'
+                  r'(?:_(?P<head>bn|gn-ws|gn|gsn2|sn-gn|sn|ssn|syncsn)-head)?'
                   r'(?:_(?P<scratch>scratch))?'
-                  r'_(?P<schedule>1x|2x|mini|4xb3-120k)'
+                  r'_(?P<schedule>1x|2x|8xb1-2x|mini|4xb3-120k)'
                   r'_(?P<data>coco|tiny-coco)\.py$')
 # The exact class each name token stands for (subclasses do not count: an
 # SSN is no SN here).  No backbone token: frozen BN†.
@@ -50,8 +50,20 @@ NORM_CLASSES = {
     'gn-ws': nn.GroupNorm,  # beside weight-standardised convs
     'sn': SN,
     'ssn': SSN,
-    'syncsn': SyncSN
+    'syncsn': SyncSN,
+    'gsn2': SN,
+    'sn-gn': SN,
 }
+# Ours (no paper row): tokens naming an SN of other groups or members, and
+# what every layer of theirs must be; every other SN has the defaults.
+SN_LAYOUTS = {
+    'gsn2': dict(num_groups=2, normalizers=('IN', 'LN', 'BN'), gn_groups=None),
+    'sn-gn': dict(num_groups=1, normalizers=('IN', 'LN', 'GN'), gn_groups=32),
+}
+DEFAULT_SN_LAYOUT = dict(
+    num_groups=1, normalizers=('IN', 'LN', 'BN'), gn_groups=None)
+OURS = {'gsn2', 'sn-gn'}
+SWITCHABLE = {'sn', 'ssn', 'syncsn'} | OURS
 NORM_BASES = (_BatchNorm, nn.GroupNorm, nn.LayerNorm, _InstanceNorm,
               _SwitchableNormBase)
 BACKBONE_CHECKPOINTS = {
@@ -62,6 +74,9 @@ BACKBONE_CHECKPOINTS = {
     'sn': 'checkpoints/resnet50-v1_sn-8x32_in1k.pth',
     'syncsn': 'checkpoints/resnet50-v1_sn-8x32_in1k.pth',
     'ssn': 'checkpoints/resnet50-v1_ssn-8x32_in1k.pth',
+    # The SN model converted with --groups 2 / --normalizers IN,LN,GN.
+    'gsn2': 'checkpoints/resnet50-v1_sn-8x32_in1k_g2.pth',
+    'sn-gn': 'checkpoints/resnet50-v1_sn-8x32_in1k_in-ln-gn.pth',
 }
 # mmdet ResNet's own initialisation, which the from-scratch rows name.
 SCRATCH_INIT = [
@@ -82,6 +97,12 @@ GN_WS_ROWS = {
 }
 # The C4 rows (Table IV and SSN beside it): one normaliser in backbone and
 # conv5 head, fine-tuned from ImageNet or (scratch) trained from scratch.
+# Ours, Mask R-CNN only (no paper row): group SN and SN with a GN member
+# (one image per GPU) everywhere, each on one schedule.
+OURS_ROWS = [
+    'mask-rcnn_r50-gsn2_fpn_gsn2-head_2x_coco.py',
+    'mask-rcnn_r50-sn-gn_fpn_sn-gn-head_8xb1-2x_coco.py',
+]
 C4_ROWS = [(None, False), ('bn', False), ('gn', False), ('sn', False),
            ('ssn', False), ('bn', True), ('gn', True), ('sn', True),
            ('ssn', True)]
@@ -90,6 +111,9 @@ SCHEDULES = {
     '1x': (90000, [60000, 80000], 500),
     '2x': (180000, [120000, 160000], 500),
     '4xb3-120k': (120000, [80000], None),
+    # 8 GPUs x 1 image: twice the 2x iterations and steps (Detectron's rule
+    # for half the batch).
+    '8xb1-2x': (360000, [240000, 320000], 500),
 }
 
 
@@ -156,9 +180,10 @@ def test_config_set_is_complete():
                      f'{"_" + norm + "-head" if norm else ""}'
                      f'{"_scratch" if scratch else ""}_4xb3-120k_coco.py')
     expected.update(GN_WS_ROWS)
+    expected.update(OURS_ROWS)
     assert names == expected
-    assert [_parse(c)['backbone']
-            for c in MINI_CONFIGS] == ['gn', 'sn', 'ssn', None]
+    assert [_parse(c)['backbone'] for c in MINI_CONFIGS
+            ] == ['gn', 'gsn2', 'sn-gn', 'sn', 'ssn', None]
 
 
 @pytest.mark.parametrize('config', CONFIGS)
@@ -219,6 +244,16 @@ def test_norms_are_what_the_name_says(config):
     for part, convs in parts:
         assert _norm_types(part) == _expected(head)
         assert all(conv.with_norm == (head is not None) for conv in convs)
+    # Group SN and SN's members: as the token says in every layer.
+    for token, part in ((backbone, model.backbone), (head, model.neck),
+                        (head, model.roi_head)):
+        for layer in part.modules():
+            if isinstance(layer, _SwitchableNormBase):
+                assert dict(
+                    num_groups=layer.num_groups,
+                    normalizers=layer.normalizers,
+                    gn_groups=layer.gn_groups) == SN_LAYOUTS.get(
+                        token, DEFAULT_SN_LAYOUT), (token, layer)
     assert len(neck_convs) == 8
     assert type(bbox_head).__name__ == ('Shared2FCBBoxHead' if head is None
                                         else 'Shared4Conv1FCBBoxHead')
@@ -276,8 +311,7 @@ def test_ratio_logits_follow_the_recipe(config):
         for n, p in model.named_parameters()
         if n.endswith(('.mean_weight', '.var_weight')) and p.requires_grad
     }
-    uses_switchable = bool({name['backbone'], name['head']}
-                           & {'sn', 'ssn', 'syncsn'})
+    uses_switchable = bool({name['backbone'], name['head']} & SWITCHABLE)
     assert bool(ratio_ids) == uses_switchable
     seen = set()
     for group in wrapper.optimizer.param_groups:
@@ -305,8 +339,9 @@ def test_hooks(config):
     expected = []
     if 'ssn' in tokens:
         expected.append('SparsestMaxRadiusHook')
-    if tokens & {'sn', 'ssn'}:
-        # Plain SN/SSN keep per-process running statistics.
+    if tokens & {'sn', 'ssn', 'gsn2'}:
+        # Plain SN/SSN keep per-process running statistics (SN without a
+        # BN member, sn-gn, has none).
         expected.append('SyncNormStatsHook')
     assert hooks == expected
 
@@ -317,6 +352,8 @@ def test_schedule_data_and_pretraining(config):
     cfg = _load(config)
     c4 = name['neck'] == 'c4'
     images, lr = (3, 0.01) if c4 else (2, 0.02)
+    if name['schedule'].startswith('8xb1-'):
+        images, lr = 1, 0.01  # the LR scaled with the batch
     assert cfg.train_dataloader.batch_size == images
     assert cfg.auto_scale_lr.base_batch_size == images * (4 if c4 else 8)
     assert cfg.optim_wrapper.optimizer == dict(
@@ -360,9 +397,16 @@ def test_mini_configs_are_shrunk_children_of_the_real_ones(config):
         ast.literal_eval(node.value) for node in tree.body
         if isinstance(node, ast.Assign) and node.targets[0].id == '_base_')
     parent = osp.normpath(osp.join(osp.dirname(config), bases[0]))
-    assert osp.basename(parent) == osp.basename(config).replace(
-        'r18', 'r50').replace('mini_tiny-coco', '1x_coco')
     assert parent in FULL_CONFIGS
+    # The 1x config of its row; ours have one schedule only.
+    candidates = [
+        osp.basename(config).replace('r18', 'r50').replace(
+            'mini_tiny-coco', schedule)
+        for schedule in ('1x_coco', '2x_coco', '8xb1-2x_coco')
+    ]
+    assert osp.basename(parent) == next(
+        c for c in candidates
+        if osp.join(osp.dirname(parent), c) in FULL_CONFIGS)
     cfg, parent_cfg = _load(config), _load(parent)
     # The normaliser recipe is the parent's.
     for key in ('custom_hooks', 'custom_imports'):
@@ -425,12 +469,16 @@ def test_metafile_lists_every_config_with_its_setting(family):
             # as a different setting (docs/model_zoo.md).
             assert 'Paper' not in model
             reference = model['Paper Reference']
-            assert reference == osp.splitext(osp.basename(config))[0].replace(
-                'r18', 'r50').replace('mini_tiny-coco', '2x_coco')
             assert reference in models
-            # The SN paper has no SSN row: that reference shows nothing.
+            assert reference in {
+                osp.splitext(osp.basename(config))[0].replace(
+                    'r18', 'r50').replace('mini_tiny-coco', schedule)
+                for schedule in ('2x_coco', '8xb1-2x_coco')
+            }
+            # The SN paper has no SSN row and none of ours: that reference
+            # shows nothing.
             assert ('Paper' in models[reference]) == (name['backbone']
-                                                      != 'ssn')
+                                                      not in OURS | {'ssn'})
             assert meta_data['Epochs'] == cfg.train_cfg.max_epochs
             continue
         assert 'Paper Reference' not in model
@@ -446,8 +494,9 @@ def test_metafile_lists_every_config_with_its_setting(family):
         else:
             assert meta_data['Pretrained'].split()[0] == (
                 BACKBONE_CHECKPOINTS[name['backbone']])
-        if 'ssn' in (name['backbone'], name['head']):
-            assert 'Paper' not in model  # the SN paper has no SSN row
+        if {'ssn', *OURS} & {name['backbone'], name['head']}:
+            # the SN paper has no SSN row, nor any of ours
+            assert 'Paper' not in model
         if gn_ws:  # the SN paper has no GN+WS row; mmdet's is a Reference
             assert 'Paper' not in model and 'Reference' in model
             assert meta_data['Normalization'] == 'GN-WS+GN-WS'

@@ -23,7 +23,12 @@ MINI = osp.join(REPO, 'configs', 'mask_rcnn', 'mini')
 PARENTS = {
     'SN': 'mask-rcnn_r18-sn_fpn_sn-head_mini_tiny-coco.py',
     'SSN': 'mask-rcnn_r18-ssn_fpn_ssn-head_mini_tiny-coco.py',
+    # Ours: group SN (two channel groups), and SN of IN, LN and GN.
+    'GSN2': 'mask-rcnn_r18-gsn2_fpn_gsn2-head_mini_tiny-coco.py',
+    'SN-GN': 'mask-rcnn_r18-sn-gn_fpn_sn-gn-head_mini_tiny-coco.py',
 }
+# The ratio logits' shape: (K,), or (G, K) for group SN.
+LOGIT_SHAPES = {'GSN2': (2, 3)}
 # 8 images, 2 per batch: 4 iterations in one epoch; a fixed seed so the
 # run is repeatable.
 SHORTEN = [
@@ -98,7 +103,7 @@ def _last_val_metrics(work_dir):
     return [e for e in entries if METRICS[0] in e][-1]
 
 
-@pytest.mark.parametrize('norm', ['SN', 'SSN'])
+@pytest.mark.parametrize('norm', list(PARENTS))
 def test_user_child_trains_saves_and_evaluates(norm, user_coco, tmp_path):
     config = tmp_path / 'my_mask-rcnn.py'
     config.write_text(
@@ -118,8 +123,12 @@ def test_user_child_trains_saves_and_evaluates(norm, user_coco, tmp_path):
     for prefix in ('backbone.layer4.1.bn2', 'neck.fpn_convs.0.bn',
                    'roi_head.bbox_head.shared_convs.3.bn',
                    'roi_head.mask_head.convs.0.bn'):
-        assert state[prefix + '.mean_weight'].shape == (3, )
-        assert state[prefix + '.running_mean'].abs().sum() > 0
+        assert state[prefix + '.mean_weight'].shape == LOGIT_SHAPES.get(
+            norm, (3, ))
+        if norm == 'SN-GN':  # no BN member: no running statistics
+            assert prefix + '.running_mean' not in state
+        else:
+            assert state[prefix + '.running_mean'].abs().sum() > 0
         has_radius = prefix + '.radius' in state
         assert has_radius == (norm == 'SSN')
         if has_radius:

@@ -39,6 +39,12 @@ SETTINGS = {
     ('deeplabv3', 'ade20k'): 'deeplabv3_r50b-d8-{}_8xb2-80k_ade20k-512x512',
     ('pspnet', 'cityscapes'): 'pspnet_r50b-d8-{}_8xb2-40k_cityscapes-713x713',
 }
+# Ours (no paper row): group SN with two channel groups, the SN(8,2) row's
+# child, DeepLabV3 on Cityscapes only.
+OURS = {
+    'configs/deeplabv3/' +
+    SETTINGS[('deeplabv3', 'cityscapes')].format('gsn2-8x2') + '.py'
+}
 
 NORM_TYPES = {
     'syncbn': nn.SyncBatchNorm,
@@ -46,7 +52,10 @@ NORM_TYPES = {
     'sn': SN,
     'syncsn': SyncSN,
     'ssn': SSN,
+    'gsn2': SN,
 }
+# The group count of each norm's layers (group SN is SN with num_groups).
+NUM_GROUPS = {'gsn2': 2}
 BACKBONE_INIT = {
     'syncbn': 'torchvision://resnet50',
     'gn': 'open-mmlab://contrib/resnet50_gn',
@@ -58,7 +67,7 @@ NORM_LAYERS = (_BatchNorm, _InstanceNorm, nn.GroupNorm, nn.LayerNorm,
 
 def norm_of(config):
     """The normaliser in a config name: ``...-syncsn-8x2_...`` → 'syncsn'."""
-    match = re.search(r'-(syncbn|gn|sn|syncsn|ssn)(-8x\d+)?_',
+    match = re.search(r'-(syncbn|gn|gsn2|sn|syncsn|ssn)(-8x\d+)?_',
                       osp.basename(config))
     assert match, f'{config}: no norm in the name'
     return match.group(1)
@@ -66,7 +75,7 @@ def norm_of(config):
 
 def imagenet_batch_of(config):
     """The k of an SN (8,k) config name, None for the other normalisers."""
-    match = re.search(r'-(?:sn|syncsn)-8x(\d+)_', osp.basename(config))
+    match = re.search(r'-(?:sn|syncsn|gsn2)-8x(\d+)_', osp.basename(config))
     return int(match.group(1)) if match else None
 
 
@@ -74,7 +83,9 @@ def backbone_init(config):
     """The ImageNet model the backbone of ``config`` must start from."""
     k = imagenet_batch_of(config)
     if k is not None:
-        return f'checkpoints/resnet50-v1_sn-8x{k}_in1k.pth'
+        # Group SN: the SN model converted with --groups 2.
+        suffix = '_g2' if norm_of(config) == 'gsn2' else ''
+        return f'checkpoints/resnet50-v1_sn-8x{k}_in1k{suffix}.pth'
     return BACKBONE_INIT[norm_of(config)]
 
 
@@ -132,14 +143,23 @@ def is_promised(layer_type, norm):
     return layer_type is NORM_TYPES[norm]
 
 
+def groups_of(module):
+    """The ``num_groups`` of every switchable layer in ``module``."""
+    return {
+        m.num_groups
+        for m in module.modules() if isinstance(m, _SwitchableNormBase)
+    }
+
+
 def test_the_suite_is_complete():
     expected = {
         f'configs/{family}/{pattern.format(token)}.py'
         for (family, _), pattern in SETTINGS.items()
         for token in ROW_TOKENS
     }
-    assert set(REAL) == expected
-    assert {norm_of(c) for c in MINI} == {'syncbn', 'gn', 'sn', 'ssn'}
+    assert set(REAL) == expected | OURS
+    assert {norm_of(c)
+            for c in MINI} == {'syncbn', 'gn', 'sn', 'ssn', 'gsn2'}
 
 
 @pytest.mark.parametrize('config', REAL + MINI)
@@ -151,6 +171,10 @@ def test_config_builds_with_the_promised_norm_everywhere(config):
         types = norm_types(getattr(model, part))
         assert types and all(is_promised(t, norm)
                              for t in types), (part, types)
+        if norm in ('sn', 'syncsn', 'ssn', 'gsn2'):
+            assert groups_of(getattr(model, part)) == {
+                NUM_GROUPS.get(norm, 1)
+            }, part
     # The 1x1 pooled branch of the decode head too (ASPP / PSP scale 1).
     head = model.decode_head
     branch = (
@@ -201,7 +225,7 @@ def test_real_config_settings(config):
             'SwitchableOptimWrapperConstructor'
         assert hooks == ['SparsestMaxRadiusHook', 'SyncNormStatsHook']
         assert custom_keys['mean_weight'] == dict(lr_mult=0.1, decay_mult=0.)
-    elif norm in ('sn', 'syncsn'):
+    elif norm in ('sn', 'syncsn', 'gsn2'):
         assert cfg.optim_wrapper.type == 'OptimWrapper'
         assert custom_keys['var_weight'] == dict(decay_mult=0.)
         # Plain SN keeps per-GPU running statistics: merged by the hook;
@@ -256,7 +280,11 @@ def test_mini_configs_are_shrunk_children_of_the_real_ones(config):
         assert first_base == './deeplabv3_r18-d8-sn_mini_tiny-cityscapes.py'
         return
     # SN minis shrink the SN(8,32) config.
-    token = {'sn': 'sn-8x32'}.get(norm_of(config), norm_of(config))
+    # Group SN's (ours) is the SN(8,2) row's child.
+    token = {
+        'sn': 'sn-8x32',
+        'gsn2': 'gsn2-8x2'
+    }.get(norm_of(config), norm_of(config))
     assert first_base == \
         f'../{SETTINGS[(family, "cityscapes")].format(token)}.py'
     # The real config's recipe is kept.

@@ -25,6 +25,8 @@ MINI = {
     'configs/pspnet/mini/pspnet_r18-d8-sn_mini_tiny-cityscapes.py',
     'deeplabv3-ssn':
     'configs/deeplabv3/mini/deeplabv3_r18-d8-ssn_mini_tiny-cityscapes.py',
+    'deeplabv3-gsn2':
+    'configs/deeplabv3/mini/deeplabv3_r18-d8-gsn2_mini_tiny-cityscapes.py',
 }
 USER_CHILD = 'configs/deeplabv3/mini/deeplabv3_r18-d8-sn_mini_my-cityscapes.py'
 
@@ -162,6 +164,27 @@ def test_deeplabv3_ssn_trains_and_evaluates(tiny_cityscapes, tmp_path):
         checkpoint, map_location='cpu', weights_only=False)['state_dict']
     assert float(state['decode_head.image_pool.1.bn.radius']) == \
         pytest.approx(radii[-1])
+
+
+def test_deeplabv3_group_sn_trains_and_evaluates(tiny_cityscapes, tmp_path):
+    """Ours: group SN (two channel groups) in backbone and heads."""
+    _, metrics, checkpoint = train_and_test(MINI['deeplabv3-gsn2'],
+                                            str(tmp_path), tiny_cityscapes, 4)
+    assert 0 <= metrics['mIoU'] <= 100
+    state = torch.load(
+        checkpoint, map_location='cpu', weights_only=False)['state_dict']
+    # One row of ratio logits per channel group, trained apart.
+    for prefix in ('backbone.layer4.1.bn2', 'decode_head.image_pool.1.bn',
+                   'auxiliary_head.convs.0.bn'):
+        logits = state[prefix + '.mean_weight']
+        assert logits.shape == (2, 3)
+        assert torch.isfinite(logits).all()
+        assert state[prefix + '.running_mean'].abs().sum() > 0
+    # (Where the residual branch starts at zero, mmseg's zero_init_residual,
+    # a block's logits barely move in 4 iterations; the heads' do.)
+    for prefix in ('decode_head.image_pool.1.bn', 'auxiliary_head.convs.0.bn'):
+        logits = state[prefix + '.mean_weight']
+        assert not torch.equal(logits[0], logits[1]), prefix
 
 
 def test_child_overriding_data_paths_trains_on_a_user_folder(tmp_path):

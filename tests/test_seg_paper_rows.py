@@ -128,12 +128,13 @@ def test_paper_row_entry_and_config_setting(key):
     assert hooks == (['SyncNormStatsHook'] if norm == 'SN' else [])
 
 
-def test_ssn_configs_carry_no_paper_row():
+def test_ssn_configs_and_ours_carry_no_paper_row():
     for family in ('deeplabv3', 'pspnet'):
         for model in metafile(family)['Models']:
-            if norm_of(model['Config']) == 'ssn':
+            norm = norm_of(model['Config'])
+            if norm in ('ssn', 'gsn2'):  # gsn2: ours, group SN
                 assert 'Paper' not in model
-                assert model['Metadata']['Normalization'] == 'SSN'
+                assert model['Metadata']['Normalization'] == norm.upper()
 
 
 @pytest.mark.parametrize('family', ['deeplabv3', 'pspnet'])

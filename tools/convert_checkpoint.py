@@ -32,6 +32,13 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
         help='target group SN (num_groups=G in the config): copy each '
         'layer\'s ratio logits to every one of its G channel groups')
     parser.add_argument(
+        '--normalizers',
+        type=lambda text: tuple(text.split(',')),
+        help='target an SN with these members, comma-separated (e.g. '
+        'IN,LN,GN with gn_groups in the config): each takes the source\'s '
+        'logit of its name and GN takes BN\'s; BN statistics are dropped '
+        'when BN is not a member')
+    parser.add_argument(
         '--trust-pickle',
         action='store_true',
         help='unpickle the source in full, which runs any code it holds '
@@ -47,7 +54,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     try:
         summary = convert_checkpoint_file(args.src, args.dst, args.to,
                                           args.config, args.trust_pickle,
-                                          args.groups)
+                                          args.groups, args.normalizers)
     except ConversionError as error:
         print(f'error: {error}\nnothing written.', file=sys.stderr)
         return 1

@@ -1,15 +1,26 @@
 # The normalisers of the detection configs (configs/faster_rcnn,
 # configs/mask_rcnn) and where each goes, written once: every config picks
 # its pieces with {{_base_.<name>.<norm>}}, <norm> one of the name tokens
-# bn, gn, sn, ssn, syncsn.  The family roots inherit this file next to the
-# upstream bases; it only adds names those bases lack.
+# bn, gn, sn, ssn, syncsn, and ours (no paper row): gsn2 (group SN, two
+# channel groups) and sn-gn (SN of IN, LN and GN; key sn_gn).  The family
+# roots inherit this file next to the upstream bases; it only adds names
+# those bases lack.
 _norm_cfgs = dict(
     # BN fine-tuned with batch statistics (Table IV's BN/BN row).
     bn=dict(type='BN', requires_grad=True),
     gn=dict(type='GN', num_groups=32, requires_grad=True),
     sn=dict(type='SN', requires_grad=True),
     ssn=dict(type='SSN', requires_grad=True),
-    syncsn=dict(type='SyncSN', requires_grad=True))
+    syncsn=dict(type='SyncSN', requires_grad=True),
+    # Ours: group SN, each half of the channels with its own ratios.
+    gsn2=dict(type='SN', num_groups=2, requires_grad=True),
+    # Ours: SN with GN in BN's place, for one image per GPU, where BN's
+    # statistics would be those of a single image.
+    sn_gn=dict(
+        type='SN',
+        normalizers=('IN', 'LN', 'GN'),
+        gn_groups=32,
+        requires_grad=True))
 # requires_grad=True is spelt out because the family roots freeze BN† with
 # requires_grad=False, and a child's norm_cfg merges into theirs.
 
@@ -22,7 +33,12 @@ _imagenet = dict(
     gn='open-mmlab://contrib/resnet50_gn',
     sn='checkpoints/resnet50-v1_sn-8x32_in1k.pth',
     ssn='checkpoints/resnet50-v1_ssn-8x32_in1k.pth',
-    syncsn='checkpoints/resnet50-v1_sn-8x32_in1k.pth')
+    syncsn='checkpoints/resnet50-v1_sn-8x32_in1k.pth',
+    # The SN model converted with tools/convert_checkpoint.py --groups 2
+    # (each layer's logits copied to both groups) and --normalizers
+    # IN,LN,GN (GN starting from BN's logit; see the mask_rcnn README).
+    gsn2='checkpoints/resnet50-v1_sn-8x32_in1k_g2.pth',
+    sn_gn='checkpoints/resnet50-v1_sn-8x32_in1k_in-ln-gn.pth')
 
 # A fine-tuned ResNet part (FPN backbone; C4 backbone and conv5 head):
 # norm_eval=False, because only a frozen BN† keeps its ImageNet statistics

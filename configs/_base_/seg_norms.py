@@ -42,6 +42,7 @@ _gn = dict(type='GN', num_groups=32, requires_grad=True)
 _sn = dict(type='SN', requires_grad=True)
 _syncsn = dict(type='SyncSN', requires_grad=True)
 _ssn = dict(type='SSN', requires_grad=True)
+_gsn2 = dict(type='SN', num_groups=2, requires_grad=True)
 seg_norms = dict(
     # The GN paper's ImageNet ResNet-50 (7x7 stem, 32 groups).
     gn=dict(
@@ -71,5 +72,13 @@ seg_norms = dict(
         norm_cfg=_ssn,
         model=_norm_everywhere(_ssn, _ssn_8x32),
         optim_wrapper={{_base_.ssn_optim_wrapper}},
-        custom_hooks={{_base_.ssn_custom_hooks}}))
-del _sn_8x32, _ssn_8x32, _norm_everywhere, _gn, _sn, _syncsn, _ssn
+        custom_hooks={{_base_.ssn_custom_hooks}}),
+    # Ours (no paper row): group SN, two channel groups each with its own
+    # ratios, from the SN(8,2) ImageNet model converted with --groups 2
+    # (each layer's logits copied to both groups).  The SN recipe (optimizer,
+    # hook) is the SN(8,2) parent's.
+    gsn2_8x2=dict(
+        norm_cfg=_gsn2,
+        model=_norm_everywhere(_gsn2,
+                               'checkpoints/resnet50-v1_sn-8x2_in1k_g2.pth')))
+del _sn_8x32, _ssn_8x32, _norm_everywhere, _gn, _sn, _syncsn, _ssn, _gsn2

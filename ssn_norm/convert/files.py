@@ -149,12 +149,14 @@ def _norm_kind(module: nn.Module) -> Optional[str]:
     return kinds.pop() if kinds else None
 
 
-def convert_checkpoint_file(src: str,
-                            dst: str,
-                            to: Optional[str] = None,
-                            config: Optional[str] = None,
-                            trust_pickle: bool = False,
-                            groups: Optional[int] = None) -> str:
+def convert_checkpoint_file(
+        src: str,
+        dst: str,
+        to: Optional[str] = None,
+        config: Optional[str] = None,
+        trust_pickle: bool = False,
+        groups: Optional[int] = None,
+        normalizers: Optional[Tuple[str, ...]] = None) -> str:
     """Converts the ResNet checkpoint ``src`` and writes it to ``dst``.
 
     Args:
@@ -171,6 +173,9 @@ def convert_checkpoint_file(src: str,
         trust_pickle: see :func:`load_source`.
         groups: target group SN with this many channel groups (each
             layer's logits copied to every group); see
+            :func:`~ssn_norm.convert.resnet.convert_resnet`.
+        normalizers: target an SN of these members (GN starting from the
+            source's BN logit); see
             :func:`~ssn_norm.convert.resnet.convert_resnet`.
 
     Returns:
@@ -200,7 +205,8 @@ def convert_checkpoint_file(src: str,
                 f'{config}: the backbone has no SN/SSN layer; BN checkpoints '
                 'inflate directly with pretrained2d=True')
     try:
-        converted, report = convert_resnet(state_dict, norm, groups)
+        converted, report = convert_resnet(state_dict, norm, groups,
+                                           normalizers)
     except ConversionError as error:
         raise ConversionError(f'{src}: {error}') from None
     if release is None:
@@ -235,6 +241,7 @@ def convert_checkpoint_file(src: str,
         'depth': report.depth,
         'deep_stem': report.deep_stem,
         'num_groups': num_groups,
+        'normalizers': list(normalizers) if normalizers else None,
         'ssn_norm_version': __version__,
     }
     if to == 'i3d':

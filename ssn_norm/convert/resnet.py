@@ -411,7 +411,8 @@ def _check_architecture(modules: Mapping[str, str],
 def convert_resnet(
     state_dict: Mapping[str, Tensor],
     to: Optional[str] = None,
-    groups: Optional[int] = None
+    groups: Optional[int] = None,
+    normalizers: Optional[Tuple[str, ...]] = None
 ) -> Tuple['OrderedDict[str, Tensor]', ConversionReport]:
     """Converts a ResNet state dict into the SN / SSN target layout.
 
@@ -425,6 +426,13 @@ def convert_resnet(
             so the converted layer computes what the source's did.  None
             keeps the source's layout (G = 1 for every source but a group
             checkpoint of this project, whose G must then match).
+        normalizers: target an SN whose members are these (``'IN'``,
+            ``'LN'``, ``'BN'``, ``'GN'``; the layer's ``normalizers=``)
+            from an (IN, LN, BN) source: each member takes the source's
+            logit of its name, and GN takes BN's (the cross-sample member
+            of the source; our choice, so the initial ratios are the
+            source's).  Without BN in the target, the BN running
+            statistics are dropped.  None keeps the source's members.
 
     Returns:
         The converted state dict, which loads with ``strict=True`` into
@@ -527,6 +535,8 @@ def convert_resnet(
             f'({flavour} layout): {_listing(unmapped)}.  Only ResNet '
             'backbones (stem, layer1-4, classifier) can be converted')
     _check_architecture(kinds, report)
+    if normalizers is not None:
+        converted = _to_normalizers(converted, normalizers, report)
     if groups is not None:
         converted = _to_groups(converted, groups, report)
     num_ratios = {
@@ -552,6 +562,51 @@ def convert_resnet(
             '(deep_stem=False); mmseg\'s ResNetV1c has a deep stem and cannot '
             'take it (see docs/checkpoints.md)')
     return converted, report
+
+
+# The source members, in logit order, and which one starts each target one.
+_SOURCE_MEMBERS = ('IN', 'LN', 'BN')
+_STARTS_FROM = dict(IN='IN', LN='LN', BN='BN', GN='BN')
+_BN_BUFFERS = ('running_mean', 'running_var', 'num_batches_tracked')
+
+
+def _to_normalizers(converted: 'OrderedDict[str, Tensor]',
+                    normalizers: Tuple[str, ...],
+                    report: ConversionReport) -> 'OrderedDict[str, Tensor]':
+    """Every layer's (IN, LN, BN) logits rearranged for the member set
+    ``normalizers``: a member takes the logit of its own name, GN that of
+    BN; BN's running statistics go where BN does."""
+    if (isinstance(normalizers, str)
+            or not isinstance(normalizers, (tuple, list)) or not normalizers
+            or any(n not in _STARTS_FROM for n in normalizers)
+            or len(set(normalizers)) != len(normalizers)):
+        raise ConversionError(
+            f'normalizers must be distinct names of {tuple(_STARTS_FROM)}, '
+            f'e.g. (\'IN\', \'LN\', \'GN\'), got {normalizers!r}')
+    normalizers = tuple(normalizers)
+    index = [_SOURCE_MEMBERS.index(_STARTS_FROM[n]) for n in normalizers]
+    keep_bn = 'BN' in normalizers
+    out = OrderedDict()
+    for key, value in converted.items():
+        name = key.rpartition('.')[2]
+        if name in ('mean_weight', 'var_weight'):
+            if value.shape[-1] != len(_SOURCE_MEMBERS):
+                raise ConversionError(
+                    f'{key}: the source has {value.shape[-1]} ratio logits; '
+                    'only an (IN, LN, BN) source can target other '
+                    'normalizers')
+            value = value[..., index].clone()
+        elif name in _BN_BUFFERS and not keep_bn and key.rpartition(
+                '.')[0] + '.mean_weight' in converted:
+            continue
+        out[key] = value
+    if normalizers != _SOURCE_MEMBERS:
+        starts = ', '.join(f'{n} from {_STARTS_FROM[n]}' for n in normalizers)
+        report.notes.append(
+            f'normalizers {normalizers}: logits {starts}'
+            f'{"" if keep_bn else "; BN running statistics dropped"}; '
+            f'build the target with normalizers={normalizers}')
+    return out
 
 
 def _to_groups(converted: 'OrderedDict[str, Tensor]', groups: int,
