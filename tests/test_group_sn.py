@@ -559,8 +559,10 @@ def test_member_table_is_one_object_per_configuration(monkeypatch):
     assert moments.member_table(('IN', 'GN'), 2) is not table
     assert moments.member_table(('IN', 'LN', 'BN')) == moments.MEMBERS
     # A changed MEMBERS table is followed (its entries are looked up).
-    patched = (moments.MEMBERS[0], moments.MEMBERS[1]._replace(name='LN'),
-               moments.MEMBERS[2])
+    # (A new reduce function: a table equal by value to one patched in by
+    # another test would share its cache entry.)
+    patched = (moments.MEMBERS[0], moments.MEMBERS[1]._replace(
+        reduce=lambda t: t.mean(1, keepdim=True)), moments.MEMBERS[2])
     monkeypatch.setattr(moments, 'MEMBERS', patched)
     assert moments.member_table(('LN', ))[0] is patched[1]
 
