@@ -139,3 +139,15 @@ def paper_entry(name: str,
         lines.append(f'      Split: {split}')
     lines.append(f'      Metrics: {{{metrics}}}')
     return '\n'.join(lines) + '\n'
+
+
+class CountingBackend:
+    """A ``torch.compile`` backend that runs the captured FX graph eagerly
+    (no C++ compilation) and counts the graphs compiled."""
+
+    def __init__(self):
+        self.graphs = 0
+
+    def __call__(self, graph_module, example_inputs):
+        self.graphs += 1
+        return graph_module.forward

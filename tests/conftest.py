@@ -8,7 +8,7 @@ os.environ.setdefault('OMP_NUM_THREADS', '1')
 os.environ.setdefault('MKL_NUM_THREADS', '1')
 
 import torch  # noqa: E402
-from _helpers import DEVICES  # noqa: E402
+from _helpers import DEVICES, CountingBackend  # noqa: E402
 
 torch.set_num_threads(int(os.environ['OMP_NUM_THREADS']))
 
@@ -23,3 +23,23 @@ def device(request) -> str:
     """Each device present: ``'cpu'``, and ``'cuda'`` when available
     (skipped with the reason shown otherwise)."""
     return request.param
+
+
+@pytest.fixture
+def dynamo_kernels(monkeypatch):
+    """The ``compiled`` backend through Dynamo for every input size, from
+    the first call (no warm-up), without C++ compilation; yields the
+    :class:`CountingBackend` that counts the graphs."""
+    from ssn_norm.ops import backend
+    counter = CountingBackend()
+    monkeypatch.setattr(backend, 'MIN_COMPILED_NUMEL', 1)
+    monkeypatch.setattr(backend, 'COMPILE_AFTER_NUMEL', 0)
+    monkeypatch.setattr(backend, '_COMPILED',
+                        backend._CompiledKernels(backend=counter))
+    monkeypatch.setattr(
+        backend, '_COMPILED_SSN_RATIOS',
+        backend._CompiledDifferentiable(
+            backend.ratios_with_freezing, backend=counter))
+    torch._dynamo.reset()
+    yield counter
+    torch._dynamo.reset()

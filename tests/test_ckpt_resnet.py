@@ -146,6 +146,18 @@ def released(sparse=False, prefix='module.', blocks=(3, 4, 6, 3)):
     return ref, {'state_dict': state, 'epoch': 100, 'best_prec1': 76.9}
 
 
+def assert_same_features(backbone, ref):
+    """The converted backbone's four stages equal the released model's
+    (float64, on one random batch)."""
+    x = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        expected = ref.double()(x.double())
+        got = backbone.double()(x.double())
+    for level, (e, g) in enumerate(zip(expected, got)):
+        torch.testing.assert_close(
+            g, e, rtol=1e-9, atol=1e-9, msg=f'stage {level + 1}')
+
+
 # ------------------------------------------------------------- released
 @pytest.mark.parametrize('sparse', [False, True], ids=['SN', 'SSN'])
 def test_released_resnet50_converts_and_reproduces_features(sparse):
@@ -172,13 +184,7 @@ def test_released_resnet50_converts_and_reproduces_features(sparse):
     assert converted['layer2.0.downsample.1.running_var'].shape == (512, )
     torch.testing.assert_close(converted['layer3.5.bn2.weight'],
                                state['layer3.5.sn2.weight'].reshape(-1))
-    x = torch.randn(2, 3, 64, 64)
-    with torch.no_grad():
-        expected = ref.double()(x.double())
-        got = backbone.double()(x.double())
-    for level, (e, g) in enumerate(zip(expected, got)):
-        torch.testing.assert_close(
-            g, e, rtol=1e-9, atol=1e-9, msg=f'stage {level + 1}')
+    assert_same_features(backbone, ref)
 
 
 @pytest.mark.parametrize('sparse', [False, True], ids=['SN', 'SSN'])
@@ -204,13 +210,7 @@ def test_released_resnet50_to_group_sn_reproduces_features(sparse):
         out_indices=(0, 1, 2, 3))
     backbone.eval()  # mmdet's train() override returns None
     backbone.load_state_dict(converted, strict=True)
-    x = torch.randn(2, 3, 64, 64)
-    with torch.no_grad():
-        expected = ref.double()(x.double())
-        got = backbone.double()(x.double())
-    for level, (e, g) in enumerate(zip(expected, got)):
-        torch.testing.assert_close(
-            g, e, rtol=1e-9, atol=1e-9, msg=f'stage {level + 1}')
+    assert_same_features(backbone, ref)
     again, report = convert_resnet(converted)
     assert report.source_format == 'ssn-norm'
     for key, value in converted.items():

@@ -46,32 +46,6 @@ BACKENDS = ('autograd', 'eager', 'compiled')
 RADIUS = {2: 0.02, 3: 0.2, 4: 0.2}
 
 
-class CountingBackend:
-    """A torch.compile backend running the FX graph eagerly (no C++)."""
-
-    def __init__(self):
-        self.graphs = 0
-
-    def __call__(self, graph_module, example_inputs):
-        self.graphs += 1
-        return graph_module.forward
-
-
-@pytest.fixture
-def dynamo_kernels(monkeypatch):
-    """``compiled`` backend through Dynamo for every input size."""
-    counter = CountingBackend()
-    monkeypatch.setattr(sf, 'MIN_COMPILED_NUMEL', 1)
-    monkeypatch.setattr(sf, 'COMPILE_AFTER_NUMEL', 0)
-    monkeypatch.setattr(sf, '_COMPILED', sf._CompiledKernels(backend=counter))
-    monkeypatch.setattr(
-        sf, '_COMPILED_SSN_RATIOS',
-        sf._CompiledDifferentiable(sf.ratios_with_freezing, backend=counter))
-    torch._dynamo.reset()
-    yield counter
-    torch._dynamo.reset()
-
-
 # --------------------------------------------------------------- reference
 def ratios_of(logits, kind, radius):
     """(G, K) ratios: each row's softmax (SN) or SparsestMax (SSN)."""

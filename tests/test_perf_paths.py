@@ -16,6 +16,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from _helpers import CountingBackend
+
 from ssn_norm import SN, SSN
 from ssn_norm.ops import backend as sf
 from ssn_norm.ops import switchable_function
@@ -28,33 +30,6 @@ SHAPES = {
     'n1': (1, 4, 3, 5),
     '1x1': (3, 4, 1, 1),
 }
-
-
-class CountingBackend:
-    """A torch.compile backend that runs the FX graph eagerly and counts
-    how many graphs were compiled."""
-
-    def __init__(self):
-        self.graphs = 0
-
-    def __call__(self, graph_module, example_inputs):
-        self.graphs += 1
-        return graph_module.forward
-
-
-@pytest.fixture
-def dynamo_kernels(monkeypatch):
-    """``compiled`` backend through Dynamo, without C++ compilation."""
-    counter = CountingBackend()
-    monkeypatch.setattr(sf, 'MIN_COMPILED_NUMEL', 1)
-    monkeypatch.setattr(sf, 'COMPILE_AFTER_NUMEL', 0)
-    monkeypatch.setattr(sf, '_COMPILED', sf._CompiledKernels(backend=counter))
-    monkeypatch.setattr(
-        sf, '_COMPILED_SSN_RATIOS',
-        sf._CompiledDifferentiable(sf.ratios_with_freezing, backend=counter))
-    torch._dynamo.reset()
-    yield counter
-    torch._dynamo.reset()
 
 
 def randomised(cls, channels, dtype=torch.float64, frozen=None, **kwargs):
