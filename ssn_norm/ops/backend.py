@@ -171,10 +171,10 @@ class _CompiledKernels:
     Compiled lazily, once :meth:`tick` has counted
     :data:`COMPILE_AFTER_NUMEL` elements of inputs of at least
     :data:`MIN_COMPILED_NUMEL` elements with rows longer than 1 (until
-    then :meth:`accepts` is False and callers run the eager kernels).  A compiled
-    kernel that raises is re-run eagerly: if that succeeds the failure was
-    the compiler's, which is reported once and disables compilation for
-    this object; otherwise the eager error propagates.
+    then :meth:`accepts` is False and callers run the eager kernels).  A
+    compiled kernel that raises is re-run eagerly: if that succeeds the
+    failure was the compiler's, which is reported once and disables
+    compilation for this object; otherwise the eager error propagates.
 
     Args:
         **compile_kwargs: for :func:`torch.compile`; ``dynamic=True``
