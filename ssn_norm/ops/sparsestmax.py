@@ -72,7 +72,7 @@ def sparsestmax(logits: Tensor, radius) -> Tensor:
     largest coordinate, so the result is always finite.
 
     A few rows on the CPU (SSN's logits) run on the host with an exact
-    Jacobian (:mod:`ssn_norm.ops.sparsestmax_host`), about ten times
+    Jacobian (:mod:`ssn_norm.ops.sparsestmax_host`), about six times
     faster; other inputs, and rows on a border between the pieces of the
     function, run the tensor code below.
     """

@@ -6,7 +6,8 @@ a hundred tiny ops forward and as many backward, ~2 ms a layer on a CPU,
 more than the normalisation itself on small maps.  Here the same
 algorithm runs in Python floats (float64) on CPU rows, and records the
 Jacobian of the piece it ends on; the backward is one batched
-vector-Jacobian product.  A tenth of the cost.
+vector-Jacobian product: about a sixth of the cost (0.19 ms forward
+and backward against 1.2 ms).
 
 SparsestMax is piecewise smooth.  Inside a piece the derivative is unique,
 so the Jacobian here equals what autograd finds through the tensor code.
