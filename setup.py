@@ -1,4 +1,4 @@
-"""ssn-norm's build: the pure-Python package plus one optional C++ kernel.
+"""ssn-norm's build: the pure-Python package plus optional C++ kernels.
 
 ``ssn_norm._ext`` (``ssn_norm/csrc``) is built against the installed torch
 when torch and a C++ compiler are present (``pip install --no-build-isolation
@@ -14,7 +14,11 @@ def native_extension() -> dict:
     except ImportError:  # build isolation or no torch: pure Python
         return {}
     ext = CppExtension(
-        'ssn_norm._ext', ['ssn_norm/csrc/layer_norm_released.cpp'],
+        'ssn_norm._ext', [
+            'ssn_norm/csrc/bindings.cpp',
+            'ssn_norm/csrc/layer_norm_released.cpp',
+            'ssn_norm/csrc/switchable_norm_train.cpp'
+        ],
         extra_compile_args=['-O3', '-fopenmp'],
         extra_link_args=['-fopenmp'],
         optional=True)

@@ -26,9 +26,18 @@ def device(request) -> str:
 
 
 @pytest.fixture
-def dynamo_kernels(monkeypatch):
+def no_native(monkeypatch):
+    """Without the C++ kernels, which the ``compiled`` backend prefers on
+    CPU: its compiled graphs and eager kernels run instead."""
+    from ssn_norm.ops import native
+    monkeypatch.setattr(native, '_ext', None)
+
+
+@pytest.fixture
+def dynamo_kernels(monkeypatch, no_native):
     """The ``compiled`` backend through Dynamo for every input size, from
-    the first call (no warm-up), without C++ compilation; yields the
+    the first call (no warm-up, no C++ kernels), without C++ compilation;
+    yields the
     :class:`CountingBackend` that counts the graphs."""
     from ssn_norm.ops import backend
     counter = CountingBackend()
@@ -39,7 +48,7 @@ def dynamo_kernels(monkeypatch):
     monkeypatch.setattr(
         backend, '_COMPILED_SSN_RATIOS',
         backend._CompiledDifferentiable(
-            backend.ratios_with_freezing, backend=counter))
+            backend.ratios_with_freezing_tensor, backend=counter))
     torch._dynamo.reset()
     yield counter
     torch._dynamo.reset()

@@ -29,7 +29,7 @@ class EagerGraphs:
 
 
 @pytest.fixture
-def compiled_paths(monkeypatch):
+def compiled_paths(monkeypatch, no_native):
     """The ``compiled`` backend on tiny inputs: every kernel through Dynamo
     (the whole-layer training graphs included), SSN's ratios through
     AOTAutograd, whose backward is not differentiable by itself."""
@@ -39,7 +39,7 @@ def compiled_paths(monkeypatch):
                         sf._CompiledKernels(backend=EagerGraphs()))
     monkeypatch.setattr(
         sf, '_COMPILED_SSN_RATIOS',
-        sf._CompiledDifferentiable(sf.ratios_with_freezing,
+        sf._CompiledDifferentiable(sf.ratios_with_freezing_tensor,
                                    backend='aot_eager'))
     torch._dynamo.reset()
     yield

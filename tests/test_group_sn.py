@@ -314,7 +314,7 @@ def test_compiled_graphs_are_shared_by_layers_of_one_configuration(
     assert graphs > 0 and dynamo_kernels.graphs == graphs
 
 
-def test_compiled_with_inductor_matches_reference(monkeypatch):
+def test_compiled_with_inductor_matches_reference(monkeypatch, no_native):
     """Real generated code for a group SN with a GN member (fp32)."""
     monkeypatch.setattr(sf, 'MIN_COMPILED_NUMEL', 1)
     monkeypatch.setattr(sf, 'COMPILE_AFTER_NUMEL', 0)

@@ -150,7 +150,7 @@ def test_compile_after_from_environment(monkeypatch):
             sf._compile_after_from_env()
 
 
-def test_compiled_backend_compiles_only_after_its_warm_up(monkeypatch):
+def test_compiled_backend_compiles_only_after_its_warm_up(monkeypatch, no_native):
     """Tiered: eager kernels (no graph) until the layers have normalised
     ``COMPILE_AFTER_NUMEL`` elements of compilable inputs, then compiled
     code for good; small inputs neither count nor compile."""
@@ -335,7 +335,7 @@ def test_compiled_ssn_ratios_match_eager(dynamo_kernels):
         grad = torch.randn(2, 3, dtype=torch.float64)
         for freeze in (True, False):
             results = []
-            for fn in (sf.ratios_with_freezing, sf.fast_ssn_ratios):
+            for fn in (sf.ratios_with_freezing_tensor, sf.fast_ssn_ratios):
                 leaf = logits.clone().requires_grad_()
                 ratios, stored, flags = fn(leaf, radius, *fixed, freeze)
                 dlogits, = torch.autograd.grad(ratios, leaf, grad)
@@ -346,7 +346,7 @@ def test_compiled_ssn_ratios_match_eager(dynamo_kernels):
     assert dynamo_kernels.graphs == 2  # freeze or not; shapes are static
 
 
-def test_compiled_backend_with_inductor_matches_reference(monkeypatch):
+def test_compiled_backend_with_inductor_matches_reference(monkeypatch, no_native):
     """Real generated code (fp32; the graphs are shared by all cases)."""
     monkeypatch.setattr(sf, 'MIN_COMPILED_NUMEL', 1)
     monkeypatch.setattr(sf, 'COMPILE_AFTER_NUMEL', 0)
@@ -366,7 +366,7 @@ def test_compiled_backend_with_inductor_matches_reference(monkeypatch):
     assert ratios._compiled is not None and not ratios.failed
 
 
-def test_compile_failure_falls_back_to_eager_once(monkeypatch):
+def test_compile_failure_falls_back_to_eager_once(monkeypatch, no_native):
 
     def broken_compile(fn, **kwargs):
 

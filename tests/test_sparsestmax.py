@@ -289,6 +289,71 @@ def test_host_path_double_backward_is_exact():
                                         (logits, ))
 
 
+@pytest.mark.parametrize('freeze', [True, False])
+def test_host_freezing_equals_tensor_code(freeze):
+    """SSN's ratios with freezing on the host: the tensor code's ratios,
+    gradients, stored logits and flags, with None for the logits and flags
+    exactly when no row froze now (nothing to write)."""
+    from ssn_norm.ops.sparsestmax import (ratios_with_freezing_tensor,
+                                          sparsestmax_tensor)
+    from ssn_norm.ops.sparsestmax_host import host_ratios_with_freezing
+
+    def host_ratios(*args):
+        return host_ratios_with_freezing(*args, sparsestmax_tensor)
+
+    gen = torch.Generator().manual_seed(1)
+    served = froze = 0
+    for trial in range(300):
+        num, groups = 2 + trial % 3, 1 + trial % 2
+        logits = torch.randn(2 * groups, num, generator=gen,
+                             dtype=torch.float64) * (0.3, 1.0, 4.0)[trial % 3]
+        radius = torch.tensor([(0.0, 0.3, 0.6, 0.9)[trial % 4]],
+                              dtype=torch.float64)
+        flags = torch.randint(0, 2, (2 * groups, ), generator=gen)
+        fixed = (flags[:groups].clone(), flags[groups:].clone())
+        grad = torch.randn(2 * groups, num, generator=gen,
+                           dtype=torch.float64)
+        results = []
+        for fn in (host_ratios, ratios_with_freezing_tensor):
+            leaf = logits.clone().requires_grad_()
+            found = fn(leaf, radius, *fixed, freeze)
+            if found is None:  # a border between pieces: tensor code
+                break
+            ratios, stored, new_flags = found
+            dz, = torch.autograd.grad(ratios, leaf, grad)
+            results.append((ratios.detach(), stored, new_flags, dz))
+        if not results:
+            continue
+        (host, stored, new_flags, dz), expected = results
+        for actual, want in ((host, expected[0]), (dz, expected[3])):
+            torch.testing.assert_close(actual, want, rtol=0, atol=1e-12)
+        changed = not torch.equal(expected[2], flags)
+        assert (stored is None) == (new_flags is None) == (not changed)
+        if changed:
+            froze += 1
+            torch.testing.assert_close(stored, expected[1], rtol=0, atol=0)
+            assert torch.equal(new_flags, expected[2])
+        served += 1
+    assert served >= 290
+    assert froze > 20 if freeze else froze == 0
+
+
+def test_host_freezing_double_backward_is_exact():
+    """Frozen rows stay constant under create_graph=True as well."""
+    from ssn_norm.ops.sparsestmax import ratios_with_freezing
+    logits = torch.tensor([[0.3, -0.2, 0.1], [1.0, 0.2, -0.5]],
+                          dtype=torch.float64, requires_grad=True)
+    radius = torch.tensor([0.4], dtype=torch.float64)
+    for flags in ((0, 0), (1, 0), (0, 1)):
+        fixed = (torch.tensor([flags[0]]), torch.tensor([flags[1]]))
+
+        def ratios(z):
+            return ratios_with_freezing(z, radius, *fixed, True)[0]
+
+        assert torch.autograd.gradcheck(ratios, (logits, ))
+        assert torch.autograd.gradgradcheck(ratios, (logits, ))
+
+
 def test_host_path_serves_only_small_cpu_rows_outside_tracers():
     from ssn_norm.ops import sparsestmax_host
     small = torch.zeros(2, 3)

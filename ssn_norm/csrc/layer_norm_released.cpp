@@ -20,7 +20,7 @@
 // taken in T lanes over at most kBlock elements and added up in double.
 // Pass 2 writes the rows while they are still in the thread's cache: the
 // memory traffic of GroupNorm's kernel.
-#include <torch/extension.h>
+#include "kernels.h"
 
 #include <ATen/Parallel.h>
 
@@ -302,6 +302,8 @@ void forward(const T* x, const T* weight, const T* bias, T* y, int64_t num,
   });
 }
 
+}  // namespace
+
 torch::Tensor layer_norm_released(const torch::Tensor& input,
                                   const torch::Tensor& weight,
                                   const torch::Tensor& bias, double eps,
@@ -332,15 +334,4 @@ torch::Tensor layer_norm_released(const torch::Tensor& input,
   return y;
 }
 
-}  // namespace
-
-PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
-  m.def("layer_norm_released", &layer_norm_released,
-        "Inference LN of a switchable norm with the released numerics "
-        "(unbiased channel variances); (N, C, *) float32/float64, CPU. "
-        "short_row_simd=False keeps short rows on the generic loop.",
-        pybind11::arg("input"), pybind11::arg("weight"), pybind11::arg("bias"),
-        pybind11::arg("eps"), pybind11::arg("short_row_simd") = true);
-  m.def("short_row_simd", &cpu_has_avx512,
-        "Whether short float rows take the AVX-512 path on this CPU.");
-}
+bool short_row_simd() { return cpu_has_avx512(); }

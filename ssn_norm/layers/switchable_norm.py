@@ -311,11 +311,10 @@ class SwitchableNormBase(nn.Module):
     def _moment_spec(self, selected: Optional[Tuple[int, int]]) -> MomentSpec:
         """This forward's decisions, as data for the ops.
 
-        An overridden :meth:`_batch_moments` (SyncSN) is handed down as a
-        differentiable hook; the base one is the BN member's own reduction.
+        :meth:`_batch_moments_hook` says whether the BN member needs a
+        differentiable hook (SyncSN across processes).
         """
         training = self.training
-        own = (type(self)._batch_moments is SwitchableNormBase._batch_moments)
         return MomentSpec(
             members=self.members,
             training=training,
@@ -324,7 +323,15 @@ class SwitchableNormBase(nn.Module):
             selected=selected,
             record=(self._update_running_stats
                     if training and self.using_bn else None),
-            batch_moments=None if own else self._batch_moments)
+            batch_moments=self._batch_moments_hook() if training else None)
+
+    def _batch_moments_hook(self) -> Optional[Callable]:
+        """An overridden :meth:`_batch_moments`, handed down as a hook; None
+        where the BN member's own reduction computes it (the kernels then
+        serve every path)."""
+        if type(self)._batch_moments is SwitchableNormBase._batch_moments:
+            return None
+        return self._batch_moments
 
 
 def _normalizers(owner: str, num_features: int, using_bn: Optional[bool],
@@ -586,7 +593,7 @@ class SSN(SwitchableNormBase):
                                                                self.var_fixed,
                                                                freeze)
         shape = self.mean_weight.shape
-        if freeze:
+        if freeze and new_logits is not None:
             with torch.no_grad():
                 # Newly frozen rows: their one-hot logits and flags.
                 self.mean_weight.copy_(new_logits[:groups].view(shape))

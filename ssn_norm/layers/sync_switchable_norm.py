@@ -1,5 +1,5 @@
 """SyncSN / SyncSSN: SN / SSN whose BN moments span every process."""
-from typing import Tuple
+from typing import Callable, Optional, Tuple
 
 import torch
 from torch import Tensor
@@ -44,6 +44,12 @@ class _SyncBatchMomentsMixin:
                 self._update_running_stats(mean_bn, sqmean_bn,
                                            variance(mean_bn, sqmean_bn))
         return total.sum() * 0
+
+    def _batch_moments_hook(self) -> Optional[Callable]:
+        # Alone, the parent's own reduction: exactly the parent's paths.
+        if get_world_size(self.group) == 1:
+            return None
+        return self._batch_moments
 
     def _batch_moments(self, mean_in: Tensor,
                        sqmean_in: Tensor) -> Tuple[Tensor, Tensor]:

@@ -43,7 +43,7 @@ from . import native
 from .fused_train import (grad_input_rows, training_backward, training_forward,
                           var_mean_rows)
 from .moments import stat_dtype, var_mean_in
-from .sparsestmax import ratios_with_freezing, sparsestmax_tensor
+from .sparsestmax import ratios_with_freezing_tensor, sparsestmax_tensor
 
 __all__ = [
     'BACKENDS', 'COMPILE_AFTER_NUMEL', 'MIN_COMPILED_NUMEL', 'compiles_for',
@@ -287,7 +287,7 @@ class _CompiledDifferentiable:
             return out
 
 
-_COMPILED_SSN_RATIOS = _CompiledDifferentiable(ratios_with_freezing)
+_COMPILED_SSN_RATIOS = _CompiledDifferentiable(ratios_with_freezing_tensor)
 
 
 def compiles_for(x: Tensor) -> bool:

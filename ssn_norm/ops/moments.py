@@ -116,19 +116,27 @@ class Member(NamedTuple):
             running statistics in eval, by a layer's ``batch_moments``
             hook where given, and dropped with ``using_bn=False``.  The
             only batch member is BN.
+        groups: ``reduce`` declared for kernels that cannot call it (the
+            C++ training kernel, :mod:`ssn_norm.ops.native`): 0 for the
+            mean over the batch, ``G > 0`` for the mean per sample over
+            ``G`` groups of consecutive channels (LN: 1, GN:
+            ``gn_groups``); None (the default) if ``reduce`` is neither,
+            and then only the Python paths run the member.  Ignored for
+            IN (``reduce`` None).
     """
 
     name: str
     reduce: Optional[Callable[[Tensor], Tensor]]
     expand: Optional[Callable[[Tensor, Tensor], Tensor]]
     batch: bool
+    groups: Optional[int] = None
 
 
 #: The normalisers, in the order of the ratio logits.
 MEMBERS: Tuple[Member, ...] = (
     Member('IN', None, None, False),
-    Member('LN', _channels, _expand_channels, False),
-    Member('BN', _batch, _expand_batch, True),
+    Member('LN', _channels, _expand_channels, False, groups=1),
+    Member('BN', _batch, _expand_batch, True, groups=0),
 )
 
 #: Every member name a layer may mix: :data:`MEMBERS`' and GN.
@@ -196,8 +204,12 @@ def _member_table(base: Tuple[Member, ...], normalizers: Tuple[str, ...],
     for name in normalizers:
         if name == 'GN':
             table.append(
-                Member('GN', partial(_channel_groups, gn_groups),
-                       partial(_expand_channel_groups, gn_groups), False))
+                Member(
+                    'GN',
+                    partial(_channel_groups, gn_groups),
+                    partial(_expand_channel_groups, gn_groups),
+                    False,
+                    groups=gn_groups))
         else:
             table.append(by_name[name])
     return tuple(table)

@@ -14,7 +14,7 @@ coordinate from the support, so ``K - 1`` rounds suffice for ``K`` logits
 Everything is expressed with ``torch.where`` over a fixed number of rounds: no
 data-dependent Python control flow, no host synchronisation, any device.
 """
-from typing import Tuple
+from typing import Optional, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -130,13 +130,14 @@ def sparsestmax_tensor(logits: Tensor, radius) -> Tensor:
     return torch.where(done, result, point)
 
 
-def ratios_with_freezing(logits: Tensor, radius: Tensor, mean_fixed: Tensor,
-                         var_fixed: Tensor,
-                         freeze: bool) -> Tuple[Tensor, Tensor, Tensor]:
+def ratios_with_freezing(
+        logits: Tensor, radius: Tensor, mean_fixed: Tensor, var_fixed: Tensor,
+        freeze: bool) -> Tuple[Tensor, Optional[Tensor], Optional[Tensor]]:
     """SSN's ratios from its logits (2G, K): SparsestMax, frozen rows
     one-hot, each row on its own.
 
-    Pure (no in-place update), so it can be compiled as one graph.
+    Pure (no in-place update); :func:`ratios_with_freezing_tensor` is the
+    form compiled as one graph.
 
     Args:
         logits: mean and variance logits (2G, K): the G mean rows (one per
@@ -150,8 +151,26 @@ def ratios_with_freezing(logits: Tensor, radius: Tensor, mean_fixed: Tensor,
         The ratios (2G, K): a frozen row is the one-hot vector of its logits'
         argmax (zero gradient), the others SparsestMax; the logits to store
         (a newly frozen row becomes its one-hot vector, so the choice
-        survives optimizer drift); the frozen flags (2G,) to store.
+        survives optimizer drift); the frozen flags (2G,) to store.  Small
+        CPU rows run on the host
+        (:func:`~ssn_norm.ops.sparsestmax_host.host_ratios_with_freezing`),
+        which returns None for the logits and flags when no row froze now.
     """
+    if (sparsestmax_host.accepts(logits, radius)
+            and mean_fixed.device.type == 'cpu'):
+        found = sparsestmax_host.host_ratios_with_freezing(
+            logits, radius, mean_fixed, var_fixed, freeze, sparsestmax_tensor)
+        if found is not None:
+            return found
+    return ratios_with_freezing_tensor(logits, radius, mean_fixed, var_fixed,
+                                       freeze)
+
+
+def ratios_with_freezing_tensor(
+        logits: Tensor, radius: Tensor, mean_fixed: Tensor, var_fixed: Tensor,
+        freeze: bool) -> Tuple[Tensor, Tensor, Tensor]:
+    """:func:`ratios_with_freezing` as tensor code: any device, traced by
+    ``torch.compile``; always returns the logits and flags to store."""
     num = logits.shape[-1]
     soft = sparsestmax(logits, radius)
     fixed = torch.cat([mean_fixed, var_fixed]).bool().unsqueeze(-1)

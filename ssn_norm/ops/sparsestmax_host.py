@@ -25,7 +25,10 @@ from typing import Callable, List, Optional, Tuple
 import torch
 from torch import Tensor
 
-__all__ = ['MAX_HOST_ELEMENTS', 'accepts', 'host_sparsestmax']
+__all__ = [
+    'MAX_HOST_ELEMENTS', 'accepts', 'host_ratios_with_freezing',
+    'host_sparsestmax'
+]
 
 #: Largest ``logits.numel()`` worth doing in Python (SSN: 2·K per layer,
 #: 2·G·K with groups).
@@ -202,3 +205,73 @@ def host_sparsestmax(logits: Tensor, radius,
         return out
     jac = torch.tensor(jacs, dtype=torch.float64)
     return _HostSparsestMax.apply(logits, radius, out, jac, reference)
+
+
+def _one_hot(row: List[float]) -> List[float]:
+    # The first largest coordinate, as torch.argmax.
+    first = row.index(max(row))
+    return [1.0 if i == first else 0.0 for i in range(len(row))]
+
+
+def host_ratios_with_freezing(
+    logits: Tensor, radius, mean_fixed: Tensor, var_fixed: Tensor,
+    freeze: bool, reference: Callable
+) -> Optional[Tuple[Tensor, Optional[Tensor], Optional[Tensor]]]:
+    """:func:`~ssn_norm.ops.sparsestmax.ratios_with_freezing` on the host.
+
+    The same results: frozen rows one-hot at their logits' argmax with zero
+    gradient, the others SparsestMax, rows whose SparsestMax is one-hot
+    frozen now when ``freeze``; but the logits and flags to store are None
+    when no row froze now (nothing to write).  None where a row sits on a
+    border between pieces, or at the one-hot tolerance (the caller runs
+    the tensor code).  ``reference(logits, radius)`` is the tensor code
+    of SparsestMax, differentiated by a backward with
+    ``create_graph=True``.
+    """
+    num = logits.shape[-1]
+    rows = logits.detach().reshape(-1, num).tolist()
+    fixed = mean_fixed.tolist() + var_fixed.tolist()
+    radius = torch.as_tensor(radius, dtype=logits.dtype, device='cpu')
+    radii = radius.expand(logits.shape[:-1]).reshape(-1).tolist()
+    zero = [[0.0] * num for _ in range(num)]
+    outs, jacs, newly = [], [], []
+    for i, (z, r) in enumerate(zip(rows, radii)):
+        if fixed[i]:
+            outs.append(_one_hot(z))
+            jacs.append(zero)
+            continue
+        found = _row(z, r * r)
+        if found is None:
+            return None
+        top = max(found[0])
+        if freeze and abs(top - (1 - _ONE_HOT_TOL)) < _MARGIN:
+            return None
+        if freeze and top >= 1 - _ONE_HOT_TOL:
+            newly.append(i)
+            outs.append(_one_hot(found[0]))
+            jacs.append(zero)
+            continue
+        outs.append(found[0])
+        jacs.append(found[1])
+    out = torch.tensor(outs, dtype=logits.dtype).reshape(logits.shape)
+    new_logits = new_fixed = None
+    if newly:
+        current = torch.tensor(rows, dtype=logits.dtype)
+        for i in newly:
+            current[i] = torch.tensor(outs[i], dtype=logits.dtype)
+            fixed[i] = 1
+        new_logits = current.reshape(logits.shape)
+        new_fixed = torch.tensor(fixed, dtype=mean_fixed.dtype)
+    if not (torch.is_grad_enabled() and logits.requires_grad):
+        return out, new_logits, new_fixed
+    frozen = torch.tensor([bool(f) for f in fixed]).view(-1, 1)
+    hot = out.detach().reshape(-1, num)
+
+    def replay(z: Tensor, r: Tensor) -> Tensor:
+        # Frozen rows are constants, as in the tensor code's torch.where.
+        soft = reference(z, r).reshape(-1, num)
+        return torch.where(frozen, hot, soft).reshape(z.shape)
+
+    jac = torch.tensor(jacs, dtype=torch.float64)
+    return _HostSparsestMax.apply(logits, radius, out, jac, replay), (
+        new_logits), new_fixed

@@ -18,25 +18,32 @@ eval, frozen on BN for mean and variance   one native BatchNorm inference
                                            (:func:`batch_norm_inference`)
 eval, frozen on LN for mean and variance,  the C++ kernel
 no gradient, CPU fp32/fp64, kernel built   (:mod:`ssn_norm.ops.native`)
-no gradient wanted (other cases)           row moments kernel, mix, one
-                                           affine pass (:func:`_no_grad`)
+no gradient wanted (other cases)           ``compiled`` on CPU as above: one
+                                           C++ call; else row moments
+                                           kernel, mix, one affine pass
+                                           (:func:`_no_grad`)
 gradient wanted, eval                      reference (as ``autograd``)
+gradient wanted, training, ``compiled``,   :class:`SwitchableNormFunction`,
+CPU fp32/fp64, C++ kernels built, no       whole layer: one C++ call per
+``batch_moments`` hook, members declared   direction (:mod:`.native`)
+(``Member.groups``)
 gradient wanted, training, ``compiled``    :class:`SwitchableNormFunction`,
-after its warm-up, input ≥                 whole layer: one compiled graph
+otherwise, after its warm-up, input ≥      whole layer: one compiled graph
 ``MIN_COMPILED_NUMEL``, no                 per direction (``fused_train``)
 ``batch_moments`` hook
 gradient wanted, training, otherwise       :class:`SwitchableNormFunction`,
-                                           row kernels + hand-differentiated
-                                           mix (``fused_mix``)
+(``eager``, CUDA, fp16/bf16, SyncSN        row kernels + hand-differentiated
+across processes)                          mix (``fused_mix``)
 =========================================  ==================================
 
-In both Function paths everything that touches all ``N×C×L`` elements is
-one of four kernels over the rows ``r = (n, c)`` of ``x`` viewed as
+In every Function path everything that touches all ``N×C×L`` elements is
+one of four passes over the rows ``r = (n, c)`` of ``x`` viewed as
 ``(N·C, L)``: (1) per-row mean and unbiased variance; (2)
 ``y = x * scale + shift``; (3) backward: per-row ``Σ g`` and ``Σ g·x``;
-(4) backward: ``dx = g * scale + (x - mean) * coef + const``.  2 and 3 are
-native BatchNorm kernels on a ``(1, N·C, L)`` view (:func:`_affine`); 1 and
-4 depend on the backend.  Only the input is saved at full size, as in
+(4) backward: ``dx = g * scale + (x - mean) * coef + const``.  The C++
+path runs them inside its two calls; on the row-kernel path 2 and 3 are
+native BatchNorm kernels on a ``(1, N·C, L)`` view (:func:`_affine`), 1
+and 4 depend on the backend.  Only the input is saved at full size, as in
 BatchNorm.
 
 Double backward (``create_graph=True``) is exact on every backend: grad
@@ -130,7 +137,7 @@ class SwitchableNormFunction(torch.autograd.Function):
         num, channels = x_in.shape[:2]
         x = _rows_of(x_in)
         ctx.kernels, ctx.rows = kernels, torch.Size((num, channels))
-        ctx.fused = ctx.whole = None
+        ctx.fused = ctx.whole = ctx.native = None
         # For a backward with create_graph=True: the same moments, no
         # second running-statistics update.
         ctx.replay = (spec._replace(record=None), eps)
@@ -138,6 +145,17 @@ class SwitchableNormFunction(torch.autograd.Function):
         ctx.param_dtypes = [
             t.dtype for t in (weight, bias, mean_ratio, var_ratio)
         ]
+        if _native_serves(x, spec):
+            groups = native.member_groups(spec.members)
+            ratios = torch.stack([mean_ratio, var_ratio]).detach()
+            out, var_in, mean_in, batch = native.switchable_forward(
+                x.view(num, channels, -1), weight.detach(), bias.detach(),
+                ratios, groups, eps)
+            if batch is not None and spec.record is not None:
+                spec.record(*batch)
+            ctx.save_for_backward(*inputs, var_in, mean_in)
+            ctx.native = (groups, eps)
+            return alias(out, x_in.shape)
         if spec.batch_moments is None and backend.whole_layer(kernels, x):
             (out, var_in, mean_in, mean_bn, sq_bn,
              var_bn) = kernels['training_forward'](x.view(num, channels,
@@ -164,6 +182,8 @@ class SwitchableNormFunction(torch.autograd.Function):
         if torch.is_grad_enabled():
             # create_graph=True: the gradient must itself be differentiable.
             return _replay_backward(ctx, grad_out)
+        if ctx.native is not None:
+            return _native_backward(ctx, grad_out)
         if ctx.whole is not None:
             return _whole_backward(ctx, grad_out)
         return _fused_backward(ctx, grad_out)
@@ -227,6 +247,23 @@ def _whole_backward(ctx, grad_out: Tensor) -> tuple:
             None, None)
 
 
+def _native_backward(ctx, grad_out: Tensor) -> tuple:
+    """Backward of the C++ training kernel: one call."""
+    x_in, weight, bias, mean_ratio, var_ratio, var_in, mean_in = (
+        ctx.saved_tensors)
+    x = _rows_of(x_in).view(var_in.shape + (-1, ))
+    grad_x, *grads = native.switchable_backward(
+        grad_out.reshape(x.shape).contiguous(), x, var_in, mean_in, weight,
+        bias, torch.stack([mean_ratio, var_ratio]), *ctx.native,
+        ctx.needs_input_grad[0])
+    grads = [grads[0], grads[1], grads[2][0], grads[2][1]]
+    if grad_x is not None:
+        grad_x = grad_x.view(grad_out.shape)
+    return (grad_x, *(g.to(dtype)
+                      for g, dtype in zip(grads, ctx.param_dtypes)), None,
+            None, None)
+
+
 def _fused_backward(ctx, grad_out: Tensor) -> tuple:
     """Backward of the row-kernel path (hand-differentiated mix)."""
     x = _rows_of(ctx.saved_tensors[0])
@@ -255,12 +292,21 @@ def _fused_backward(ctx, grad_out: Tensor) -> tuple:
 def _no_grad(x: Tensor, weight: Tensor, bias: Tensor,
              mean_ratio: Optional[Tensor], var_ratio: Optional[Tensor],
              spec: MomentSpec, eps: float, kernels) -> Tensor:
-    """No gradient wanted: row moments, the mix and one affine pass."""
+    """No gradient wanted: row moments, the mix and one affine pass (one
+    C++ call where :func:`~ssn_norm.ops.native.serves`)."""
     num, channels = x.shape[:2]
     x2 = _rows_of(x)
+    running = spec.running if spec.using_bn and not spec.training else None
+    if _native_serves(x, spec):
+        out, _, _, batch = native.switchable_forward(
+            x2.view(num, channels, -1), weight, bias,
+            torch.stack([mean_ratio, var_ratio]),
+            native.member_groups(spec.members), eps, running)
+        if spec.record is not None and batch is not None:
+            spec.record(*batch)
+        return out.view(x.shape)
     var_in, mean_in = kernels['var_mean'](x2)
     rows = torch.Size((num, channels))
-    running = spec.running if spec.using_bn and not spec.training else None
     moments = member_moments(
         var_in.view(rows), mean_in.view(rows), spec.members, running,
         spec.batch_moments if spec.training else None)
@@ -273,6 +319,13 @@ def _no_grad(x: Tensor, weight: Tensor, bias: Tensor,
                   scale.expand(rows).reshape(-1),
                   shift.expand(rows).reshape(-1))
     return out.view(x.shape)
+
+
+def _native_serves(x: Tensor, spec: MomentSpec) -> bool:
+    # The C++ kernels are the ``compiled`` backend's precompiled code: as
+    # fast as the compiled graphs on CPU, without compiling (``eager``
+    # stays ATen ops).
+    return get_backend() == 'compiled' and native.serves(x, spec)
 
 
 def _frozen_on(spec: MomentSpec, name: str) -> bool:
