@@ -217,11 +217,17 @@ def _backend(request, backend):
     return backend
 
 
+def every_case(test):
+    """Parametrise ``test`` over each layer class, configuration, input
+    rank and backend."""
+    for name, values in (('cls', [SN, SSN]), ('config', list(CONFIGS)),
+                         ('dims', list(SHAPES)), ('backend', BACKENDS)):
+        test = pytest.mark.parametrize(name, values)(test)
+    return test
+
+
 # ------------------------------------------------------------------- tests
-@pytest.mark.parametrize('backend', BACKENDS)
-@pytest.mark.parametrize('dims', list(SHAPES))
-@pytest.mark.parametrize('config', list(CONFIGS))
-@pytest.mark.parametrize('cls', [SN, SSN])
+@every_case
 def test_training_matches_reference(request, cls, config, dims, backend):
     backend = _backend(request, backend)
     grads = check_training(cls, CONFIGS[config], SHAPES[dims], backend)
@@ -231,10 +237,7 @@ def test_training_matches_reference(request, cls, config, dims, backend):
     ).max() > 1e-6 and grads[4].abs().max() > 1e-6
 
 
-@pytest.mark.parametrize('backend', BACKENDS)
-@pytest.mark.parametrize('dims', list(SHAPES))
-@pytest.mark.parametrize('config', list(CONFIGS))
-@pytest.mark.parametrize('cls', [SN, SSN])
+@every_case
 def test_eval_matches_reference(request, cls, config, dims, backend):
     backend = _backend(request, backend)
     layer = make_layer(cls, CONFIGS[config]).eval()
@@ -250,20 +253,25 @@ def test_eval_matches_reference(request, cls, config, dims, backend):
         assert_close(got, want, 1e-9, 1e-11, f'grad of {name}')
 
 
-@pytest.mark.parametrize('backend', BACKENDS)
-@pytest.mark.parametrize('dims', list(SHAPES))
-@pytest.mark.parametrize('config', list(CONFIGS))
-@pytest.mark.parametrize('cls', [SN, SSN])
-def test_fp32_matches_reference(request, cls, config, dims, backend):
-    """fp32 input and layer against the fp32 reference (the reference in
-    fp64 above pins the formulas; this pins the fp32 paths' rounding)."""
+def _train_fp32_layer(request, cls, config, dims, backend, dtype):
+    """An fp32 layer trained on ``dtype`` input with ``backend``: its
+    output and gradients, and the reference's."""
     backend = _backend(request, backend)
     layer = make_layer(cls, CONFIGS[config], dtype=torch.float32)
     shape = SHAPES[dims]
-    x = random_input(shape, torch.float32)
-    grad = random_input(shape, torch.float32, seed=2)
+    x = random_input(shape, dtype)
+    grad = random_input(shape, dtype, seed=2)
     want_out, _, want_grads = expected(layer, x, grad, True)
     out, grads = actual(layer.train(), x, grad, backend)
+    return out, grads, want_out, want_grads
+
+
+@every_case
+def test_fp32_matches_reference(request, cls, config, dims, backend):
+    """fp32 input and layer against the fp32 reference (the reference in
+    fp64 above pins the formulas; this pins the fp32 paths' rounding)."""
+    out, grads, want_out, want_grads = _train_fp32_layer(
+        request, cls, config, dims, backend, torch.float32)
     assert out.dtype == torch.float32
     assert_close(out, want_out, 1e-5, 1e-6, 'output')
     for name, got, want in zip(GRAD_NAMES, grads, want_grads):
@@ -276,13 +284,8 @@ def test_fp32_matches_reference(request, cls, config, dims, backend):
 @pytest.mark.parametrize('cls', [SN, SSN])
 def test_bf16_matches_reference(request, cls, config, dims, backend):
     """bf16 input, fp32 layer: statistics in fp32, the output rounded."""
-    backend = _backend(request, backend)
-    layer = make_layer(cls, CONFIGS[config], dtype=torch.float32)
-    shape = SHAPES[dims]
-    x = random_input(shape, torch.bfloat16)
-    grad = random_input(shape, torch.bfloat16, seed=2)
-    want_out, _, want_grads = expected(layer, x, grad, True)
-    out, grads = actual(layer.train(), x, grad, backend)
+    out, grads, want_out, want_grads = _train_fp32_layer(
+        request, cls, config, dims, backend, torch.bfloat16)
     assert out.dtype == torch.bfloat16 and grads[0].dtype == torch.bfloat16
     # One bf16 rounding of the output / input gradient (2^-8 relative).
     assert_close(out, want_out, 0, 1e-2, 'output')
