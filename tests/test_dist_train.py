@@ -18,7 +18,12 @@ layers' starting buffers, and the per-rank running statistics just before
 * merge the auxiliary head's plain SN statistics of the two ranks (mean of
   the means; mean of variance + mean² minus mean²): the checkpoint must hold
   that merge, not rank 0's statistics, and both ranks must end identical.
+
+Both tools end by destroying the process group on every rank (a gloo group
+left to interpreter shutdown can abort a rank after its work is done): the
+probe records, at exit, whether the group was still there.
 """
+import atexit
 import glob
 import json
 import os
@@ -79,6 +84,17 @@ class DistTrainProbeHook(Hook):
                     momentum=module.momentum,
                     using_moving_average=module.using_moving_average)
                 module.register_forward_pre_hook(partial(self._record, name))
+
+    def after_run(self, runner) -> None:
+        # atexit: after the tool's main() returned, before the interpreter
+        # shuts down.
+        path = osp.join(runner.work_dir, f'exit_rank{runner.rank}.json')
+        atexit.register(self._record_exit, path)
+
+    @staticmethod
+    def _record_exit(path: str) -> None:
+        with open(path, 'w') as f:
+            json.dump(dict(group_initialized=dist.is_initialized()), f)
 
     def _record(self, name, module, args) -> None:
         if module.training:
@@ -201,6 +217,20 @@ def test_trains_validates_and_checkpoints(run):
             assert len(inputs) == ITERS, name
 
 
+def group_left_at_exit(work_dir) -> list:
+    """Per rank: whether the process group was still initialised when the
+    tool's process exited (the probe's record)."""
+    states = []
+    for rank in range(2):
+        with open(osp.join(work_dir, f'exit_rank{rank}.json')) as f:
+            states.append(json.load(f)['group_initialized'])
+    return states
+
+
+def test_train_destroys_the_process_group_on_every_rank(run):
+    assert group_left_at_exit(run[0] / 'work_dir') == [False, False]
+
+
 def test_checkpoint_sync_sn_statistics_are_the_all_reduced_ones(run):
     work_dir, (rank0, rank1) = run[0] / 'work_dir', run[1]
     state = load_checkpoint(work_dir)
@@ -267,6 +297,7 @@ def test_dist_test_reproduces_the_validation_of_the_checkpoint(run, tmp_path):
         tmp_path,
         env=train_env(folder / 'data'),
         cwd=tmp_path)
+    assert group_left_at_exit(tmp_path) == [False, False]
     # <timestamp>/<timestamp>.json (tools/test.py also writes run_info.json)
     (result_file, ) = glob.glob(osp.join(tmp_path, '*', '[0-9]*_[0-9]*.json'))
     with open(result_file) as f:

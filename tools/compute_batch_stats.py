@@ -8,7 +8,7 @@ import argparse
 import sys
 from typing import Optional, Sequence
 
-from ssn_norm.apis import (add_common_args, parse_tool_args,
+from ssn_norm.apis import (add_common_args, close_distributed, parse_tool_args,
                            update_checkpoint_batch_stats)
 
 
@@ -45,6 +45,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         cfg_options=args.cfg_options,
         launcher=args.launcher,
         work_dir=args.work_dir)
+    close_distributed()
     return 0
 
 

@@ -5,8 +5,8 @@ from typing import Optional, Sequence
 
 import ssn_norm  # noqa: F401  registers the layers, applies compat fixes
 from ssn_norm.apis import (add_common_args, apply_test_outputs, apply_tta,
-                           build_runner, load_config, parse_tool_args,
-                           write_run_info)
+                           build_runner, close_distributed, load_config,
+                           parse_tool_args, write_run_info)
 
 
 def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
@@ -47,6 +47,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     runner = build_runner(cfg)
     write_run_info(runner, args.tta, args.config, args.checkpoint)
     runner.test()
+    close_distributed()
     return 0
 
 

@@ -5,7 +5,7 @@ from typing import Optional, Sequence
 
 import ssn_norm  # noqa: F401  registers the layers, applies compat fixes
 from ssn_norm.apis import (add_common_args, apply_train_options, build_runner,
-                           load_config, parse_tool_args)
+                           close_distributed, load_config, parse_tool_args)
 
 
 def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
@@ -38,6 +38,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         amp=args.amp,
         launcher=args.launcher)
     build_runner(cfg).train()
+    close_distributed()
     return 0
 
 

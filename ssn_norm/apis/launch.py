@@ -116,6 +116,22 @@ def setup_cpu_distributed(cfg: Config, launcher: str) -> None:
     cfg.env_cfg = env_cfg
 
 
+def close_distributed() -> None:
+    """Synchronises the ranks and destroys the default process group, if
+    one is initialised; a no-op in a single-process run.
+
+    The tools call this once their run has finished on every rank.  A gloo
+    group left to interpreter shutdown can abort a rank that has already
+    done its work ("terminate called without an active exception", see
+    pytorch/pytorch#190489), and torchrun then fails the whole launch.  Not
+    called when the run raised: other ranks may still wait in a collective,
+    and the error is what the user needs to see.
+    """
+    if dist.is_available() and dist.is_initialized():
+        dist.barrier()
+        dist.destroy_process_group()
+
+
 def apply_train_options(cfg: Config,
                         config_path: str,
                         work_dir: Optional[str] = None,
