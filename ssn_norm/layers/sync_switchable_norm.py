@@ -53,8 +53,7 @@ class _SyncBatchMomentsMixin:
 
     def _batch_moments(self, mean_in: Tensor,
                        sqmean_in: Tensor) -> Tuple[Tensor, Tensor]:
-        if get_world_size(self.group) == 1:
-            return super()._batch_moments(mean_in, sqmean_in)
+        # Handed down only across processes (_batch_moments_hook).
         num_channels = mean_in.shape[1]
         count = mean_in.new_full((1, ), mean_in.shape[0])
         packed = torch.cat([mean_in.sum(0), sqmean_in.sum(0), count])
