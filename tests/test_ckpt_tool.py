@@ -177,6 +177,20 @@ def test_pickled_objects_need_trust(tmp_path, capsys, monkeypatch):
         assert convert_tool.main([str(src), str(dst)]) == 0
 
 
+@pytest.mark.parametrize('value', ['true', 'yes'])
+def test_bad_trust_variable_is_named(tmp_path, capsys, monkeypatch, value):
+    src, dst = tmp_path / 'ckpt.pth', tmp_path / 'out.pth'
+    torch.save({'state_dict': bn_resnet(18).state_dict()}, src)
+    monkeypatch.setenv('SSN_NORM_TRUST_CHECKPOINTS', value)
+    assert convert_tool.main([str(src), str(dst)]) == 1
+    err = capsys.readouterr().err
+    assert re.search(
+        f"SSN_NORM_TRUST_CHECKPOINTS='{value}': expected 1 .* or 0 / unset",
+        err), err
+    assert 'not a PyTorch checkpoint' not in err
+    assert not dst.exists()
+
+
 def test_training_checkpoint_converts_without_trust(tmp_path, capsys,
                                                     monkeypatch):
     """numpy values and mmengine logger state (what Runner checkpoints
