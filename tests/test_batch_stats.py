@@ -15,8 +15,8 @@ import torch.multiprocessing as mp
 from _helpers import free_port, gloo_group, run_tool
 from mmengine.config import Config
 from mmengine.evaluator import BaseMetric
-from mmengine.model import BaseModel
 from mmengine.hooks import Hook
+from mmengine.model import BaseModel
 from mmengine.registry import DATASETS, HOOKS, METRICS, MODELS
 from mmengine.runner import Runner
 from torch import nn
@@ -267,14 +267,11 @@ def expected_for(model, num_samples):
     return as_stats(mean, sqmean)
 
 
-def hook_runner(tmp_path, by_epoch=False, **hook):
-    """A training runner with the hook where the configs put it; 4
-    iterations (2 epochs of 2 batches of 3), a checkpoint and a validation
-    every 2."""
-    if by_epoch:
-        train_cfg = dict(by_epoch=True, max_epochs=2, val_interval=1)
-    else:
-        train_cfg = dict(by_epoch=False, max_iters=4, val_interval=2)
+def toy_runner(tmp_path, hook, **cfg):
+    """A runner of the toy model from a config, as tools/train.py and
+    tools/test.py build it, with the hook where the configs put it."""
+    cfg.setdefault('default_hooks', {})['batch_stats'] = dict(
+        type='BatchStatsHook', progress=False, **hook)
     return Runner.from_cfg(
         Config(
             dict(
@@ -282,24 +279,34 @@ def hook_runner(tmp_path, by_epoch=False, **hook):
                 work_dir=str(tmp_path),
                 # mmengine keeps one logger and visualizer per name.
                 experiment_name=str(tmp_path).replace('/', '_'),
-                train_dataloader=dict(loader_cfg(), drop_last=True),
-                train_cfg=train_cfg,
-                optim_wrapper=dict(optimizer=dict(type='SGD', lr=0.1)),
-                val_dataloader=loader_cfg(4),
-                val_cfg=dict(),
-                val_evaluator=dict(type='BatchStatsToyMetric'),
-                default_hooks=dict(
-                    checkpoint=dict(
-                        type='CheckpointHook',
-                        by_epoch=by_epoch,
-                        interval=1 if by_epoch else 2),
-                    batch_stats=dict(
-                        type='BatchStatsHook', progress=False, **hook)),
-                custom_hooks=[dict(type='MovingAverageSpy')],
-                visualizer=dict(
-                    type='Visualizer',
-                    vis_backends=[dict(type='LocalVisBackend')]),
-                default_scope='mmengine')))
+                default_scope='mmengine',
+                **cfg)))
+
+
+def hook_runner(tmp_path, by_epoch=False, **hook):
+    """Training: 4 iterations (2 epochs of 2 batches of 3), a checkpoint and
+    a validation every 2."""
+    if by_epoch:
+        train_cfg = dict(by_epoch=True, max_epochs=2, val_interval=1)
+    else:
+        train_cfg = dict(by_epoch=False, max_iters=4, val_interval=2)
+    return toy_runner(
+        tmp_path,
+        hook,
+        train_dataloader=dict(loader_cfg(), drop_last=True),
+        train_cfg=train_cfg,
+        optim_wrapper=dict(optimizer=dict(type='SGD', lr=0.1)),
+        val_dataloader=loader_cfg(4),
+        val_cfg=dict(),
+        val_evaluator=dict(type='BatchStatsToyMetric'),
+        default_hooks=dict(
+            checkpoint=dict(
+                type='CheckpointHook',
+                by_epoch=by_epoch,
+                interval=1 if by_epoch else 2)),
+        custom_hooks=[dict(type='MovingAverageSpy')],
+        visualizer=dict(
+            type='Visualizer', vis_backends=[dict(type='LocalVisBackend')]))
 
 
 @HOOKS.register_module(force=True)
@@ -308,7 +315,10 @@ class MovingAverageSpy(Hook):
     BatchStatsHook (priority LOW) can replace them."""
     priority = 'BELOW_NORMAL'
 
-    def after_train_iter(self, runner, batch_idx, data_batch=None,
+    def after_train_iter(self,
+                         runner,
+                         batch_idx,
+                         data_batch=None,
                          outputs=None):
         norm = runner.model.norm
         if not norm.using_bn:
@@ -346,7 +356,7 @@ def test_hook_at_train_end_fills_the_last_checkpoint(tmp_path, by_epoch):
         weights_only=False)
     info = last['meta']['batch_stats']
     assert (info['num_batches'], info['mode'], info['samples']) == (2, 'loss',
-                                                                   6)
+                                                                    6)
     spy = next(h for h in runner.hooks if isinstance(h, MovingAverageSpy))
     assert info['moving_average'].keys() == spy.moving.keys()
     for key, value in spy.moving.items():
@@ -385,20 +395,13 @@ def test_num_batches_stops_at_one_pass_over_the_data(tmp_path):
 
 
 def make_tester(tmp_path, checkpoint, **hook):
-    return Runner.from_cfg(
-        Config(
-            dict(
-                model=dict(type='BatchStatsToyModel'),
-                work_dir=str(tmp_path),
-                experiment_name=str(tmp_path).replace('/', '_'),
-                test_dataloader=loader_cfg(4),
-                test_cfg=dict(),
-                test_evaluator=dict(type='BatchStatsToyMetric'),
-                load_from=str(checkpoint),
-                default_hooks=dict(
-                    batch_stats=dict(
-                        type='BatchStatsHook', progress=False, **hook)),
-                default_scope='mmengine')))
+    return toy_runner(
+        tmp_path,
+        hook,
+        test_dataloader=loader_cfg(4),
+        test_cfg=dict(),
+        test_evaluator=dict(type='BatchStatsToyMetric'),
+        load_from=str(checkpoint))
 
 
 def metrics_of(runner):
@@ -408,8 +411,7 @@ def metrics_of(runner):
         return json.load(f)
 
 
-def test_test_uses_the_batch_averages_or_the_saved_moving_averages(
-        tmp_path):
+def test_test_uses_the_batch_averages_or_the_saved_moving_averages(tmp_path):
     hook_runner(tmp_path / 'train', num_batches=2).train()
     checkpoint = torch.load(
         tmp_path / 'train' / 'iter_4.pth', weights_only=False)
@@ -427,8 +429,7 @@ def test_test_uses_the_batch_averages_or_the_saved_moving_averages(
     for key, value in saved.items():
         torch.testing.assert_close(runner.model.state_dict()[key], value)
     # A checkpoint saved before the end: moving averages, and a warning.
-    runner = make_tester(tmp_path / 'early',
-                         tmp_path / 'train' / 'iter_2.pth')
+    runner = make_tester(tmp_path / 'early', tmp_path / 'train' / 'iter_2.pth')
     assert metrics_of(runner)['batch_stats_samples'] == 0
 
 
@@ -470,11 +471,13 @@ def test_hook_arguments_are_validated():
     with pytest.raises(ValueError, match="mode must be .* got 'train'"):
         BatchStatsHook(mode='train')
     with pytest.raises(
-            ValueError, match=r"subset of \('train_end', 'val', 'test'\), "
+            ValueError,
+            match=r"subset of \('train_end', 'val', 'test'\), "
             r"got \('train',\)"):
         BatchStatsHook(stages='train')
     with pytest.raises(
-            ValueError, match=r"statistics must be one of \('batch_average', "
+            ValueError,
+            match=r"statistics must be one of \('batch_average', "
             r"'moving_average'\), got 'moving'"):
         BatchStatsHook(statistics='moving')
 
