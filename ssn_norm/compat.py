@@ -166,11 +166,13 @@ class _Pickled:
 class _PickledDtype(_Pickled):
     """Stands in for ``numpy.dtype`` while unpickling."""
 
-    def __init__(self, code: Any = None, align: Any = False,
+    def __init__(self,
+                 code: Any = None,
+                 align: Any = False,
                  copy: Any = True) -> None:
         import numpy as np
-        if not (isinstance(code, str) and re.fullmatch(r'[biufc]\d{1,2}',
-                                                       code)):
+        if not (isinstance(code, str)
+                and re.fullmatch(r'[biufc]\d{1,2}', code)):
             raise _refuse(f'the dtype {code!r}')
         self.code = code
         self.dtype = np.dtype(code)
@@ -178,9 +180,9 @@ class _PickledDtype(_Pickled):
     def __setstate__(self, state: Any) -> None:
         # numpy's state of a plain dtype: version 3, the byte order, no
         # subarray, names or fields, sizes -1 (not flexible) and flags 0.
-        if (getattr(self, 'code', None) is None or not isinstance(state, tuple)
-                or len(state) != 8 or state[0] != 3
-                or state[1] not in ('<', '>', '|', '=')
+        if (getattr(self, 'code', None) is None
+                or not isinstance(state, tuple) or len(state) != 8
+                or state[0] != 3 or state[1] not in ('<', '>', '|', '=')
                 or state[2:] != (None, None, None, -1, -1, 0)):
             raise _refuse(f'the dtype state {state!r}')
         self.value = self.dtype.newbyteorder(state[1])
@@ -195,7 +197,9 @@ def _checked_dtype(dtype: Any) -> Any:
 class _PickledArray(_Pickled):
     """Stands in for ``numpy.core.multiarray._reconstruct``: an array."""
 
-    def __init__(self, subtype: Any = None, shape: Any = None,
+    def __init__(self,
+                 subtype: Any = None,
+                 shape: Any = None,
                  code: Any = None) -> None:
         if subtype is not _ndarray:
             raise _refuse(f'an array of type {subtype!r}')
@@ -206,16 +210,14 @@ class _PickledArray(_Pickled):
             raise _refuse(f'the array state {state!r:.80}')
         version, shape, dtype, fortran, raw = state
         dtype = _checked_dtype(dtype)
-        if (version != 1 or not isinstance(shape, tuple) or not all(
-                type(n) is int and n >= 0 for n in shape)
-                or not isinstance(fortran, bool)
-                or not isinstance(raw, bytes)
+        if (version != 1 or not isinstance(shape, tuple)
+                or not all(type(n) is int and n >= 0 for n in shape)
+                or not isinstance(fortran, bool) or not isinstance(raw, bytes)
                 or len(raw) != math.prod(shape) * dtype.itemsize):
             raise _refuse(f'the array state {state!r:.80}')
         order = 'F' if fortran else 'C'
         self.value = np.array(
-            np.frombuffer(raw, dtype).reshape(shape, order=order),
-            order=order)
+            np.frombuffer(raw, dtype).reshape(shape, order=order), order=order)
 
 
 def _ndarray(*args: Any) -> None:
@@ -267,8 +269,9 @@ def _resolve_numpy(obj: Any, made: List[_Pickled]) -> Any:
         elif isinstance(item, (tuple, set, frozenset)):
             values = [resolve(value) for value in item]
             if any(a is not b for a, b in zip(values, item)):
-                rebuilt = (type(item)(*values) if hasattr(item, '_fields')
-                           else type(item)(values))
+                rebuilt = (
+                    type(item)(*values)
+                    if hasattr(item, '_fields') else type(item)(values))
                 done[id(item)] = rebuilt
                 return rebuilt
         elif hasattr(item, '__dict__') and not isinstance(item, type):
@@ -280,8 +283,9 @@ def _resolve_numpy(obj: Any, made: List[_Pickled]) -> Any:
     obj = resolve(obj)
     # A dtype may have been only an argument of an array or scalar; an
     # array stand-in is always part of the result.
-    if any(id(item) not in replaced for item in made
-           if isinstance(item, _PickledArray)):
+    if any(
+            id(item) not in replaced for item in made
+            if isinstance(item, _PickledArray)):
         raise _refuse('a numpy array where only containers may hold one')
     return obj
 
@@ -386,8 +390,9 @@ def safe_load(filename: Union[str, BinaryIO],
             methods.update(before)
         if not isinstance(error, pickle.UnpicklingError):
             raise
-        reason = (error.reason if isinstance(
-            error, UntrustedCheckpointError) else _weights_only_reason(error))
+        reason = (
+            error.reason if isinstance(error, UntrustedCheckpointError) else
+            _weights_only_reason(error))
         raise UntrustedCheckpointError(
             f'{filename}: refused to unpickle it: {reason}.  Only tensors, '
             'containers, numbers, strings, numeric numpy values and '
@@ -437,8 +442,9 @@ def _weights_only_reason(error: Exception) -> str:
         reason = text.split(marker, 1)[1].strip().splitlines()[0]
     else:  # blocked modules: the reason is a paragraph of its own
         paragraphs = [p.strip() for p in text.split('\n\n') if p.strip()]
-        reason = next((p for p in paragraphs if not p.startswith(
-            ('Weights only load failed', 'Check the documentation'))),
+        reason = next((p for p in paragraphs
+                       if not p.startswith(('Weights only load failed',
+                                            'Check the documentation'))),
                       text.strip())
     return reason.split('. Please use')[0].rstrip('.')
 

@@ -115,13 +115,13 @@ def load_in_subprocess(tmp_path, obj, name='forged.pth'):
     torch.save({'state_dict': {}, 'meta': {'iter': obj}}, path)
     env = dict(os.environ, PYTHONPATH=REPO)
     env.pop('SSN_NORM_TRUST_CHECKPOINTS', None)
-    result = subprocess.run([sys.executable, '-c', LOADER,
-                             str(path)],
-                            capture_output=True,
-                            text=True,
-                            env=env,
-                            cwd=str(tmp_path),
-                            timeout=300)
+    result = subprocess.run(
+        [sys.executable, '-c', LOADER, str(path)],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=str(tmp_path),
+        timeout=300)
     assert result.returncode == 0, (
         f'the loader died with {result.returncode}:\n{result.stderr[-2000:]}')
     return json.loads(result.stdout.strip().splitlines()[-1])
@@ -145,7 +145,9 @@ def test_numeric_values_load_unchanged(tmp_path):
         'bool': np.array([True, False]),
         'complex': np.array([1 + 2j]),
         '0-d': np.array(2.5),
-        'scalars': [np.float64(0.1), np.int64(-3), np.bool_(True)],
+        'scalars': [np.float64(0.1),
+                    np.int64(-3),
+                    np.bool_(True)],
         'dtype': np.dtype('<i4'),
     }
     outcome = load_in_subprocess(tmp_path, values, 'plain.pth')

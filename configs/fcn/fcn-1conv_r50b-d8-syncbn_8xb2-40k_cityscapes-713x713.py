@@ -1,10 +1,11 @@
-# DeepLabV3, ResNet-50 D8 with SyncBN in backbone and heads, on Cityscapes:
+# The SN paper's segmentation model (../_base_/seg_fcn-1conv_r50-d8.py: a
+# dilated ResNet-50, output stride 8, with a one-conv FCN head and an
+# auxiliary one on res4) with SyncBN in backbone and heads, on Cityscapes:
 # 8 GPUs x 2 images, 40k iterations, SGD lr 0.01 with poly decay (mmseg's
-# schedule).  Backbone: mmseg's 'ResNet' (7x7 stem, 'r50b'), the ResNet-50
-# v1 of the SN paper.  SN paper Table VII, SyncBN row.  The other
-# normalisers are children of this config (../_base_/seg_norms.py).
+# schedule).  SN paper Table VII, SyncBN row.  The other normalisers are
+# children of this config (../_base_/seg_norms.py).
 _base_ = [
-    'mmseg::_base_/models/deeplabv3_r50-d8.py',
+    '../_base_/seg_fcn-1conv_r50-d8.py',
     '../_base_/seg_cityscapes-713x713.py',
     'mmseg::_base_/default_runtime.py',
     'mmseg::_base_/schedules/schedule_40k.py',

@@ -12,7 +12,8 @@ from typing import Dict, Optional
 import torch
 
 from ..batch_stats import compute_batch_stats, default_forward
-from ..hooks.batch_stats_hook import META_KEY, batch_stats_meta, moving_averages
+from ..hooks.batch_stats_hook import (META_KEY, batch_stats_meta,
+                                      moving_averages)
 from .launch import (build_runner, default_work_dir, load_config,
                      setup_cpu_distributed)
 
@@ -86,11 +87,7 @@ def update_checkpoint_batch_stats(
         # averages those replaced.
         moving = (meta.get(META_KEY) or {}).get('moving_average') or moving
         meta[META_KEY] = batch_stats_meta(
-            num_batches,
-            mode,
-            counts,
-            moving,
-            source=osp.basename(checkpoint))
+            num_batches, mode, counts, moving, source=osp.basename(checkpoint))
         saved['meta'] = meta
         torch.save(saved, out)
         runner.logger.info(

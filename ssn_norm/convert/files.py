@@ -229,12 +229,12 @@ def convert_checkpoint_file(
     summary = report.summary()
     if release is not None:
         summary = (f'recognised by MD5 {md5}: the released {release.name} '
-                   f'ImageNet model (top-1 {release.top1} in its release)\n'
-                   + summary)
+                   f'ImageNet model (top-1 {release.top1} in its release)\n' +
+                   summary)
     # Group SN: (G, K) logits.
-    num_groups = next((v.shape[0] if v.dim() == 2 else 1
-                       for k, v in converted.items()
-                       if k.endswith('.mean_weight')), 1)
+    num_groups = next(
+        (v.shape[0] if v.dim() == 2 else 1
+         for k, v in converted.items() if k.endswith('.mean_weight')), 1)
     meta = {
         'converted_from': osp.basename(src),
         'source_md5': md5,

@@ -232,17 +232,16 @@ class BatchStatsHook(Hook):
             num_batches = self.num_batches
         # The moving averages these batch averages replace: the ones saved
         # with the batch averages the model may hold already.
-        moving = (self._holds['moving_average']
-                  if self._holds is not None else moving_averages(
-                      runner.model))
+        moving = (
+            self._holds['moving_average']
+            if self._holds is not None else moving_averages(runner.model))
         counts = compute_batch_stats(
             runner.model,
             loader,
             num_batches,
             forward=default_forward(self.mode),
             progress=self.progress)
-        self._holds = batch_stats_meta(num_batches, self.mode, counts,
-                                       moving)
+        self._holds = batch_stats_meta(num_batches, self.mode, counts, moving)
         runner.logger.info(
             f'BatchStatsHook ({stage}): batch-average statistics of '
             f'{len(counts)} SN layers from {num_batches} batches per '
@@ -255,7 +254,9 @@ class BatchStatsHook(Hook):
                                          float(samples))
 
     # ------------------------------------------------------------ stages
-    def before_train_iter(self, runner, batch_idx: int,
+    def before_train_iter(self,
+                          runner,
+                          batch_idx: int,
                           data_batch=None) -> None:
         """Training moves the statistics again: no batch averages now."""
         self._holds = None
@@ -267,7 +268,8 @@ class BatchStatsHook(Hook):
                          outputs=None) -> None:
         """After the last iteration: batch averages, before the last
         checkpoint is saved and the final validation runs."""
-        if (self._batch_average('train_end') and self.is_last_train_iter(runner)
+        if (self._batch_average('train_end')
+                and self.is_last_train_iter(runner)
                 and self._check_model(runner)):
             self._update(runner, 'train_end')
 

@@ -4,7 +4,7 @@
 # Expected layout under data_root (paths relative to where you run):
 #   leftImg8bit/{train,val}/<city>/*_leftImg8bit.png
 #   gtFine/{train,val}/<city>/*_gtFine_labelTrainIds.png
-_base_ = './deeplabv3_r18-d8-sn_mini_tiny-cityscapes.py'
+_base_ = './fcn-1conv_r18-d8-sn_mini_tiny-cityscapes.py'
 data_root = 'data/my_cityscapes/'
 # Images of 320x160 here; resize to that scale, crop 128x128.
 train_pipeline = [

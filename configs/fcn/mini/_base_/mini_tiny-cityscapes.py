@@ -1,4 +1,5 @@
-# The shrink shared by the segmentation mini configs (DeepLabV3 and PSPNet):
+# The shrink shared by the segmentation mini configs (Table VII's one-conv
+# FCN model, and PSPNet):
 # a quarter-width ResNet-18 D8 from scratch on 128x128 crops of the tiny
 # Cityscapes-layout scenes (256x128, made by ssn_norm.datasets.
 # tiny_cityscapes), one process x 4 images, 150 iterations.
@@ -40,13 +41,21 @@ _test_dataloader = dict(
     _loader,
     batch_size=1,
     dataset=dict(data_root=_data_root, pipeline=_test_pipeline))
-# Stage widths 16, 32, 64, 128 (the heads read the last two); ASPP with its
-# dilations scaled to the 16x16 feature map of a 128x128 crop.
+# Stage widths 16, 32, 64, 128 (the heads read the last two); the heads'
+# widths shrunk in proportion: the one-conv head's 2048 -> 512 and its
+# auxiliary's 1024 -> 512 (Table VII) become 128 -> 32 and 64 -> 32.
+# Every mini normalises its input alike, with torchvision's RGB statistics
+# (the GN parents feed the GN paper's ImageNet model its BGR input; the
+# minis train from scratch).
 _model = dict(
-    data_preprocessor=dict(size=_crop_size),
+    data_preprocessor=dict(
+        size=_crop_size,
+        mean=[123.675, 116.28, 103.53],
+        std=[58.395, 57.12, 57.375],
+        bgr_to_rgb=True),
     backbone=dict(depth=18, stem_channels=16, base_channels=16, init_cfg=None),
-    decode_head=dict(in_channels=128, channels=32, dilations=(1, 2, 4, 6)),
-    auxiliary_head=dict(in_channels=64, channels=16),
+    decode_head=dict(in_channels=128, channels=32),
+    auxiliary_head=dict(in_channels=64, channels=32),
     test_cfg=dict(mode='slide', crop_size=_crop_size, stride=(85, 85)))
 mini = dict(
     # Top-level names too, so the dumped config reads consistently.
@@ -82,9 +91,10 @@ mini_gn_model = dict(
     decode_head=dict(_model['decode_head'], norm_cfg=_gn),
     auxiliary_head=dict(_model['auxiliary_head'], norm_cfg=_gn))
 # PSPNet: the same, with the PSP head's pool scales (1, 2, 3, 6) kept, so
-# the scale-1 branch still normalises 1x1 maps.
+# the scale-1 branch still normalises 1x1 maps, and mmseg's auxiliary head
+# (1024 -> 256) shrunk to 64 -> 16.
 mini_pspnet_model = dict(
-    _model, decode_head=dict(in_channels=128, channels=32))
+    _model, auxiliary_head=dict(in_channels=64, channels=16))
 del _data_root, _crop_size, _iters, _train_pipeline, _labels, _test_pipeline
 del _loader, _test_dataloader, _model, _gn
 # A fixed seed: mini results repeat run to run.
