@@ -4,12 +4,13 @@ custom_imports = dict(imports=['ssn_norm'], allow_failed_imports=False)
 
 # SN recipe (detection / segmentation / video): the ratio logits take no
 # weight decay.  This is the project's choice, not the SN paper's: its
-# ImageNet setting decays "all parameters including" the SN parameters (the
-# symbols were lost from the text), its detection, segmentation and video
-# texts say nothing about the logits; the authors' released segmentation
-# code (switchablenorms/SwitchNorm_Segmentation, train.py group_weight)
-# puts mean_weight and var_weight in its no-decay group.  They are matched
-# by name (custom_keys), which overrides any norm_decay_mult.  Use as
+# ImageNet setting reads "We use a weight decay of [lost] for all parameters
+# including [lost] and [lost]" (no exception is named), and its detection,
+# segmentation and video texts say nothing about the logits; the authors'
+# released segmentation code (switchablenorms/SwitchNorm_Segmentation,
+# train.py group_weight) puts mean_weight and var_weight in its no-decay
+# group.  They are matched by name (custom_keys), which overrides any
+# norm_decay_mult.  Use as
 #   optim_wrapper = dict(paramwise_cfg={{_base_.sn_paramwise_cfg}})
 sn_paramwise_cfg = dict(custom_keys={
     'mean_weight': dict(decay_mult=0.),
