@@ -11,8 +11,12 @@ live in ``tools/install.sh``.
    (open-mmlab/mmengine#1655).  We re-register the local-file loader with
    :func:`safe_load`: still ``weights_only=True``, plus, for that call only,
    exactly the types mmengine's checkpoints hold (see
-   :func:`checkpoint_safe_globals`).  Anything else (a pickle that would run
-   code) is refused with :class:`UntrustedCheckpointError`.  Full unpickling
+   :func:`checkpoint_safe_globals`); numpy values are built by checked
+   stand-ins, never by numpy's own unpickling functions, so only plain
+   numeric arrays, scalars and dtypes can come out of a file.  Anything else
+   (a pickle that would run code, an object array, a dtype whose state would
+   make numpy read bytes as pointers) is refused with
+   :class:`UntrustedCheckpointError`.  Full unpickling
    happens only when the user sets ``SSN_NORM_TRUST_CHECKPOINTS=1``
    (:data:`TRUST_CHECKPOINTS_ENV`); importing ``ssn_norm`` never enables it.
 2. The mmaction2 1.2.0 wheel lacks ``mmaction/models/localizers/drn``
@@ -46,15 +50,18 @@ live in ``tools/install.sh``.
 import contextlib
 import functools
 import importlib.util
+import math
 import os
 import os.path as osp
 import pickle
+import re
 import sys
 import tarfile
+import threading
 import types
 import warnings
 import zipfile
-from typing import (Any, BinaryIO, Callable, Iterator, List, Optional,
+from typing import (Any, BinaryIO, Callable, Dict, Iterator, List, Optional,
                     Tuple, Union)
 
 _applied = False
@@ -118,6 +125,171 @@ def _history_buffer_method(*args: Any) -> Any:
     return getattr(HistoryBuffer, args[1])
 
 
+# ---------------------------------------------------------- numpy values
+# numpy pickles an array as ``_reconstruct(ndarray, (0,), b'b')`` followed
+# by a BUILD of ``(1, shape, dtype, is_fortran, raw bytes)``, a dtype as
+# ``dtype(code, align, copy)`` followed by a BUILD of its state, and a
+# scalar as ``scalar(dtype, raw bytes)``.  Letting torch's weights_only
+# unpickler run numpy's own functions is not safe: a dtype's state sets its
+# flags, so a forged file can turn the object dtype's flags to 0 (numpy then
+# copies raw bytes into an object array, whose elements are read as
+# pointers) or give a float dtype the flags of one that holds references.
+# Those names are therefore bound to the stand-ins below, which build only
+# plain numeric values (booleans, integers, floats, complex numbers) from
+# checked states; every stand-in left in the loaded object is replaced by
+# the value it built (:func:`_resolve_numpy`).  No numpy function runs on
+# anything from the file before it is checked.
+
+#: ``dtype.kind`` of the numpy values a checkpoint may hold.
+_NUMERIC_KINDS = 'biufc'
+_loading = threading.local()
+
+
+def _refuse(what: str) -> UntrustedCheckpointError:
+    return UntrustedCheckpointError(
+        f'refused {what} while unpickling: only arrays, scalars and dtypes '
+        'of booleans, integers, floats and complex numbers are allowed')
+
+
+class _Pickled:
+    """A numpy value being unpickled: made by the pickle's REDUCE (or
+    NEWOBJ), filled by its BUILD; :attr:`value` is the checked result."""
+
+    def __new__(cls, *args: Any) -> '_Pickled':
+        made = super().__new__(cls)
+        made.value = None
+        # Every stand-in must end up replaced (see _resolve_numpy).
+        getattr(_loading, 'made', []).append(made)
+        return made
+
+
+class _PickledDtype(_Pickled):
+    """Stands in for ``numpy.dtype`` while unpickling."""
+
+    def __init__(self,
+                 code: Any = None,
+                 align: Any = False,
+                 copy: Any = True) -> None:
+        import numpy as np
+        if not (isinstance(code, str)
+                and re.fullmatch(r'[biufc]\d{1,2}', code)):
+            raise _refuse(f'the dtype {code!r}')
+        self.code = code
+        self.dtype = np.dtype(code)
+
+    def __setstate__(self, state: Any) -> None:
+        # numpy's state of a plain dtype: version 3, the byte order, no
+        # subarray, names or fields, sizes -1 (not flexible) and flags 0.
+        if (getattr(self, 'code', None) is None
+                or not isinstance(state, tuple) or len(state) != 8
+                or state[0] != 3 or state[1] not in ('<', '>', '|', '=')
+                or state[2:] != (None, None, None, -1, -1, 0)):
+            raise _refuse(f'the dtype state {state!r}')
+        self.value = self.dtype.newbyteorder(state[1])
+
+
+def _checked_dtype(dtype: Any) -> Any:
+    if not isinstance(dtype, _PickledDtype) or dtype.value is None:
+        raise _refuse(f'{dtype!r} as a dtype')
+    return dtype.value
+
+
+class _PickledArray(_Pickled):
+    """Stands in for ``numpy.core.multiarray._reconstruct``: an array."""
+
+    def __init__(self,
+                 subtype: Any = None,
+                 shape: Any = None,
+                 code: Any = None) -> None:
+        if subtype is not _ndarray:
+            raise _refuse(f'an array of type {subtype!r}')
+
+    def __setstate__(self, state: Any) -> None:
+        import numpy as np
+        if not isinstance(state, tuple) or len(state) != 5:
+            raise _refuse(f'the array state {state!r:.80}')
+        version, shape, dtype, fortran, raw = state
+        dtype = _checked_dtype(dtype)
+        if (version != 1 or not isinstance(shape, tuple)
+                or not all(type(n) is int and n >= 0 for n in shape)
+                or not isinstance(fortran, bool) or not isinstance(raw, bytes)
+                or len(raw) != math.prod(shape) * dtype.itemsize):
+            raise _refuse(f'the array state {state!r:.80}')
+        order = 'F' if fortran else 'C'
+        self.value = np.array(
+            np.frombuffer(raw, dtype).reshape(shape, order=order), order=order)
+
+
+def _ndarray(*args: Any) -> None:
+    """Stands in for ``numpy.ndarray``: only an argument of
+    :class:`_PickledArray`, never called."""
+    raise _refuse('numpy.ndarray(...)')
+
+
+def _scalar(dtype: Any, raw: Any) -> Any:
+    """Stands in for ``numpy.core.multiarray.scalar``."""
+    import numpy as np
+    dtype = _checked_dtype(dtype)
+    if not isinstance(raw, bytes) or len(raw) != dtype.itemsize:
+        raise _refuse(f'the {dtype} scalar {raw!r:.40}')
+    return np.frombuffer(raw, dtype)[0]
+
+
+def _resolve_numpy(obj: Any, made: List[_Pickled]) -> Any:
+    """``obj`` with every numpy stand-in replaced by its value, in place
+    where the container is mutable.
+
+    Walks dicts, lists, tuples, sets and the ``__dict__`` of other objects
+    (a ``HistoryBuffer``).
+
+    Raises:
+        UntrustedCheckpointError: a stand-in was never built, or an array
+            sits where the walk does not reach (e.g. a dict key).
+    """
+    if not made:
+        return obj
+    done: Dict[int, Any] = {}
+    replaced = set()
+
+    def resolve(item: Any) -> Any:
+        if id(item) in done:
+            return done[id(item)]
+        if isinstance(item, _Pickled):
+            if item.value is None:
+                raise _refuse(f'an incomplete {type(item).__name__}')
+            replaced.add(id(item))
+            done[id(item)] = item.value
+            return item.value
+        done[id(item)] = item  # cycles end here
+        if isinstance(item, dict):
+            for key, value in item.items():
+                item[key] = resolve(value)
+        elif isinstance(item, list):
+            item[:] = [resolve(value) for value in item]
+        elif isinstance(item, (tuple, set, frozenset)):
+            values = [resolve(value) for value in item]
+            if any(a is not b for a, b in zip(values, item)):
+                rebuilt = (
+                    type(item)(*values)
+                    if hasattr(item, '_fields') else type(item)(values))
+                done[id(item)] = rebuilt
+                return rebuilt
+        elif hasattr(item, '__dict__') and not isinstance(item, type):
+            for key, value in list(vars(item).items()):
+                if resolve(value) is not value:
+                    setattr(item, key, done[id(value)])
+        return item
+
+    obj = resolve(obj)
+    # A dtype may have been only an argument of an array or scalar; an
+    # array stand-in is always part of the result.
+    if any(
+            id(item) not in replaced for item in made
+            if isinstance(item, _PickledArray)):
+        raise _refuse('a numpy array where only containers may hold one')
+    return obj
+
+
 def checkpoint_safe_globals() -> List[_SafeGlobal]:
     """The globals, beyond torch's ``weights_only`` defaults, that
     checkpoints written by mmengine's Runner hold; nothing broader.
@@ -129,37 +301,32 @@ def checkpoint_safe_globals() -> List[_SafeGlobal]:
       statistics methods as ``getattr(HistoryBuffer, 'min')`` etc., so
       ``builtins.getattr`` is mapped to :func:`_history_buffer_method`,
       which resolves only those four names on ``HistoryBuffer``;
-    * numpy arrays, scalars and dtypes (``HistoryBuffer`` contents, seeds,
-      RNG states): ``ndarray``, ``dtype``, ``multiarray._reconstruct`` and
-      ``multiarray.scalar``, under their numpy 1 (``numpy.core``) and
-      numpy 2 (``numpy._core``) module names, and the classes of dtype
-      instances (``numpy.dtypes.Float64DType`` ...): the list above does not
-      show them, but unpickling a dtype sets its state, which torch allows
-      only for allow-listed types (``type(dtype)``).
+    * numpy arrays, scalars and dtypes (``HistoryBuffer`` contents, seeds):
+      ``numpy.ndarray``, ``numpy.dtype``, ``multiarray._reconstruct`` and
+      ``multiarray.scalar`` (numpy 1 ``numpy.core`` and numpy 2
+      ``numpy._core`` names), each bound to a stand-in that builds only
+      plain numeric values from checked states (see the comment above
+      :class:`_Pickled`); numpy's own functions are never allowed.
 
     ``HistoryBuffer`` is omitted when mmengine is not installed.
     """
-    import numpy as np
-    try:
-        from numpy._core import multiarray  # numpy >= 1.26
-    except ImportError:
-        from numpy.core import multiarray
-    allowed: List[_SafeGlobal] = [np.ndarray, np.dtype]
+    allowed: List[_SafeGlobal] = [(_ndarray, 'numpy.ndarray'),
+                                  (_PickledDtype, 'numpy.dtype')]
     for core in ('numpy.core', 'numpy._core'):
-        allowed += [(multiarray._reconstruct,
-                     f'{core}.multiarray._reconstruct'),
-                    (multiarray.scalar, f'{core}.multiarray.scalar')]
-    # The class of each dtype instance (numpy >= 1.25 names them in
-    # numpy.dtypes); a dtype's BUILD step is checked against its type.
-    allowed += sorted({type(np.dtype(code))
-                       for code in np.typecodes['All']},
-                      key=lambda cls: cls.__name__)
+        allowed += [(_PickledArray, f'{core}.multiarray._reconstruct'),
+                    (_scalar, f'{core}.multiarray.scalar')]
     if importlib.util.find_spec('mmengine') is not None:
         from mmengine.logging.history_buffer import HistoryBuffer
         allowed += [
             HistoryBuffer, (_history_buffer_method, 'builtins.getattr')
         ]
     return allowed
+
+
+def _global_name(entry: _SafeGlobal) -> str:
+    if isinstance(entry, tuple):
+        return entry[1]
+    return f'{entry.__module__}.{entry.__qualname__}'
 
 
 def safe_load(filename: Union[str, BinaryIO],
@@ -200,16 +367,22 @@ def safe_load(filename: Union[str, BinaryIO],
             'any code the file holds')
         return torch.load(
             filename, map_location=map_location, weights_only=False)
+    ours = checkpoint_safe_globals()
     present = torch.serialization.get_safe_globals()
-    # Only what the user has not allowed already: leaving the context
-    # removes what it added, which must not drop the user's own entries.
-    extra = [g for g in checkpoint_safe_globals() if g not in present]
+    # For this call, our entries replace any of the user's under the same
+    # names (a user's numpy.dtype must not shadow the checked stand-in);
+    # the user's list is restored afterwards.
+    names = {_global_name(entry) for entry in ours}
+    kept = [g for g in present if _global_name(g) not in names]
     methods = _statistics_methods()
     before = dict(methods) if methods is not None else None
+    _loading.made = []
     try:
-        with torch.serialization.safe_globals(extra):
-            checkpoint = torch.load(
-                filename, map_location=map_location, weights_only=True)
+        torch.serialization.clear_safe_globals()
+        torch.serialization.add_safe_globals(kept + ours)
+        checkpoint = torch.load(
+            filename, map_location=map_location, weights_only=True)
+        checkpoint = _resolve_numpy(checkpoint, _loading.made)
         _check_statistics_methods(methods, before)
     except BaseException as error:
         if methods is not None:  # undo what unpickling registered
@@ -217,15 +390,20 @@ def safe_load(filename: Union[str, BinaryIO],
             methods.update(before)
         if not isinstance(error, pickle.UnpicklingError):
             raise
-        reason = (error.reason if isinstance(
-            error, UntrustedCheckpointError) else _weights_only_reason(error))
+        reason = (
+            error.reason if isinstance(error, UntrustedCheckpointError) else
+            _weights_only_reason(error))
         raise UntrustedCheckpointError(
             f'{filename}: refused to unpickle it: {reason}.  Only tensors, '
-            'containers, numbers, strings, numpy values and mmengine\'s '
-            'HistoryBuffer load without running code.  If you trust the '
-            f'file, set {TRUST_CHECKPOINTS_ENV}=1 to unpickle it in full '
-            '(this runs any code it holds)',
+            'containers, numbers, strings, numeric numpy values and '
+            'mmengine\'s HistoryBuffer load without running code.  If you '
+            f'trust the file, set {TRUST_CHECKPOINTS_ENV}=1 to unpickle it '
+            'in full (this runs any code it holds)',
             reason=reason) from error
+    finally:
+        del _loading.made
+        torch.serialization.clear_safe_globals()
+        torch.serialization.add_safe_globals(present)
     return checkpoint
 
 
@@ -264,8 +442,9 @@ def _weights_only_reason(error: Exception) -> str:
         reason = text.split(marker, 1)[1].strip().splitlines()[0]
     else:  # blocked modules: the reason is a paragraph of its own
         paragraphs = [p.strip() for p in text.split('\n\n') if p.strip()]
-        reason = next((p for p in paragraphs if not p.startswith(
-            ('Weights only load failed', 'Check the documentation'))),
+        reason = next((p for p in paragraphs
+                       if not p.startswith(('Weights only load failed',
+                                            'Check the documentation'))),
                       text.strip())
     return reason.split('. Please use')[0].rstrip('.')
 

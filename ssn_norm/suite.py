@@ -77,8 +77,8 @@ MINI = {
         generator='ssn_norm.datasets.tiny_coco:make_tiny_coco'),
     'seg':
     TaskSpec(
-        configs=_configs('configs/deeplabv3/mini',
-                         'deeplabv3_r18-d8-{}_mini_tiny-cityscapes', 'syncbn'),
+        configs=_configs('configs/fcn/mini',
+                         'fcn-1conv_r18-d8-{}_mini_tiny-cityscapes', 'syncbn'),
         data_dir='data/tiny_cityscapes',
         generator='ssn_norm.datasets.tiny_cityscapes:make_tiny_cityscapes'),
     'video':
@@ -98,13 +98,13 @@ FULL = {
     'seg':
     TaskSpec(
         configs=dict(
-            _configs('configs/deeplabv3',
-                     'deeplabv3_r50b-d8-{}_8xb2-40k_cityscapes-713x713',
+            _configs('configs/fcn',
+                     'fcn-1conv_r50b-d8-{}_8xb2-40k_cityscapes-713x713',
                      'syncbn'),
             # SN from the (8,32) ImageNet checkpoint; Table VII's (8,2) and
             # (8,4) rows have configs of their own.
-            sn='configs/deeplabv3/'
-            'deeplabv3_r50b-d8-sn-8x32_8xb2-40k_cityscapes-713x713.py')),
+            sn='configs/fcn/'
+            'fcn-1conv_r50b-d8-sn-8x32_8xb2-40k_cityscapes-713x713.py')),
     'video':
     TaskSpec(
         configs=_configs(

@@ -4,6 +4,8 @@ References are computed here from the inputs with the released formulas
 (unbiased IN variance, BN second moment = E[var_in + mean_in²]), in float64.
 """
 import copy
+import glob
+import json
 import os.path as osp
 
 import pytest
@@ -13,8 +15,9 @@ import torch.multiprocessing as mp
 from _helpers import free_port, gloo_group, run_tool
 from mmengine.config import Config
 from mmengine.evaluator import BaseMetric
+from mmengine.hooks import Hook
 from mmengine.model import BaseModel
-from mmengine.registry import DATASETS, METRICS, MODELS
+from mmengine.registry import DATASETS, HOOKS, METRICS, MODELS
 from mmengine.runner import Runner
 from torch import nn
 from torch.utils.data import Dataset
@@ -264,32 +267,200 @@ def expected_for(model, num_samples):
     return as_stats(mean, sqmean)
 
 
-def test_hook_before_validation(tmp_path):
-    # As tools/train.py builds it: from a config (the hook reads its
-    # train_dataloader entry).
-    runner = Runner.from_cfg(
+def toy_runner(tmp_path, hook, **cfg):
+    """A runner of the toy model from a config, as tools/train.py and
+    tools/test.py build it, with the hook where the configs put it."""
+    cfg.setdefault('default_hooks', {})['batch_stats'] = dict(
+        type='BatchStatsHook', progress=False, **hook)
+    return Runner.from_cfg(
         Config(
             dict(
                 model=dict(type='BatchStatsToyModel'),
                 work_dir=str(tmp_path),
-                train_dataloader=loader_cfg(),
-                train_cfg=dict(by_epoch=False, max_iters=2, val_interval=2),
-                optim_wrapper=dict(optimizer=dict(type='SGD', lr=0.1)),
-                val_dataloader=loader_cfg(4),
-                val_cfg=dict(),
-                val_evaluator=dict(type='BatchStatsToyMetric'),
-                custom_hooks=[
-                    dict(type='BatchStatsHook', num_batches=2, progress=False)
-                ],
-                default_hooks=dict(checkpoint=None),
-                default_scope='mmengine')))
+                # mmengine keeps one logger and visualizer per name.
+                experiment_name=str(tmp_path).replace('/', '_'),
+                default_scope='mmengine',
+                **cfg)))
+
+
+def hook_runner(tmp_path, by_epoch=False, **hook):
+    """Training: 4 iterations (2 epochs of 2 batches of 3), a checkpoint and
+    a validation every 2."""
+    if by_epoch:
+        train_cfg = dict(by_epoch=True, max_epochs=2, val_interval=1)
+    else:
+        train_cfg = dict(by_epoch=False, max_iters=4, val_interval=2)
+    return toy_runner(
+        tmp_path,
+        hook,
+        train_dataloader=dict(loader_cfg(), drop_last=True),
+        train_cfg=train_cfg,
+        optim_wrapper=dict(optimizer=dict(type='SGD', lr=0.1)),
+        val_dataloader=loader_cfg(4),
+        val_cfg=dict(),
+        val_evaluator=dict(type='BatchStatsToyMetric'),
+        default_hooks=dict(
+            checkpoint=dict(
+                type='CheckpointHook',
+                by_epoch=by_epoch,
+                interval=1 if by_epoch else 2)),
+        custom_hooks=[dict(type='MovingAverageSpy')],
+        visualizer=dict(
+            type='Visualizer', vis_backends=[dict(type='LocalVisBackend')]))
+
+
+@HOOKS.register_module(force=True)
+class MovingAverageSpy(Hook):
+    """Copies the SN running statistics at every iteration's end, before
+    BatchStatsHook (priority LOW) can replace them."""
+    priority = 'BELOW_NORMAL'
+
+    def after_train_iter(self,
+                         runner,
+                         batch_idx,
+                         data_batch=None,
+                         outputs=None):
+        norm = runner.model.norm
+        if not norm.using_bn:
+            return
+        self.moving = {
+            'norm.running_mean': norm.running_mean.clone(),
+            'norm.running_var': norm.running_var.clone()
+        }
+
+
+def logged_statistics(work_dir):
+    """``batch_stats_samples`` of every validation entry in scalars.json."""
+    (path, ) = glob.glob(osp.join(work_dir, '*', 'vis_data', 'scalars.json'))
+    with open(path) as f:
+        entries = [json.loads(line) for line in f]
+    return [e['batch_stats_samples'] for e in entries if 'toy' in e]
+
+
+@pytest.mark.parametrize('by_epoch', [False, True], ids=['iters', 'epochs'])
+def test_hook_at_train_end_fills_the_last_checkpoint(tmp_path, by_epoch):
+    runner = hook_runner(tmp_path, by_epoch, num_batches=2)
     runner.train()
     model = runner.model
     mean, var = expected_for(model, 6)  # two batches of 3, in order
+    for state in (model.state_dict(),
+                  torch.load(
+                      tmp_path / ('epoch_2.pth' if by_epoch else 'iter_4.pth'),
+                      weights_only=False)['state_dict']):
+        torch.testing.assert_close(
+            state['norm.running_mean'].double(), mean, rtol=1e-5, atol=1e-6)
+        torch.testing.assert_close(
+            state['norm.running_var'].double(), var, rtol=1e-5, atol=1e-6)
+    last = torch.load(
+        tmp_path / ('epoch_2.pth' if by_epoch else 'iter_4.pth'),
+        weights_only=False)
+    info = last['meta']['batch_stats']
+    assert (info['num_batches'], info['mode'], info['samples']) == (2, 'loss',
+                                                                    6)
+    spy = next(h for h in runner.hooks if isinstance(h, MovingAverageSpy))
+    assert info['moving_average'].keys() == spy.moving.keys()
+    for key, value in spy.moving.items():
+        torch.testing.assert_close(info['moving_average'][key], value)
+        assert not torch.allclose(value, last['state_dict'][key])
+    # The checkpoint before the end holds moving averages and says nothing.
+    first = torch.load(
+        tmp_path / ('epoch_1.pth' if by_epoch else 'iter_2.pth'),
+        weights_only=False)
+    assert 'batch_stats' not in first['meta']
+    # The validation during training used moving averages, the final one
+    # the batch averages of 6 samples.
+    assert logged_statistics(tmp_path) == [0, 6]
+
+
+def test_hook_before_validation(tmp_path):
+    runner = hook_runner(tmp_path, num_batches=2, stages=('val', ))
+    runner.train()
+    model = runner.model
+    mean, var = expected_for(model, 6)
     torch.testing.assert_close(
         model.norm.running_mean.double(), mean, rtol=1e-5, atol=1e-6)
     torch.testing.assert_close(
         model.norm.running_var.double(), var, rtol=1e-5, atol=1e-6)
+    assert logged_statistics(tmp_path) == [6, 6]
+
+
+def test_num_batches_stops_at_one_pass_over_the_data(tmp_path):
+    runner = hook_runner(tmp_path, num_batches=50)
+    runner.train()
+    # The loader has 2 batches of 3 (drop_last): all 6 samples once.
+    assert logged_statistics(tmp_path) == [0, 6]
+    mean, var = expected_for(runner.model, 6)
+    torch.testing.assert_close(
+        runner.model.norm.running_mean.double(), mean, rtol=1e-5, atol=1e-6)
+
+
+def make_tester(tmp_path, checkpoint, **hook):
+    return toy_runner(
+        tmp_path,
+        hook,
+        test_dataloader=loader_cfg(4),
+        test_cfg=dict(),
+        test_evaluator=dict(type='BatchStatsToyMetric'),
+        load_from=str(checkpoint))
+
+
+def metrics_of(runner):
+    runner.test()
+    (path, ) = glob.glob(osp.join(runner.log_dir, '*.json'))
+    with open(path) as f:
+        return json.load(f)
+
+
+def test_test_uses_the_batch_averages_or_the_saved_moving_averages(tmp_path):
+    hook_runner(tmp_path / 'train', num_batches=2).train()
+    checkpoint = torch.load(
+        tmp_path / 'train' / 'iter_4.pth', weights_only=False)
+    saved = checkpoint['meta']['batch_stats']['moving_average']
+    runner = make_tester(tmp_path / 'batch', tmp_path / 'train' / 'iter_4.pth')
+    assert metrics_of(runner)['batch_stats_samples'] == 6
+    for key in saved:
+        torch.testing.assert_close(runner.model.state_dict()[key],
+                                   checkpoint['state_dict'][key])
+    runner = make_tester(
+        tmp_path / 'moving',
+        tmp_path / 'train' / 'iter_4.pth',
+        statistics='moving_average')
+    assert metrics_of(runner)['batch_stats_samples'] == 0
+    for key, value in saved.items():
+        torch.testing.assert_close(runner.model.state_dict()[key], value)
+    # A checkpoint saved before the end: moving averages, and a warning.
+    runner = make_tester(tmp_path / 'early', tmp_path / 'train' / 'iter_2.pth')
+    assert metrics_of(runner)['batch_stats_samples'] == 0
+
+
+def test_moving_average_training_computes_nothing(tmp_path):
+    runner = hook_runner(tmp_path, num_batches=2, statistics='moving_average')
+    runner.train()
+    assert 'batch_stats' not in torch.load(
+        tmp_path / 'iter_4.pth', weights_only=False)['meta']
+    assert logged_statistics(tmp_path) == [0, 0]
+
+
+def test_batch_averages_without_saved_moving_averages_are_named(tmp_path):
+    from ssn_norm.hooks.batch_stats_hook import restore_moving_averages
+    checkpoint = dict(
+        state_dict={}, meta=dict(batch_stats=dict(num_batches=2, samples=6)))
+    with pytest.raises(
+            ValueError,
+            match=r"old.pth holds batch-average statistics without the "
+            r'moving averages they replaced .* cannot be evaluated with '
+            r"statistics='moving_average'"):
+        restore_moving_averages(checkpoint, 'old.pth')
+
+
+def test_model_without_bn_statistics_is_left_alone(tmp_path):
+    runner = hook_runner(tmp_path, num_batches=2)
+    runner.model.norm = SN(C, normalizers=('IN', 'LN'))
+    runner.train()
+    assert 'batch_stats' not in torch.load(
+        tmp_path / 'iter_4.pth', weights_only=False)['meta']
+    with open(glob.glob(osp.join(tmp_path, '*', '*.log'))[0]) as f:
+        assert 'the model has no SN layer with BN statistics' in f.read()
 
 
 def test_hook_arguments_are_validated():
@@ -300,9 +471,15 @@ def test_hook_arguments_are_validated():
     with pytest.raises(ValueError, match="mode must be .* got 'train'"):
         BatchStatsHook(mode='train')
     with pytest.raises(
-            ValueError, match=r"subset of \('val', 'test'\), got "
-            r"\('train',\)"):
+            ValueError,
+            match=r"subset of \('train_end', 'val', 'test'\), "
+            r"got \('train',\)"):
         BatchStatsHook(stages='train')
+    with pytest.raises(
+            ValueError,
+            match=r"statistics must be one of \('batch_average', "
+            r"'moving_average'\), got 'moving'"):
+        BatchStatsHook(statistics='moving')
 
 
 def test_tool_writes_a_checkpoint_with_batch_averages(tmp_path):
@@ -324,8 +501,14 @@ def test_tool_writes_a_checkpoint_with_batch_averages(tmp_path):
                     '--num-batches', '3', '--work-dir', tmp_path / 'work') == 0
     saved = torch.load(out, weights_only=True)
     assert saved['meta']['epoch'] == 3
-    assert saved['meta']['batch_stats'] == dict(
+    info = saved['meta']['batch_stats']
+    moving = info.pop('moving_average')
+    assert info == dict(
         num_batches=3, mode='loss', samples=6, source='trained.pth')
+    # The moving averages the input held are kept beside the averages.
+    assert moving.keys() == {'norm.running_mean', 'norm.running_var'}
+    for key, value in moving.items():
+        torch.testing.assert_close(value, model.state_dict()[key])
     mean, var = expected_for(model, 6)
     torch.testing.assert_close(
         saved['state_dict']['norm.running_mean'].double(),

@@ -57,7 +57,8 @@ def test_groups_option_targets_group_sn(tmp_path, capsys):
     saved = torch.load(dst, weights_only=True)
     assert saved['meta']['num_groups'] == 2
     load_checkpoint(
-        ResNet(depth=50, norm_cfg=dict(type='SN', num_groups=2)), str(dst),
+        ResNet(depth=50, norm_cfg=dict(type='SN', num_groups=2)),
+        str(dst),
         strict=True)
 
 
@@ -107,12 +108,12 @@ def test_normalizers_option_puts_bn_logits_in_gns_place(tmp_path, capsys):
 
 
 @pytest.mark.parametrize('options, config', [
-    (['--groups', '2'],
-     'configs/mask_rcnn/mask-rcnn_r50-gsn2_fpn_gsn2-head_2x_coco.py'),
+    (['--groups', '2'
+      ], 'configs/mask_rcnn/mask-rcnn_r50-gsn2_fpn_gsn2-head_2x_coco.py'),
     (['--normalizers', 'IN,LN,GN'],
      'configs/mask_rcnn/mask-rcnn_r50-sn-gn_fpn_sn-gn-head_8xb1-2x_coco.py'),
-    (['--groups', '2'], 'configs/deeplabv3/'
-     'deeplabv3_r50b-d8-gsn2-8x2_8xb2-40k_cityscapes-713x713.py'),
+    (['--groups', '2'], 'configs/fcn/'
+     'fcn-1conv_r50b-d8-gsn2-8x2_8xb2-40k_cityscapes-713x713.py'),
 ])
 def test_converted_files_fit_the_configs_that_name_them(
         options, config, tmp_path, capsys):
@@ -121,8 +122,8 @@ def test_converted_files_fit_the_configs_that_name_them(
     _, checkpoint = released()
     src, dst = tmp_path / 'resnet50v1_sn.pth', tmp_path / 'out.pth'
     torch.save(checkpoint, src)
-    assert convert_tool.main([str(src), str(dst), *options, '--config',
-                              config]) == 0
+    assert convert_tool.main(
+        [str(src), str(dst), *options, '--config', config]) == 0
     assert f'checked: loads strictly into ResNet of {config}' in (
         capsys.readouterr().out)
 
@@ -139,12 +140,15 @@ def test_foreign_and_unreadable_files_exit_nonzero(tmp_path, capsys):
     torch.save({'state_dict': state, 'meta': {}}, detector)
     cases = {
         # Said first, not advice to trust the file (it is no pickle).
-        str(text): r"^error: \S*notes.txt: not a PyTorch checkpoint \(neither "
+        str(text):
+        r"^error: \S*notes.txt: not a PyTorch checkpoint \(neither "
         r"a zip-based torch.save file nor a legacy torch pickle; it starts "
         r"with b'model = dict\(typ'\)",
-        str(detector): r'1 keys are not part of a ResNet backbone '
+        str(detector):
+        r'1 keys are not part of a ResNet backbone '
         r'\(mmpretrain layout\): neck.lateral_convs.0.conv.weight',
-        str(tmp_path / 'missing.pth'): 'no such file',
+        str(tmp_path / 'missing.pth'):
+        'no such file',
     }
     for src, message in cases.items():
         assert convert_tool.main([src, str(dst)]) == 1
@@ -175,6 +179,20 @@ def test_pickled_objects_need_trust(tmp_path, capsys, monkeypatch):
     monkeypatch.setenv('SSN_NORM_TRUST_CHECKPOINTS', '1')
     with pytest.warns(UserWarning, match='unpickling .* in full'):
         assert convert_tool.main([str(src), str(dst)]) == 0
+
+
+@pytest.mark.parametrize('value', ['true', 'yes'])
+def test_bad_trust_variable_is_named(tmp_path, capsys, monkeypatch, value):
+    src, dst = tmp_path / 'ckpt.pth', tmp_path / 'out.pth'
+    torch.save({'state_dict': bn_resnet(18).state_dict()}, src)
+    monkeypatch.setenv('SSN_NORM_TRUST_CHECKPOINTS', value)
+    assert convert_tool.main([str(src), str(dst)]) == 1
+    err = capsys.readouterr().err
+    assert re.search(
+        f"SSN_NORM_TRUST_CHECKPOINTS='{value}': expected 1 .* or 0 / unset",
+        err), err
+    assert 'not a PyTorch checkpoint' not in err
+    assert not dst.exists()
 
 
 def test_training_checkpoint_converts_without_trust(tmp_path, capsys,
@@ -219,16 +237,15 @@ def test_known_releases_are_the_published_md5s():
             for r in files.KNOWN_RELEASES.values()} == {('released-ssn', 50)}
 
 
-def test_released_ssn_file_is_recognised_by_md5(tmp_path, capsys,
-                                                monkeypatch):
+def test_released_ssn_file_is_recognised_by_md5(tmp_path, capsys, monkeypatch):
     _, checkpoint = released(sparse=True)
     src, dst = tmp_path / 'ssn_8x2.pth', tmp_path / 'out.pth'
     torch.save(checkpoint, src)
     md5 = hashlib.md5(src.read_bytes()).hexdigest()
     # We do not have the released files: this file stands for (8,2).
-    monkeypatch.setattr(files, 'KNOWN_RELEASES', {
-        md5: files.Release('SSN ResNet-50 (8,2)', 'released-ssn', 50, 75.9)
-    })
+    monkeypatch.setattr(
+        files, 'KNOWN_RELEASES',
+        {md5: files.Release('SSN ResNet-50 (8,2)', 'released-ssn', 50, 75.9)})
     assert convert_tool.main([str(src), str(dst)]) == 0
     out = capsys.readouterr().out
     assert out.startswith(
@@ -259,9 +276,9 @@ def test_release_hash_with_other_keys_is_refused(tmp_path, capsys,
     src, dst = tmp_path / 'r18.pth', tmp_path / 'out.pth'
     torch.save({'state_dict': bn_resnet(18).state_dict()}, src)
     md5 = hashlib.md5(src.read_bytes()).hexdigest()
-    monkeypatch.setattr(files, 'KNOWN_RELEASES', {
-        md5: files.Release('SSN ResNet-50 (8,32)', 'released-ssn', 50, 77.2)
-    })
+    monkeypatch.setattr(
+        files, 'KNOWN_RELEASES',
+        {md5: files.Release('SSN ResNet-50 (8,32)', 'released-ssn', 50, 77.2)})
     assert convert_tool.main([str(src), str(dst)]) == 1
     err = capsys.readouterr().err
     assert (f'its MD5 {md5} is that of the released SSN ResNet-50 (8,32) '

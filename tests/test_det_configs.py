@@ -69,7 +69,7 @@ NORM_BASES = (_BatchNorm, nn.GroupNorm, nn.LayerNorm, _InstanceNorm,
 BACKBONE_CHECKPOINTS = {
     None: 'torchvision://resnet50',
     'bn': 'torchvision://resnet50',
-    'gn': 'open-mmlab://contrib/resnet50_gn',
+    'gn': 'open-mmlab://detectron/resnet50_gn',
     'gn-ws': 'open-mmlab://jhu/resnet50_gn_ws',
     'sn': 'checkpoints/resnet50-v1_sn-8x32_in1k.pth',
     'syncsn': 'checkpoints/resnet50-v1_sn-8x32_in1k.pth',
@@ -298,33 +298,47 @@ def test_frozen_bn_is_a_constant_transform_and_the_rest_trains(config):
 
 
 @pytest.mark.parametrize('config', CONFIGS)
-def test_ratio_logits_follow_the_recipe(config):
+def test_weight_decay_and_ratio_logits_in_the_built_optimizer(config):
+    """The paper's detection settings: "For all settings, we set weight
+    decay to 0 for both [gamma] and [beta]" (every trainable norm layer,
+    SN-family ones included), 1e-4 on the other network parameters; the
+    ratio logits (ours): no decay, and the SSN recipe's lr x 0.1."""
     name = _parse(config)
     cfg = _load(config)
     model = _build(config)
     wrapper = build_optim_wrapper(model, cfg.optim_wrapper)
     base_lr = cfg.optim_wrapper.optimizer.lr
-    decay = cfg.optim_wrapper.optimizer.weight_decay
+    assert cfg.optim_wrapper.optimizer.weight_decay == 1e-4
     is_ssn = 'ssn' in (name['backbone'], name['head'])
     ratio_ids = {
         id(p)
         for n, p in model.named_parameters()
         if n.endswith(('.mean_weight', '.var_weight')) and p.requires_grad
     }
+    affine_ids = {
+        id(p)
+        for m in model.modules() if isinstance(m, NORM_BASES)
+        for p in (m.weight, m.bias) if p is not None and p.requires_grad
+    }
     uses_switchable = bool({name['backbone'], name['head']} & SWITCHABLE)
     assert bool(ratio_ids) == uses_switchable
+    trains_norms = name['backbone'] is not None or name['head'] is not None
+    assert bool(affine_ids) == trains_norms
     seen = set()
     for group in wrapper.optimizer.param_groups:
         for param in group['params']:
+            seen.add(id(param))
             if id(param) in ratio_ids:
-                seen.add(id(param))
                 assert group['weight_decay'] == 0
                 assert group['lr'] == pytest.approx(base_lr *
                                                     (0.1 if is_ssn else 1))
-            elif param.dim() > 1:  # conv / fc weights keep their decay
-                assert group['weight_decay'] == decay
+            elif id(param) in affine_ids:
+                assert group['weight_decay'] == 0
                 assert group['lr'] == base_lr
-    assert seen == ratio_ids
+            else:  # conv and fc weights and biases
+                assert group['weight_decay'] == 1e-4
+                assert group['lr'] == base_lr
+    assert ratio_ids | affine_ids <= seen
     assert isinstance(wrapper, RatioClipOptimWrapper) == is_ssn
     if is_ssn:
         assert {id(p) for p in wrapper.ratio_params} == ratio_ids
@@ -344,6 +358,19 @@ def test_hooks(config):
         # BN member, sn-gn, has none).
         expected.append('SyncNormStatsHook')
     assert hooks == expected
+    # Batch-average test statistics wherever an SN-family layer is (sn-gn:
+    # inherited, with no BN member to average; the hook says so and idles).
+    # The minis average 4 batches (16 tiny images), for the suite's time
+    # (not sn-gn's, whose hook has nothing to average).
+    batch_stats = _load(config).default_hooks.get('batch_stats')
+    if tokens & SWITCHABLE:
+        few = config in MINI_CONFIGS and 'sn-gn' not in tokens
+        assert batch_stats == dict(
+            type='BatchStatsHook',
+            num_batches=4 if few else 200,
+            stages=('train_end', ))
+    else:
+        assert batch_stats is None
 
 
 @pytest.mark.parametrize('config', FULL_CONFIGS)
@@ -367,9 +394,8 @@ def test_schedule_data_and_pretraining(config):
     if warmup_end is None:
         assert warmup == []
     else:
-        assert [(w.type, w.end, w.by_epoch) for w in warmup] == [
-            ('LinearLR', warmup_end, False)
-        ]
+        assert [(w.type, w.end, w.by_epoch)
+                for w in warmup] == [('LinearLR', warmup_end, False)]
     assert (steps.type, steps.milestones, steps.end,
             steps.by_epoch) == ('MultiStepLR', milestones, iters, False)
     assert cfg.default_hooks.checkpoint.by_epoch is False
@@ -378,6 +404,18 @@ def test_schedule_data_and_pretraining(config):
     inits = [cfg.model.backbone.init_cfg]
     if c4:
         inits.append(cfg.model.roi_head.shared_head.init_cfg)
+    # The GN paper's (Detectron's) GN model is fed its BGR, unscaled input;
+    # every other ImageNet model and every scratch row torchvision's RGB.
+    preprocessor = cfg.model.data_preprocessor
+    if name['backbone'] == 'gn' and not name['scratch']:
+        assert (preprocessor.mean, preprocessor.std,
+                preprocessor.bgr_to_rgb) == ([103.530, 116.280,
+                                              123.675], [1.0, 1.0, 1.0], False)
+    else:
+        assert (preprocessor.mean, preprocessor.std,
+                preprocessor.bgr_to_rgb) == ([123.675, 116.28,
+                                              103.53], [58.395, 57.12,
+                                                        57.375], True)
     for init in inits:
         if name['scratch']:
             assert init == SCRATCH_INIT
@@ -400,8 +438,8 @@ def test_mini_configs_are_shrunk_children_of_the_real_ones(config):
     assert parent in FULL_CONFIGS
     # The 1x config of its row; ours have one schedule only.
     candidates = [
-        osp.basename(config).replace('r18', 'r50').replace(
-            'mini_tiny-coco', schedule)
+        osp.basename(config).replace('r18',
+                                     'r50').replace('mini_tiny-coco', schedule)
         for schedule in ('1x_coco', '2x_coco', '8xb1-2x_coco')
     ]
     assert osp.basename(parent) == next(
@@ -441,9 +479,10 @@ def test_metafile_lists_every_config_with_its_setting(family):
     with open(osp.join(REPO, 'configs', family, 'metafile.yml')) as f:
         meta = yaml.safe_load(f)
     collections = {c['Name']: c for c in meta['Collections']}
-    weight_standardisation = collections.pop(
-        {'faster_rcnn': 'Faster R-CNN', 'mask_rcnn': 'Mask R-CNN'}[family] +
-        ' GN+WS')
+    weight_standardisation = collections.pop({
+        'faster_rcnn': 'Faster R-CNN',
+        'mask_rcnn': 'Mask R-CNN'
+    }[family] + ' GN+WS')
     assert weight_standardisation['Paper'] == dict(
         Title='Weight Standardization', URL='https://arxiv.org/abs/1903.10520')
     models = {m['Name']: m for m in meta['Models']}
@@ -477,8 +516,8 @@ def test_metafile_lists_every_config_with_its_setting(family):
             }
             # The SN paper has no SSN row and none of ours: that reference
             # shows nothing.
-            assert ('Paper' in models[reference]) == (name['backbone']
-                                                      not in OURS | {'ssn'})
+            assert ('Paper' in models[reference]) == (
+                name['backbone'] not in OURS | {'ssn'})
             assert meta_data['Epochs'] == cfg.train_cfg.max_epochs
             continue
         assert 'Paper Reference' not in model
@@ -523,7 +562,8 @@ def _unscoped(node):
 def test_gn_ws_rows_inherit_mmdets_gn_ws_settings(config):
     """The GN+WS rows are mmdet's gn+ws configs on the table's iteration
     schedule: the same model dict apart from ``norm_eval`` (spelt out:
-    only _BatchNorm reads it), the same data and optimizer, and every conv
+    only _BatchNorm reads it), the same data and optimizer apart from the
+    tables' norm decay (0, as every row beside them), and every conv
     of backbone, FPN, box head (and mask head) weight-standardised."""
     from mmcv.cnn.bricks import ConvWS2d
     family = 'faster_rcnn' if config.startswith('faster') else 'mask_rcnn'
@@ -540,7 +580,13 @@ def test_gn_ws_rows_inherit_mmdets_gn_ws_settings(config):
     assert cfg.model.backbone.conv_cfg == dict(type='ConvWS')
     assert cfg.model.backbone.norm_cfg == dict(
         type='GN', num_groups=32, requires_grad=True)
-    for key in ('optim_wrapper', 'train_dataloader', 'val_evaluator'):
+    # The optimizer too, but the norm layers' decay is the tables' (0).
+    optim_wrapper = _unscoped(cfg.optim_wrapper.to_dict())
+    assert optim_wrapper.pop('paramwise_cfg') == dict(norm_decay_mult=0.)
+    assert optim_wrapper.pop('constructor') == \
+        'SwitchableOptimWrapperConstructor'
+    assert optim_wrapper == upstream.optim_wrapper.to_dict()
+    for key in ('train_dataloader', 'val_evaluator'):
         assert _unscoped(cfg[key].to_dict()) == upstream[key].to_dict(), key
     model = _build(path)
     convs = [model.backbone]

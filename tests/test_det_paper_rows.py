@@ -85,7 +85,7 @@ SETTINGS = {
 # The ImageNet model each fine-tuned backbone normaliser starts from.
 IMAGENET = {
     'BN': 'torchvision://resnet50',
-    'GN': 'open-mmlab://contrib/resnet50_gn',
+    'GN': 'open-mmlab://detectron/resnet50_gn',
     'SN': 'checkpoints/resnet50-v1_sn-8x32_in1k.pth',
 }
 NORM_TYPES = {'BN': 'BN', 'GN': 'GN', 'SN': 'SN'}

@@ -5,6 +5,7 @@ import warnings
 
 import pytest
 from _helpers import REPO, paper_entry, run_tool
+from test_det_paper_rows import _walk
 
 from ssn_norm.analysis import ResultWarning, load_model_entries
 from ssn_norm.analysis.paper import (DOC_BEGIN, DOC_END, doc_section,
@@ -251,3 +252,78 @@ Models:
     assert ('c: Reference.Metrics must be a non-empty mapping such as '
             '{box AP: 41.0}, got {}; ignored') in text
     assert entries['c'].reference is None
+
+
+# ------------------------------------------- READMEs, docs and metafiles agree
+def _metafile_models():
+    import glob
+
+    import yaml
+    for path in sorted(
+            glob.glob(osp.join(REPO, 'configs', '*', 'metafile.yml'))):
+        with open(path, encoding='utf-8') as f:
+            for model in yaml.safe_load(f)['Models']:
+                yield path, model
+
+
+def _documents():
+    import glob
+    return sorted(
+        glob.glob(osp.join(REPO, 'configs', '*', 'README.md')) +
+        glob.glob(osp.join(REPO, 'docs', '*.md')))
+
+
+def test_docs_name_only_configs_that_exist():
+    """Every config path or linked config in the family READMEs and docs/
+    exists (a renamed or deleted config leaves no stale reference)."""
+    import re
+    missing = []
+    for doc in _documents():
+        with open(doc, encoding='utf-8') as f:
+            text = f.read()
+        for path in re.findall(r'configs/[\w\-+./]+?\.py', text):
+            if not osp.isfile(osp.join(REPO, path)):
+                missing.append((osp.relpath(doc, REPO), path))
+        for link in re.findall(r'\]\(([^)#\s]+)', text):
+            if link.startswith(('http', 'mailto')):
+                continue
+            if not osp.exists(osp.normpath(osp.join(osp.dirname(doc), link))):
+                missing.append((osp.relpath(doc, REPO), link))
+    assert missing == []
+
+
+def test_family_readmes_link_every_full_size_config():
+    missing = []
+    for path, model in _metafile_models():
+        config = model['Config']
+        if '/mini/' in config:
+            continue
+        readme = osp.join(osp.dirname(path), 'README.md')
+        with open(readme, encoding='utf-8') as f:
+            if f'({osp.basename(config)})' not in f.read():
+                missing.append(config)
+    assert missing == []
+
+
+def test_metafiles_state_the_test_statistics_the_configs_use():
+    """``Metadata: Test Statistics`` is there exactly for the configs whose
+    SN layers have a BN branch and whose BatchStatsHook averages it (the
+    SN paper's test setting)."""
+    from mmengine.config import Config
+    wrong = []
+    for _, model in _metafile_models():
+        cfg = Config.fromfile(osp.join(REPO, model['Config']))
+        hook = cfg.get('default_hooks', {}).get('batch_stats')
+        with_bn = any(
+            node.get('type') in ('SN', 'SSN', 'SyncSN', 'SyncSSN')
+            and 'BN' in node.get('normalizers', ('IN', 'LN', 'BN'))
+            for node in _walk(cfg.model.to_dict()))
+        averages = bool(hook) and with_bn and hook.get(
+            'statistics',
+            'batch_average') == 'batch_average' and hook.get('stages') == (
+                'train_end', )
+        stated = model['Metadata'].get('Test Statistics')
+        if averages != (stated is not None) or (
+                stated and not stated.startswith('batch average')):
+            wrong.append((model['Name'], averages, stated))
+    assert wrong == []

@@ -35,8 +35,8 @@ from ssn_norm.hooks.rng_state_hook import (CHECKPOINT_KEY, gather_rng_states,
                                            set_rng_states)
 
 REPO = osp.dirname(osp.dirname(osp.abspath(__file__)))
-SSN_MINI = ('configs/deeplabv3/mini/'
-            'deeplabv3_r18-d8-ssn_mini_tiny-cityscapes.py')
+SSN_MINI = ('configs/fcn/mini/'
+            'fcn-1conv_r18-d8-ssn_mini_tiny-cityscapes.py')
 
 
 def _draw():
@@ -294,7 +294,7 @@ def _load(path):
 
 
 def test_killed_and_resumed_equals_uninterrupted(tmp_path):
-    """The SSN DeepLabV3 mini (dropout in the decode head, random resize,
+    """The SSN Table VII mini (dropout in the decode head, random resize,
     crop and flip), SIGKILLed after its iteration-4 checkpoint and resumed
     with ``--resume``, ends at iteration 8 with every state-dict entry and
     optimizer buffer bitwise equal to an uninterrupted run's."""

@@ -22,7 +22,7 @@ from ssn_norm import SN, SSN, SyncSN
 from ssn_norm.layers import SwitchableNormBase as _SwitchableNormBase
 
 REPO = osp.dirname(osp.dirname(osp.abspath(__file__)))
-FAMILIES = ('deeplabv3', 'pspnet')
+FAMILIES = ('fcn', 'pspnet')
 CONFIGS = sorted(
     osp.relpath(path, REPO) for family in FAMILIES for path in glob.glob(
         osp.join(REPO, 'configs', family, '**', '*.py'), recursive=True)
@@ -34,16 +34,14 @@ REAL = [c for c in CONFIGS if c not in MINI]
 ROW_TOKENS = ('syncbn', 'gn', 'sn-8x2', 'sn-8x4', 'sn-8x32', 'syncsn-8x2',
               'syncsn-8x4', 'syncsn-8x32', 'ssn')
 SETTINGS = {
-    ('deeplabv3', 'cityscapes'):
-    'deeplabv3_r50b-d8-{}_8xb2-40k_cityscapes-713x713',
-    ('deeplabv3', 'ade20k'): 'deeplabv3_r50b-d8-{}_8xb2-80k_ade20k-512x512',
+    ('fcn', 'cityscapes'): 'fcn-1conv_r50b-d8-{}_8xb2-40k_cityscapes-713x713',
+    ('fcn', 'ade20k'): 'fcn-1conv_r50b-d8-{}_8xb2-80k_ade20k-512x512',
     ('pspnet', 'cityscapes'): 'pspnet_r50b-d8-{}_8xb2-40k_cityscapes-713x713',
 }
 # Ours (no paper row): group SN with two channel groups, the SN(8,2) row's
-# child, DeepLabV3 on Cityscapes only.
+# child, the Table VII model on Cityscapes only.
 OURS = {
-    'configs/deeplabv3/' +
-    SETTINGS[('deeplabv3', 'cityscapes')].format('gsn2-8x2') + '.py'
+    'configs/fcn/' + SETTINGS[('fcn', 'cityscapes')].format('gsn2-8x2') + '.py'
 }
 
 NORM_TYPES = {
@@ -58,7 +56,7 @@ NORM_TYPES = {
 NUM_GROUPS = {'gsn2': 2}
 BACKBONE_INIT = {
     'syncbn': 'torchvision://resnet50',
-    'gn': 'open-mmlab://contrib/resnet50_gn',
+    'gn': 'open-mmlab://detectron/resnet50_gn',
     'ssn': 'checkpoints/resnet50-v1_ssn-8x32_in1k.pth',
 }
 NORM_LAYERS = (_BatchNorm, _InstanceNorm, nn.GroupNorm, nn.LayerNorm,
@@ -158,8 +156,7 @@ def test_the_suite_is_complete():
         for token in ROW_TOKENS
     }
     assert set(REAL) == expected | OURS
-    assert {norm_of(c)
-            for c in MINI} == {'syncbn', 'gn', 'sn', 'ssn', 'gsn2'}
+    assert {norm_of(c) for c in MINI} == {'syncbn', 'gn', 'sn', 'ssn', 'gsn2'}
 
 
 @pytest.mark.parametrize('config', REAL + MINI)
@@ -172,16 +169,14 @@ def test_config_builds_with_the_promised_norm_everywhere(config):
         assert types and all(is_promised(t, norm)
                              for t in types), (part, types)
         if norm in ('sn', 'syncsn', 'ssn', 'gsn2'):
-            assert groups_of(getattr(model, part)) == {
-                NUM_GROUPS.get(norm, 1)
-            }, part
-    # The 1x1 pooled branch of the decode head too (ASPP / PSP scale 1).
+            assert groups_of(getattr(model,
+                                     part)) == {NUM_GROUPS.get(norm, 1)}, part
+    # PSPNet: the 1x1 pooled branch of the decode head too (scale 1).
     head = model.decode_head
-    branch = (
-        head.image_pool
-        if hasattr(head, 'image_pool') else head.psp_modules[0])
-    assert branch[0].output_size == 1
-    assert is_promised(type(getattr(branch[1], branch[1].norm_name)), norm)
+    if hasattr(head, 'psp_modules'):
+        branch = head.psp_modules[0]
+        assert branch[0].output_size == 1
+        assert is_promised(type(getattr(branch[1], branch[1].norm_name)), norm)
     # The SN paper's ResNet-50 v1: 7x7 stem, no deep stem.
     assert type(model.backbone).__name__ == 'ResNet'
     assert model.backbone.conv1.kernel_size == (7, 7)
@@ -216,6 +211,22 @@ def test_real_config_settings(config):
         assert cfg.model.decode_head.align_corners is True
     else:
         assert cfg.model.test_cfg == dict(mode='whole')
+    # GN: the GN paper's (Detectron's) model, fed its BGR, unscaled input.
+    preprocessor = cfg.model.data_preprocessor
+    if norm == 'gn':
+        assert (preprocessor.mean, preprocessor.std,
+                preprocessor.bgr_to_rgb) == ([103.530, 116.280,
+                                              123.675], [1.0, 1.0, 1.0], False)
+    else:
+        assert preprocessor.bgr_to_rgb is True
+    # SN, SyncSN, SSN: tested with batch-average statistics, computed once
+    # training ends.
+    batch_stats = cfg.default_hooks.get('batch_stats')
+    if norm in ('sn', 'syncsn', 'ssn', 'gsn2'):
+        assert batch_stats == dict(
+            type='BatchStatsHook', num_batches=200, stages=('train_end', ))
+    else:
+        assert batch_stats is None
     hooks = [h['type'] for h in cfg.get('custom_hooks', [])]
     custom_keys = cfg.optim_wrapper.get('paramwise_cfg',
                                         {}).get('custom_keys', {})
@@ -238,7 +249,7 @@ def test_real_config_settings(config):
 @pytest.mark.parametrize('norm', ['sn', 'ssn'])
 def test_ratio_logits_get_the_recipe_in_the_built_optimizer(norm):
     from mmengine.optim import build_optim_wrapper
-    cfg = load(f'configs/deeplabv3/mini/deeplabv3_r18-d8-{norm}'
+    cfg = load(f'configs/fcn/mini/fcn-1conv_r18-d8-{norm}'
                '_mini_tiny-cityscapes.py')
     model = build_model(cfg.model)
     wrapper = build_optim_wrapper(model, cfg.optim_wrapper)
@@ -277,7 +288,7 @@ def test_mini_configs_are_shrunk_children_of_the_real_ones(config):
         first_base = re.search(r"_base_ = \[?\s*'([^']+)'", f.read()).group(1)
     family = config.split('/')[1]
     if '_my-cityscapes' in config:  # the user-data example: a grandchild
-        assert first_base == './deeplabv3_r18-d8-sn_mini_tiny-cityscapes.py'
+        assert first_base == './fcn-1conv_r18-d8-sn_mini_tiny-cityscapes.py'
         return
     # SN minis shrink the SN(8,32) config.
     # Group SN's (ours) is the SN(8,2) row's child.
@@ -299,7 +310,7 @@ def test_mini_configs_are_shrunk_children_of_the_real_ones(config):
 
 
 def test_mini_data_root_follows_the_environment(monkeypatch, tmp_path):
-    config = 'configs/deeplabv3/mini/deeplabv3_r18-d8-sn_mini_tiny-' \
+    config = 'configs/fcn/mini/fcn-1conv_r18-d8-sn_mini_tiny-' \
              'cityscapes.py'
     path = osp.join(REPO, config)
     monkeypatch.delenv('SSN_TINY_CITYSCAPES', raising=False)
@@ -312,7 +323,7 @@ def test_mini_data_root_follows_the_environment(monkeypatch, tmp_path):
 
 
 def test_user_data_child_overrides_paths_and_pipelines_in_every_loader():
-    cfg = load('configs/deeplabv3/mini/deeplabv3_r18-d8-sn_mini_my-'
+    cfg = load('configs/fcn/mini/fcn-1conv_r18-d8-sn_mini_my-'
                'cityscapes.py')
     for loader in ('train_dataloader', 'val_dataloader', 'test_dataloader'):
         dataset = cfg[loader].dataset
@@ -326,11 +337,11 @@ def test_user_data_child_overrides_paths_and_pipelines_in_every_loader():
 def test_sn_and_syncsn_are_the_same_model_on_one_process():
     """SyncSN configs differ from SN ones only in the norm class; without a
     process group SyncSN computes exactly SN."""
-    pattern = SETTINGS[('deeplabv3', 'cityscapes')]
+    pattern = SETTINGS[('fcn', 'cityscapes')]
     for k in (2, 4, 32):
-        sn = load(f'configs/deeplabv3/{pattern.format(f"sn-8x{k}")}.py')
+        sn = load(f'configs/fcn/{pattern.format(f"sn-8x{k}")}.py')
         syncsn = copy.deepcopy(
-            load(f'configs/deeplabv3/{pattern.format(f"syncsn-8x{k}")}.py'))
+            load(f'configs/fcn/{pattern.format(f"syncsn-8x{k}")}.py'))
         for part in ('backbone', 'decode_head', 'auxiliary_head'):
             syncsn.model[part].norm_cfg.type = 'SN'
         assert syncsn.model == sn.model

@@ -144,8 +144,8 @@ def test_tiny_ade20k_through_the_real_ade20k_pipeline(tmp_path):
     make_tiny_ade20k(str(tmp_path), num_train=2, num_val=1)
     cfg = Config.fromfile(
         osp.join(
-            REPO, 'configs/deeplabv3/'
-            'deeplabv3_r50b-d8-sn-8x32_8xb2-80k_ade20k-512x512.py'))
+            REPO, 'configs/fcn/'
+            'fcn-1conv_r50b-d8-sn-8x32_8xb2-80k_ade20k-512x512.py'))
     train = cfg.train_dataloader.dataset
     train.data_root = str(tmp_path)
     dataset = _build_dataset(train)

@@ -19,16 +19,16 @@ from ssn_norm.datasets.tiny_cityscapes import make_tiny_cityscapes
 
 REPO = osp.dirname(osp.dirname(osp.abspath(__file__)))
 MINI = {
-    'deeplabv3-sn':
-    'configs/deeplabv3/mini/deeplabv3_r18-d8-sn_mini_tiny-cityscapes.py',
+    'fcn-1conv-sn':
+    'configs/fcn/mini/fcn-1conv_r18-d8-sn_mini_tiny-cityscapes.py',
     'pspnet-sn':
     'configs/pspnet/mini/pspnet_r18-d8-sn_mini_tiny-cityscapes.py',
-    'deeplabv3-ssn':
-    'configs/deeplabv3/mini/deeplabv3_r18-d8-ssn_mini_tiny-cityscapes.py',
-    'deeplabv3-gsn2':
-    'configs/deeplabv3/mini/deeplabv3_r18-d8-gsn2_mini_tiny-cityscapes.py',
+    'fcn-1conv-ssn':
+    'configs/fcn/mini/fcn-1conv_r18-d8-ssn_mini_tiny-cityscapes.py',
+    'fcn-1conv-gsn2':
+    'configs/fcn/mini/fcn-1conv_r18-d8-gsn2_mini_tiny-cityscapes.py',
 }
-USER_CHILD = 'configs/deeplabv3/mini/deeplabv3_r18-d8-sn_mini_my-cityscapes.py'
+USER_CHILD = 'configs/fcn/mini/fcn-1conv_r18-d8-sn_mini_my-cityscapes.py'
 
 
 @pytest.fixture(scope='module')
@@ -95,14 +95,14 @@ def train_and_test(config, work_dir, data_root, iters, extra=()):
     return entries, metrics, checkpoint
 
 
-def test_deeplabv3_sn_learns_the_tiny_scenes(tiny_cityscapes, tmp_path):
+def test_fcn_1conv_sn_learns_the_tiny_scenes(tiny_cityscapes, tmp_path):
     """60 iterations already segment the scenes far above chance (six of
     Cityscapes' 19 classes are present; predicting the most frequent one
     everywhere scores 6.5 mIoU).  ``tools/test.py --tta`` evaluates the
     same checkpoint with the config's multi-scale recipe, and the
     leaderboard tells the two tests in one work directory apart by the run
     info the tool writes."""
-    entries, metrics, checkpoint = train_and_test(MINI['deeplabv3-sn'],
+    entries, metrics, checkpoint = train_and_test(MINI['fcn-1conv-sn'],
                                                   str(tmp_path),
                                                   tiny_cityscapes, 60)
     assert metrics['mIoU'] > 40, metrics
@@ -113,7 +113,7 @@ def test_deeplabv3_sn_learns_the_tiny_scenes(tiny_cityscapes, tmp_path):
 
     test_dir = str(tmp_path / 'test')  # where train_and_test tested
     run_tool([
-        'tools/test.py', MINI['deeplabv3-sn'], checkpoint, '--work-dir',
+        'tools/test.py', MINI['fcn-1conv-sn'], checkpoint, '--work-dir',
         test_dir, '--tta'
     ],
              data_root=tiny_cityscapes)
@@ -131,6 +131,61 @@ def test_deeplabv3_sn_learns_the_tiny_scenes(tiny_cityscapes, tmp_path):
     # A checkpoint that did not load into SegTTAModel's module would score
     # like an untrained model.
     assert row.values['mIoU(ms)'] > 40
+    check_batch_average_test(entries, metrics, checkpoint, tmp_path,
+                             tiny_cityscapes)
+
+
+def check_batch_average_test(entries, metrics, checkpoint, tmp_path,
+                             data_root):
+    """The SN rows test with batch-average statistics (the SN paper's
+    "BN uses batch average after training"): the last checkpoint holds
+    them, the final validation and ``tools/test.py`` report them, and the
+    test result moves when they move."""
+    saved = torch.load(checkpoint, map_location='cpu', weights_only=False)
+    info = saved['meta']['batch_stats']
+    # The loader's 2 batches of 4: all 8 training images once.
+    assert (info['num_batches'], info['samples']) == (2, 8)
+    keys = [k for k in saved['state_dict'] if k.endswith('.running_var')]
+    assert keys and set(info['moving_average']) == {
+        k[:-len('var')] + s
+        for k in keys
+        for s in ('var', 'mean')
+    }
+    changed = [
+        k for k in keys
+        if not torch.equal(saved['state_dict'][k], info['moving_average'][k])
+    ]
+    assert changed == keys  # every layer's statistics were replaced
+    val = [e for e in entries if 'mIoU' in e]
+    assert val[-1]['batch_stats_samples'] == 8
+    assert metrics['batch_stats_samples'] == 8
+
+    # The same checkpoint with other "batch averages": another result.
+    for key in keys:
+        saved['state_dict'][key] *= 100
+        mean = key[:-len('var')] + 'mean'
+        saved['state_dict'][mean] += 10
+    moved = str(tmp_path / 'moved.pth')
+    torch.save(saved, moved)
+    moved_dir = str(tmp_path / 'test-moved')
+    run_tool([
+        'tools/test.py', MINI['fcn-1conv-sn'], moved, '--work-dir', moved_dir
+    ],
+             data_root=data_root)
+    moved_metrics = read_test_json(moved_dir)
+    assert moved_metrics['batch_stats_samples'] == 8
+    assert (moved_metrics['aAcc'], moved_metrics['mIoU']) != (metrics['aAcc'],
+                                                              metrics['mIoU'])
+
+    # Moving averages, one option away: the ones saved in the checkpoint.
+    moving_dir = str(tmp_path / 'test-moving')
+    run_tool([
+        'tools/test.py', MINI['fcn-1conv-sn'], checkpoint, '--work-dir',
+        moving_dir, '--cfg-options',
+        'default_hooks.batch_stats.statistics=moving_average'
+    ],
+             data_root=data_root)
+    assert read_test_json(moving_dir)['batch_stats_samples'] == 0
 
 
 def test_pspnet_sn_trains_and_evaluates(tiny_cityscapes, tmp_path):
@@ -147,10 +202,10 @@ def test_pspnet_sn_trains_and_evaluates(tiny_cityscapes, tmp_path):
         if v.is_floating_point())
 
 
-def test_deeplabv3_ssn_trains_and_evaluates(tiny_cityscapes, tmp_path):
+def test_fcn_1conv_ssn_trains_and_evaluates(tiny_cityscapes, tmp_path):
     iters = 6
     entries, metrics, checkpoint = train_and_test(
-        MINI['deeplabv3-ssn'], str(tmp_path), tiny_cityscapes, iters,
+        MINI['fcn-1conv-ssn'], str(tmp_path), tiny_cityscapes, iters,
         ['custom_hooks.0.interval=1'])
     assert 0 <= metrics['mIoU'] <= 100
     # The radius hook of the real SSN config ran: 0 -> 1 over the run.
@@ -162,19 +217,19 @@ def test_deeplabv3_ssn_trains_and_evaluates(tiny_cityscapes, tmp_path):
     assert grad_norms and all(math.isfinite(g) for g in grad_norms)
     state = torch.load(
         checkpoint, map_location='cpu', weights_only=False)['state_dict']
-    assert float(state['decode_head.image_pool.1.bn.radius']) == \
+    assert float(state['decode_head.convs.0.bn.radius']) == \
         pytest.approx(radii[-1])
 
 
-def test_deeplabv3_group_sn_trains_and_evaluates(tiny_cityscapes, tmp_path):
+def test_fcn_1conv_group_sn_trains_and_evaluates(tiny_cityscapes, tmp_path):
     """Ours: group SN (two channel groups) in backbone and heads."""
-    _, metrics, checkpoint = train_and_test(MINI['deeplabv3-gsn2'],
+    _, metrics, checkpoint = train_and_test(MINI['fcn-1conv-gsn2'],
                                             str(tmp_path), tiny_cityscapes, 4)
     assert 0 <= metrics['mIoU'] <= 100
     state = torch.load(
         checkpoint, map_location='cpu', weights_only=False)['state_dict']
     # One row of ratio logits per channel group, trained apart.
-    for prefix in ('backbone.layer4.1.bn2', 'decode_head.image_pool.1.bn',
+    for prefix in ('backbone.layer4.1.bn2', 'decode_head.convs.0.bn',
                    'auxiliary_head.convs.0.bn'):
         logits = state[prefix + '.mean_weight']
         assert logits.shape == (2, 3)
@@ -182,7 +237,7 @@ def test_deeplabv3_group_sn_trains_and_evaluates(tiny_cityscapes, tmp_path):
         assert state[prefix + '.running_mean'].abs().sum() > 0
     # (Where the residual branch starts at zero, mmseg's zero_init_residual,
     # a block's logits barely move in 4 iterations; the heads' do.)
-    for prefix in ('decode_head.image_pool.1.bn', 'auxiliary_head.convs.0.bn'):
+    for prefix in ('decode_head.convs.0.bn', 'auxiliary_head.convs.0.bn'):
         logits = state[prefix + '.mean_weight']
         assert not torch.equal(logits[0], logits[1]), prefix
 

@@ -11,6 +11,7 @@ import copy
 import glob
 import os
 import os.path as osp
+import re
 import shutil
 import subprocess
 import sys
@@ -23,8 +24,11 @@ from PIL import Image
 # Helpers of the config tests (pytest puts tests/ on sys.path); importing
 # the fixture makes it act here too.
 from test_seg_configs import memoised_external_bases  # noqa: F401
-from test_seg_configs import REAL, REPO, SETTINGS, build_model, load, norm_of
+from test_seg_configs import (MINI, NORM_LAYERS, REAL, REPO, SETTINGS,
+                              build_model, load, norm_of)
+from torch import nn
 
+from ssn_norm import SN, SyncSN
 from ssn_norm.datasets.tiny_cityscapes import make_tiny_cityscapes
 
 TPAMI = ('Switchable Normalization for Learning-to-Normalize Deep '
@@ -33,11 +37,11 @@ ROWS = ('SyncBN', 'GN', 'SN(8,2)', 'SN(8,4)', 'SN(8,32)', 'SyncSN(8,2)',
         'SyncSN(8,4)', 'SyncSN(8,32)')
 # (table, family, dataset) -> row -> (mIoU single-scale, mIoU multi-scale).
 PAPER = {
-    ('VII', 'deeplabv3', 'ade20k'):
+    ('VII', 'fcn', 'ade20k'):
     dict(
         zip(ROWS, [(36.4, 37.7), (35.7, 36.3), (38.7, 39.2), (38.6, 39.0),
                    (37.7, 38.4), (39.0, 39.3), (39.8, 39.9), (40.0, 40.4)])),
-    ('VII', 'deeplabv3', 'cityscapes'):
+    ('VII', 'fcn', 'cityscapes'):
     dict(
         zip(ROWS, [(69.7, 73.0), (68.4, 73.1), (71.6, 75.4), (72.1, 75.8),
                    (72.2, 75.8), (75.5, 76.9), (75.8, 77.0), (76.7, 77.5)])),
@@ -60,7 +64,7 @@ def metafile(family):
 def entries_by_row():
     """``(table, family, dataset, row label) -> metafile model entry``."""
     rows = {}
-    for family in ('deeplabv3', 'pspnet'):
+    for family in ('fcn', 'pspnet'):
         for model in metafile(family)['Models']:
             if 'Paper' not in model:
                 continue
@@ -126,10 +130,75 @@ def test_paper_row_entry_and_config_setting(key):
     # SyncSN: no merge hook (its statistics are global); SN: the hook.
     hooks = [h['type'] for h in cfg.get('custom_hooks', [])]
     assert hooks == (['SyncNormStatsHook'] if norm == 'SN' else [])
+    # "BN uses batch average after training" (TPAMI 3, Inference).
+    batch_stats = cfg.default_hooks.get('batch_stats')
+    if norm in ('SN', 'SyncSN'):
+        assert batch_stats.type == 'BatchStatsHook'
+        assert batch_stats.stages == ('train_end', )
+        assert batch_stats.get('statistics', 'batch_average') == \
+            'batch_average'
+    else:
+        assert batch_stats is None
+
+
+TABLE_VII = [(f, d, r) for (t, f, d), rows in PAPER.items() if t == 'VII'
+             for r in rows]
+
+
+@pytest.mark.parametrize('key', TABLE_VII, ids=lambda key: '-'.join(key))
+def test_table_vii_builds_the_papers_model(key):
+    """Table VII's model as its authors' released code builds it
+    ("ResNet50_dilated8 + c1_bilinear_deepsup"): the 7x7-stem ResNet-50
+    dilated to output stride 8, a one-conv decode head and a one-conv
+    auxiliary head on res4 (loss weight 0.4), with the row's normaliser in
+    each head's single norm layer."""
+    from mmseg.models.decode_heads import FCNHead
+    family, dataset, row = key
+    model_entry = entries_by_row()[('VII', family, dataset, row)]
+    cfg = load(model_entry['Config'])
+    model = build_model(cfg.model, 'meta')
+    norm = NORM_TYPE[row.partition('(')[0]]
+    layer_types = {
+        'SyncBN': nn.SyncBatchNorm,
+        'GN': nn.GroupNorm,
+        'SN': SN,
+        'SyncSN': SyncSN
+    }
+    for head, in_index, in_channels, weight in ((model.decode_head, 3, 2048,
+                                                 1.0), (model.auxiliary_head,
+                                                        2, 1024, 0.4)):
+        assert type(head) is FCNHead
+        assert (head.in_index, head.in_channels, head.channels, head.num_convs,
+                head.concat_input) == (in_index, in_channels, 512, 1, False)
+        assert head.dropout is None  # none in the released heads
+        assert head.convs[0].conv.kernel_size == (3, 3)
+        assert head.loss_decode.loss_weight == weight
+        norms = [m for m in head.modules() if isinstance(m, NORM_LAYERS)]
+        assert len(norms) == 1
+        if norm == 'SyncBN':
+            assert isinstance(norms[0], nn.SyncBatchNorm)
+        else:
+            assert type(norms[0]) is layer_types[norm]
+    backbone = model.backbone
+    assert type(backbone).__name__ == 'ResNet' and not backbone.deep_stem
+    assert (backbone.conv1.kernel_size, backbone.conv1.stride) == ((7, 7), (2,
+                                                                            2))
+    assert (backbone.strides, backbone.dilations) == ((1, 2, 1, 1), (1, 1, 2,
+                                                                     4))
+    # Output stride 8: stride 2 only in res3's first block; res4 and res5
+    # dilated 2 and 4, their first block at half that (contract_dilation).
+    for name, stride, first, rest in (('layer1', 1, 1, 1), ('layer2', 2, 1, 1),
+                                      ('layer3', 1, 1, 2), ('layer4', 1, 2,
+                                                            4)):
+        blocks = list(getattr(backbone, name))
+        assert blocks[0].conv2.stride == (stride, stride), name
+        assert blocks[0].conv2.dilation == (first, first), name
+        assert {b.conv2.dilation for b in blocks[1:]} == {(rest, rest)}
+        assert all(b.conv2.stride == (1, 1) for b in blocks[1:])
 
 
 def test_ssn_configs_and_ours_carry_no_paper_row():
-    for family in ('deeplabv3', 'pspnet'):
+    for family in ('fcn', 'pspnet'):
         for model in metafile(family)['Models']:
             norm = norm_of(model['Config'])
             if norm in ('ssn', 'gsn2'):  # gsn2: ours, group SN
@@ -137,10 +206,25 @@ def test_ssn_configs_and_ours_carry_no_paper_row():
                 assert model['Metadata']['Normalization'] == norm.upper()
 
 
-@pytest.mark.parametrize('family', ['deeplabv3', 'pspnet'])
+@pytest.mark.parametrize('family', ['fcn', 'pspnet'])
 def test_metafile_lists_every_config_once(family):
-    listed = [m['Config'] for m in metafile(family)['Models']]
-    assert sorted(listed) == sorted(c for c in REAL if f'/{family}/' in c)
+    """Full-size and mini configs (not the user-data example), each mini
+    with its parent as ``Paper Reference``, as the other families."""
+    models = metafile(family)['Models']
+    listed = [m['Config'] for m in models]
+    assert sorted(listed) == sorted(
+        c for c in REAL + MINI
+        if f'/{family}/' in c and '_my-cityscapes' not in c)
+    for model in models:
+        if '/mini/' not in model['Config']:
+            assert 'Paper Reference' not in model
+            continue
+        assert 'Paper' not in model
+        with open(osp.join(REPO, model['Config'])) as f:
+            first_base = re.search(r"_base_ = \[?\s*'([^']+)'",
+                                   f.read()).group(1)
+        assert model['Paper Reference'] == osp.splitext(
+            osp.basename(first_base))[0]
     with open(osp.join(REPO, 'model-index.yml')) as f:
         assert f'configs/{family}/metafile.yml' in yaml.safe_load(f)['Import']
 
@@ -252,8 +336,8 @@ def test_cityscapes_test_set_submission_on_tiny_data(tmp_path):
     assert not (root / 'gtFine' / 'test').exists()
 
     config = osp.join(
-        REPO, 'configs/deeplabv3/mini/'
-        'deeplabv3_r18-d8-sn_mini_tiny-cityscapes.py')
+        REPO, 'configs/fcn/mini/'
+        'fcn-1conv_r18-d8-sn_mini_tiny-cityscapes.py')
     env = dict(
         os.environ,
         SSN_CITYSCAPES_TEST_SPLIT='test',

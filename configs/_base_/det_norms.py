@@ -27,10 +27,12 @@ _norm_cfgs = dict(
 # The ImageNet ResNet-50 each normaliser fine-tunes from.  SyncSN has SN's
 # parameters and buffers, so it loads the SN model.  Which SN(8,k) model the
 # paper's detection runs started from is lost from its text (see the
-# READMEs); (8,32) is the released SN model every family here uses.
+# READMEs); (8,32) is the released SN model every family here uses.  GN: the
+# GN paper's model (Detectron's R-50-GN, which the paper's Detectron
+# settings 2 and 3 had; mmengine's open-mmlab://detectron/resnet50_gn).
 _imagenet = dict(
     bn='torchvision://resnet50',
-    gn='open-mmlab://contrib/resnet50_gn',
+    gn='open-mmlab://detectron/resnet50_gn',
     sn='checkpoints/resnet50-v1_sn-8x32_in1k.pth',
     ssn='checkpoints/resnet50-v1_ssn-8x32_in1k.pth',
     syncsn='checkpoints/resnet50-v1_sn-8x32_in1k.pth',
@@ -44,7 +46,8 @@ _imagenet = dict(
 # norm_eval=False, because only a frozen BN† keeps its ImageNet statistics
 # (norm_eval reaches _BatchNorm only, so for GN/SN it is for the record).
 det_resnet = {
-    norm: dict(
+    norm:
+    dict(
         norm_cfg=cfg,
         norm_eval=False,
         init_cfg=dict(type='Pretrained', checkpoint=_imagenet[norm]))
@@ -66,30 +69,51 @@ def _fpn_heads(norm_cfg, with_mask):
     return dict(neck=dict(norm_cfg=norm_cfg), roi_head=roi_head)
 
 
+# The input each ImageNet model was trained on, where it is not the families'
+# torchvision RGB normalisation: Detectron's GN model saw BGR 0-255 minus
+# the mean, unscaled (mmdet's own gn/ configs feed it the same).
+det_rgb_input = dict(
+    mean=[123.675, 116.28, 103.53],
+    std=[58.395, 57.12, 57.375],
+    bgr_to_rgb=True)
+_inputs = dict(
+    gn=dict(
+        data_preprocessor=dict(
+            mean=[103.530, 116.280, 123.675],
+            std=[1.0, 1.0, 1.0],
+            bgr_to_rgb=False)))
+# A fine-tuned backbone and the input its ImageNet model expects.
+det_backbone = {
+    norm: dict(backbone=det_resnet[norm], **_inputs.get(norm, {}))
+    for norm in _norm_cfgs
+}
+
 # model deltas: head norm only (BN† backbone), and backbone + head norm.
 det_faster_heads = {n: _fpn_heads(c, False) for n, c in _norm_cfgs.items()}
 det_mask_heads = {n: _fpn_heads(c, True) for n, c in _norm_cfgs.items()}
 det_faster_fpn = {
-    n: dict(backbone=det_resnet[n], **det_faster_heads[n])
+    n: dict(det_backbone[n], **det_faster_heads[n])
     for n in _norm_cfgs
 }
 det_mask_fpn = {
-    n: dict(backbone=det_resnet[n], **det_mask_heads[n])
+    n: dict(det_backbone[n], **det_mask_heads[n])
     for n in _norm_cfgs
 }
 # Faster R-CNN C4 (Table IV): one normaliser in the conv1-conv4 backbone and
 # the conv5 RoI head.
 det_c4 = {
-    n: dict(backbone=det_resnet[n], roi_head=dict(shared_head=det_resnet[n]))
+    n: dict(det_backbone[n], roi_head=dict(shared_head=det_resnet[n]))
     for n in _norm_cfgs
 }
 # The from-scratch rows (‡): mmdet ResNet's own initialisation instead of an
-# ImageNet model, for the conv5 head too, and no frozen stage.
+# ImageNet model, for the conv5 head too, and no frozen stage; every
+# normaliser sees the same (RGB) input, no ImageNet model's.
 _scratch_init = [
     dict(type='Kaiming', layer='Conv2d'),
     dict(type='Constant', val=1, layer=['_BatchNorm', 'GroupNorm'])
 ]
 det_c4_scratch = dict(
+    data_preprocessor=det_rgb_input,
     backbone=dict(frozen_stages=-1, init_cfg=_scratch_init),
     roi_head=dict(shared_head=dict(init_cfg=_scratch_init)))
-del _norm_cfgs, _imagenet, _fpn_heads, _scratch_init
+del _norm_cfgs, _imagenet, _inputs, _fpn_heads, _scratch_init

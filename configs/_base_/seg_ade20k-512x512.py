@@ -3,7 +3,7 @@
 # with 2 images per GPU (the paper's).  The paper's image size and number
 # of iterations were lost from its text ("we resize each image to and train
 # for iterations"): these are mmseg's ADE20K settings, not the paper's
-# (see configs/deeplabv3/README.md).  ``seg_model`` holds what the configs
+# (see configs/fcn/README.md).  ``seg_model`` holds what the configs
 # change in mmseg's model bases (``model = {{_base_.seg_model}}``).
 _base_ = [
     'mmseg::_base_/datasets/ade20k.py', './seg_norms.py', './seg_ms_test.py'

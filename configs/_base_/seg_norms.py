@@ -1,6 +1,6 @@
-# The normalisers of the segmentation configs (configs/deeplabv3,
-# configs/pspnet): mmseg EncoderDecoder models with a ResNet-50 v1 backbone,
-# a decode head and an FCN auxiliary head.
+# The normalisers of the segmentation configs (configs/fcn, configs/pspnet):
+# mmseg EncoderDecoder models with a ResNet-50 v1 backbone, a decode head and
+# an FCN auxiliary head.
 #
 # mmseg's base model files bind ``norm_cfg`` where they are defined, so a
 # top-level ``norm_cfg`` in a child reaches no layer: every entry below sets
@@ -44,19 +44,29 @@ _syncsn = dict(type='SyncSN', requires_grad=True)
 _ssn = dict(type='SSN', requires_grad=True)
 _gsn2 = dict(type='SN', num_groups=2, requires_grad=True)
 seg_norms = dict(
-    # The GN paper's ImageNet ResNet-50 (7x7 stem, 32 groups).
+    # The GN paper's ImageNet ResNet-50 (7x7 stem, 32 groups): Detectron's
+    # R-50-GN (mmengine's open-mmlab://detectron/resnet50_gn), trained on
+    # BGR input in 0-255 with the mean subtracted and no scaling, as
+    # mmdet's gn/ configs feed it.  (open-mmlab://contrib/resnet50_gn is a
+    # third-party PyTorch GN model, not the GN paper's.)
     gn=dict(
         norm_cfg=_gn,
-        model=_norm_everywhere(_gn, 'open-mmlab://contrib/resnet50_gn')),
+        model=dict(
+            _norm_everywhere(_gn, 'open-mmlab://detectron/resnet50_gn'),
+            data_preprocessor=dict(
+                mean=[103.530, 116.280, 123.675],
+                std=[1.0, 1.0, 1.0],
+                bgr_to_rgb=False))),
     # SN recipe: ratio logits without weight decay; plain SN keeps per-GPU
     # running statistics, which DDP does not broadcast: SyncNormStatsHook
     # merges them (means and second moments) before checkpoints and
-    # validation.
+    # validation.  Tested with batch averages (BatchStatsHook).
     sn=dict(
         norm_cfg=_sn,
         model=_norm_everywhere(_sn, _sn_8x32),
         optim_wrapper=dict(paramwise_cfg={{_base_.sn_paramwise_cfg}}),
-        custom_hooks={{_base_.sn_custom_hooks}}),
+        custom_hooks={{_base_.sn_custom_hooks}},
+        default_hooks={{_base_.sn_default_hooks}}),
     # SyncSN: SN whose BN statistics span all GPUs (exactly SN on one
     # process); its running statistics are global already, so no hook.  It
     # starts from the same SN ImageNet models as SN (the paper: "SyncSN and
@@ -65,14 +75,16 @@ seg_norms = dict(
         norm_cfg=_syncsn,
         model=_norm_everywhere(_syncsn, _sn_8x32),
         optim_wrapper=dict(paramwise_cfg={{_base_.sn_paramwise_cfg}}),
-        custom_hooks=[]),
+        custom_hooks=[],
+        default_hooks={{_base_.sn_default_hooks}}),
     # SSN recipe: logits at lr x 0.1 without decay, their gradient norm
     # clipped to 1, the SparsestMax radius 0 -> 1 over the run.
     ssn=dict(
         norm_cfg=_ssn,
         model=_norm_everywhere(_ssn, _ssn_8x32),
         optim_wrapper={{_base_.ssn_optim_wrapper}},
-        custom_hooks={{_base_.ssn_custom_hooks}}),
+        custom_hooks={{_base_.ssn_custom_hooks}},
+        default_hooks={{_base_.sn_default_hooks}}),
     # Ours (no paper row): group SN, two channel groups each with its own
     # ratios, from the SN(8,2) ImageNet model converted with --groups 2
     # (each layer's logits copied to both groups).  The SN recipe (optimizer,

@@ -9,8 +9,7 @@
 # `pkg::dir/file` base only when dir is a word (\w*), and "gn+ws" is not.
 _base_ = [
     'mmdet::faster_rcnn/../gn+ws/faster-rcnn_r50_fpn_gn-ws-all_1x_coco.py',
-    '../_base_/switchable_norm.py',
-    '../_base_/schedules/det_iter_schedules.py'
+    '../_base_/switchable_norm.py', '../_base_/schedules/det_iter_schedules.py'
 ]
 # mmdet's base says norm_eval=True, which reaches _BatchNorm only: spelt
 # out so the config states that GN trains (as det_norms.det_resnet does).
@@ -19,3 +18,6 @@ train_cfg = {{_base_.det_1x.train_cfg}}
 param_scheduler = {{_base_.det_1x.param_scheduler}}
 default_hooks = {{_base_.det_iter_hooks}}
 log_processor = {{_base_.det_iter_log}}
+# No weight decay on the norm layers' weight and bias, as in every detection
+# setting of the SN paper (../_base_/switchable_norm.py).
+optim_wrapper = {{_base_.det_optim_wrapper}}

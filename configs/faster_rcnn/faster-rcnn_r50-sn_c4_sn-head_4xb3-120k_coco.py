@@ -7,3 +7,6 @@ model = {{_base_.det_c4.sn}}
 # statistics merged before every checkpoint and validation.
 optim_wrapper = dict(paramwise_cfg={{_base_.sn_paramwise_cfg}})
 custom_hooks = {{_base_.sn_custom_hooks}}
+# The SN paper's test statistics: batch averages once training ends
+# (../_base_/switchable_norm.py).
+default_hooks = {{_base_.sn_default_hooks}}

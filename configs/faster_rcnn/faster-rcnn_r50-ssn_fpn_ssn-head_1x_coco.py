@@ -5,3 +5,6 @@ _base_ = './faster-rcnn_r50_fpn_1x_coco.py'
 model = {{_base_.det_faster_fpn.ssn}}
 optim_wrapper = {{_base_.ssn_optim_wrapper}}
 custom_hooks = {{_base_.ssn_custom_hooks}}
+# The SN paper's test statistics: batch averages once training ends
+# (../_base_/switchable_norm.py).
+default_hooks = {{_base_.sn_default_hooks}}

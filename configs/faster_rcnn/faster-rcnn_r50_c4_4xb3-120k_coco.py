@@ -9,8 +9,7 @@
 _base_ = [
     'mmdet::faster_rcnn/faster-rcnn_r50-caffe_c4-1x_coco.py',
     '../_base_/switchable_norm.py',
-    '../_base_/schedules/det_iter_schedules.py',
-    '../_base_/det_norms.py'
+    '../_base_/schedules/det_iter_schedules.py', '../_base_/det_norms.py'
 ]
 # BN† is "a constant linear transformation layer" (the paper, 4.2), as
 # Detectron's AffineChannel: statistics (norm_eval) and affine parameters
@@ -18,10 +17,7 @@ _base_ = [
 # head alike.
 norm_cfg = dict(type='BN', requires_grad=False)
 model = dict(
-    data_preprocessor=dict(
-        mean=[123.675, 116.28, 103.53],
-        std=[58.395, 57.12, 57.375],
-        bgr_to_rgb=True),
+    data_preprocessor={{_base_.det_rgb_input}},
     backbone=dict(
         style='pytorch',
         norm_cfg=norm_cfg,
@@ -59,7 +55,9 @@ train_dataloader = dict(batch_size=3, dataset=dict(pipeline=train_pipeline))
 val_dataloader = dict(dataset=dict(pipeline=test_pipeline))
 test_dataloader = val_dataloader
 auto_scale_lr = dict(base_batch_size=12)
-optim_wrapper = dict(optimizer=dict(lr=0.01))
+# lr 0.01; no weight decay on the norm layers' weight and bias, as in every
+# detection setting of the SN paper (../_base_/switchable_norm.py).
+optim_wrapper = dict(_base_.det_optim_wrapper, optimizer=dict(lr=0.01))
 train_cfg = {{_base_.det_120k.train_cfg}}
 param_scheduler = {{_base_.det_120k.param_scheduler}}
 default_hooks = {{_base_.det_iter_hooks}}

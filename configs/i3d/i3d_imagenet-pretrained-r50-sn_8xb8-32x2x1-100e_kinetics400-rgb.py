@@ -13,3 +13,6 @@ optim_wrapper = dict(paramwise_cfg={{_base_.sn_paramwise_cfg}})
 # DDP does not broadcast buffers: merge the per-GPU running statistics
 # (means and second moments) before checkpoints and validation.
 custom_hooks = {{_base_.sn_custom_hooks}}
+# The SN paper's test statistics: batch averages once training ends
+# (../_base_/switchable_norm.py).
+default_hooks = {{_base_.sn_default_hooks}}

@@ -8,11 +8,13 @@
 # `pkg::gn+ws/...` base; see the Faster R-CNN GN+WS config.)
 _base_ = [
     'mmdet::mask_rcnn/../gn+ws/mask-rcnn_r50_fpn_gn-ws-all_2x_coco.py',
-    '../_base_/switchable_norm.py',
-    '../_base_/schedules/det_iter_schedules.py'
+    '../_base_/switchable_norm.py', '../_base_/schedules/det_iter_schedules.py'
 ]
 model = dict(backbone=dict(norm_eval=False))  # GN trains (see faster 1x)
 train_cfg = {{_base_.det_2x.train_cfg}}
 param_scheduler = {{_base_.det_2x.param_scheduler}}
 default_hooks = {{_base_.det_iter_hooks}}
 log_processor = {{_base_.det_iter_log}}
+# No weight decay on the norm layers' weight and bias, as in every detection
+# setting of the SN paper (../_base_/switchable_norm.py).
+optim_wrapper = {{_base_.det_optim_wrapper}}

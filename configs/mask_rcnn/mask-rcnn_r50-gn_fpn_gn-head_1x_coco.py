@@ -1,4 +1,4 @@
-# GN backbone + GN head (mmdet's "gn-all"), from the GN ImageNet ResNet-50
-# that mmdet's contrib GN configs use (pytorch style, RGB input).
+# GN backbone + GN head (mmdet's "gn-all"), from the GN paper's ImageNet
+# ResNet-50 (Detectron's, fed its BGR input; ../_base_/det_norms.py).
 _base_ = './mask-rcnn_r50_fpn_gn-head_1x_coco.py'
-model = dict(backbone={{_base_.det_resnet.gn}})
+model = {{_base_.det_backbone.gn}}

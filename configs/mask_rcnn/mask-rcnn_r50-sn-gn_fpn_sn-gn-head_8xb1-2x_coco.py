@@ -13,5 +13,6 @@ auto_scale_lr = dict(base_batch_size=8)
 optim_wrapper = dict(optimizer=dict(lr=0.01))
 train_cfg = {{_base_.det_2x_8xb1.train_cfg}}
 param_scheduler = {{_base_.det_2x_8xb1.param_scheduler}}
-# No BN member, so no running statistics for SyncNormStatsHook to merge.
+# No BN member, so no running statistics for SyncNormStatsHook to merge,
+# and none for the inherited BatchStatsHook to average (it says so once).
 custom_hooks = []

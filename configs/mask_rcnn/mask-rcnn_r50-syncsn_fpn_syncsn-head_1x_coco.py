@@ -4,3 +4,6 @@
 _base_ = './mask-rcnn_r50_fpn_1x_coco.py'
 model = {{_base_.det_mask_fpn.syncsn}}
 optim_wrapper = dict(paramwise_cfg={{_base_.sn_paramwise_cfg}})
+# The SN paper's test statistics: batch averages once training ends
+# (../_base_/switchable_norm.py).
+default_hooks = {{_base_.sn_default_hooks}}

@@ -7,3 +7,6 @@ optim_wrapper = dict(paramwise_cfg={{_base_.sn_paramwise_cfg}})
 # DDP does not broadcast buffers: merge the per-GPU SN running statistics
 # before every checkpoint and validation (see docs/distributed.md).
 custom_hooks = {{_base_.sn_custom_hooks}}
+# The SN paper's test statistics: batch averages once training ends
+# (../_base_/switchable_norm.py).
+default_hooks = {{_base_.sn_default_hooks}}

@@ -1,5 +1,6 @@
-# PSPNet R50b-D8 with GN (32 groups) in backbone and heads, backbone
-# from the GN ImageNet ResNet-50.  SN paper Table VIII, GN row.
+# PSPNet R50b-D8 with GN (32 groups) in backbone and heads, the backbone
+# from the GN paper's ImageNet ResNet-50 (Detectron's, fed its BGR input;
+# ../_base_/seg_norms.py).  SN paper Table VIII, GN row.
 _base_ = './pspnet_r50b-d8-syncbn_8xb2-40k_cityscapes-713x713.py'
 norm_cfg = {{_base_.seg_norms.gn.norm_cfg}}
 model = {{_base_.seg_norms.gn.model}}

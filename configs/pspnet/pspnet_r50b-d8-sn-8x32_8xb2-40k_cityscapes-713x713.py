@@ -7,3 +7,4 @@ norm_cfg = {{_base_.seg_norms.sn.norm_cfg}}
 model = {{_base_.seg_norms.sn.model}}
 optim_wrapper = {{_base_.seg_norms.sn.optim_wrapper}}
 custom_hooks = {{_base_.seg_norms.sn.custom_hooks}}
+default_hooks = {{_base_.seg_norms.sn.default_hooks}}

@@ -6,3 +6,4 @@ norm_cfg = {{_base_.seg_norms.ssn.norm_cfg}}
 model = {{_base_.seg_norms.ssn.model}}
 optim_wrapper = {{_base_.seg_norms.ssn.optim_wrapper}}
 custom_hooks = {{_base_.seg_norms.ssn.custom_hooks}}
+default_hooks = {{_base_.seg_norms.ssn.default_hooks}}

@@ -7,3 +7,4 @@ norm_cfg = {{_base_.seg_norms.syncsn.norm_cfg}}
 model = {{_base_.seg_norms.syncsn.model}}
 optim_wrapper = {{_base_.seg_norms.syncsn.optim_wrapper}}
 custom_hooks = {{_base_.seg_norms.syncsn.custom_hooks}}
+default_hooks = {{_base_.seg_norms.syncsn.default_hooks}}

@@ -22,6 +22,10 @@ its single-scale config and fills the ``mIoU(ms)`` column.  Detection and
 video ``--tta`` runs get a row of their own, as the papers have no such
 column: the paper's numbers are shown there as a different setting.
 
+The evaluation column says, for SN models, which statistics each number
+used (:func:`statistics_text`): the batch averages the SN paper tests with,
+or the moving averages.
+
 Runs of one config that differ only in their seed (work directories
 ``<config>/seed-<k>`` or ``<config>_seed<k>``, as ``tools/run_suite.py
 --seeds N`` writes them) share a row: each metric shows the mean over the
@@ -49,6 +53,7 @@ import warnings
 from dataclasses import dataclass, field
 from typing import Dict, Iterable, List, Optional, Sequence
 
+from ..hooks.batch_stats_hook import STATISTICS_KEY
 from .paper import ModelEntry, PaperRow, load_model_entries
 from .runs import Run, find_runs
 from .tasks import (NORM_NAME_TOKENS, NORM_ORDER, SEGMENTATION, TASKS, Task,
@@ -216,12 +221,13 @@ class Row:
         }
 
     def evaluation_text(self) -> str:
-        """Which evaluation each number comes from."""
+        """Which evaluation each number comes from, and for SN models
+        which statistics it used (:func:`statistics_text`)."""
         if len(self.runs) == 1:
-            return self.runs[0].describe()
+            return _describe(self.runs[0])
         kinds = {_multi_scale(run) for run in self.runs}
         return '; '.join((('ms: ' if _multi_scale(run) else 'ss: '
-                           ) if len(kinds) > 1 else '') + run.describe()
+                           ) if len(kinds) > 1 else '') + _describe(run)
                          for run in self.runs)
 
 
@@ -289,6 +295,26 @@ class Leaderboard:
 
     def to_json(self) -> str:
         return render_json(self)
+
+
+def statistics_text(run: Run) -> Optional[str]:
+    """Which BN statistics the SN layers used in the run's evaluation, as
+    :class:`~ssn_norm.hooks.BatchStatsHook` logged them beside its metrics
+    (:data:`~ssn_norm.hooks.batch_stats_hook.STATISTICS_KEY`):
+    ``'batch-average statistics (N samples)'`` (the SN paper's test
+    setting), ``'moving-average statistics'``, or None when the run logged
+    none (no SN layer with BN statistics, or no hook)."""
+    samples = run.evaluation.metrics.get(STATISTICS_KEY)
+    if samples is None or math.isnan(samples):
+        return None
+    if samples > 0:
+        return f'batch-average statistics ({samples:.0f} samples)'
+    return 'moving-average statistics'
+
+
+def _describe(run: Run) -> str:
+    statistics = statistics_text(run)
+    return run.describe() + (f', {statistics}' if statistics else '')
 
 
 def _multi_scale(run: Run) -> bool:
@@ -665,6 +691,12 @@ def render_markdown(board: Leaderboard) -> str:
         if any(None in row.values.values() for row in table.rows):
             notes.append('n/a: COCO reports -1 when the evaluation split has '
                          'no object of that size.')
+        if any(statistics_text(run) for row in table.rows for run in row.runs):
+            notes.append('Evaluation: which BN statistics the SN layers '
+                         'used, as BatchStatsHook logged them: '
+                         'batch-average (the SN paper\'s test setting: the '
+                         'average over N training samples once training '
+                         'ended) or moving-average.')
         if 'mIoU(ms)' in table.metric_names:
             notes.append('mIoU(ms): from a multi-scale test of the same '
                          'config (`tools/test.py --tta`, or an old '
@@ -730,6 +762,7 @@ def _records(board: Leaderboard) -> List[dict]:
                             path=run.path,
                             kind=run.evaluation.kind,
                             multi_scale=_multi_scale(run),
+                            statistics=statistics_text(run),
                             timestamp=run.evaluation.timestamp,
                             step=run.evaluation.step,
                             file=run.evaluation.path,

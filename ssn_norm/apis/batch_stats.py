@@ -12,6 +12,8 @@ from typing import Dict, Optional
 import torch
 
 from ..batch_stats import compute_batch_stats, default_forward
+from ..hooks.batch_stats_hook import (META_KEY, batch_stats_meta,
+                                      moving_averages)
 from .launch import (build_runner, default_work_dir, load_config,
                      setup_cpu_distributed)
 
@@ -32,7 +34,9 @@ def update_checkpoint_batch_stats(
     ``checkpoint``, feeds ``num_batches`` batches of the config's
     ``train_dataloader`` per process (:func:`compute_batch_stats`) and
     writes ``checkpoint`` with the new state dict (everything else kept,
-    ``meta['batch_stats']`` added) to ``out`` on rank 0.
+    ``meta['batch_stats']`` added: :func:`~ssn_norm.hooks.batch_stats_hook.
+    batch_stats_meta`, with the moving averages the input held, or those
+    its own ``meta['batch_stats']`` kept) to ``out`` on rank 0.
 
     Returns:
         ``{layer name: samples averaged over}``.
@@ -66,6 +70,7 @@ def update_checkpoint_batch_stats(
     runner = build_runner(cfg)
     runner.load_or_resume()
     loader = runner.build_dataloader(loader_cfg, seed=runner.seed)
+    moving = moving_averages(runner.model)
     counts = compute_batch_stats(
         runner.model,
         loader,
@@ -78,11 +83,11 @@ def update_checkpoint_batch_stats(
             saved = {}
         saved['state_dict'] = weights_to_cpu(get_state_dict(runner.model))
         meta = dict(saved.get('meta') or {})
-        meta['batch_stats'] = dict(
-            num_batches=num_batches,
-            mode=mode,
-            samples=min(counts.values()),
-            source=osp.basename(checkpoint))
+        # An input that holds batch averages already keeps the moving
+        # averages those replaced.
+        moving = (meta.get(META_KEY) or {}).get('moving_average') or moving
+        meta[META_KEY] = batch_stats_meta(
+            num_batches, mode, counts, moving, source=osp.basename(checkpoint))
         saved['meta'] = meta
         torch.save(saved, out)
         runner.logger.info(

@@ -10,7 +10,8 @@ from typing import Dict, Mapping, NamedTuple, Optional, Tuple
 import torch
 from torch import Tensor, nn
 
-from ..compat import UntrustedCheckpointError, checkpoint_format, safe_load
+from ..compat import (UntrustedCheckpointError, checkpoint_format, safe_load,
+                      trust_checkpoints)
 from ..version import __version__
 from .resnet import (RELEASED_SSN, ConversionError, check_loadable,
                      convert_resnet, extract_state_dict)
@@ -61,7 +62,8 @@ def load_source(path: str,
     ``SSN_NORM_TRUST_CHECKPOINTS=1``) unpickles in full instead, for files
     you trust that hold other objects.  Raises :class:`ConversionError`
     naming the file and the reason; a file that is no torch checkpoint at
-    all is reported as such before any advice on trusting it.
+    all is reported as such before any advice on trusting it, and a bad
+    ``SSN_NORM_TRUST_CHECKPOINTS`` value as that variable's error.
     """
     if not osp.isfile(path):
         raise ConversionError(f'{path}: no such file')
@@ -73,8 +75,11 @@ def load_source(path: str,
             f'torch.save file nor a legacy torch pickle; it starts with '
             f'{head!r})')
     try:
-        checkpoint = safe_load(
-            path, map_location='cpu', trust=True if trust_pickle else None)
+        trust = trust_pickle or trust_checkpoints()
+    except ValueError as error:  # the environment's opt-in, not the file
+        raise ConversionError(str(error)) from None
+    try:
+        checkpoint = safe_load(path, map_location='cpu', trust=trust)
     except UntrustedCheckpointError as error:
         raise ConversionError(
             f'{path}: holds pickled objects that loading without running '
@@ -224,12 +229,12 @@ def convert_checkpoint_file(
     summary = report.summary()
     if release is not None:
         summary = (f'recognised by MD5 {md5}: the released {release.name} '
-                   f'ImageNet model (top-1 {release.top1} in its release)\n'
-                   + summary)
+                   f'ImageNet model (top-1 {release.top1} in its release)\n' +
+                   summary)
     # Group SN: (G, K) logits.
-    num_groups = next((v.shape[0] if v.dim() == 2 else 1
-                       for k, v in converted.items()
-                       if k.endswith('.mean_weight')), 1)
+    num_groups = next(
+        (v.shape[0] if v.dim() == 2 else 1
+         for k, v in converted.items() if k.endswith('.mean_weight')), 1)
     meta = {
         'converted_from': osp.basename(src),
         'source_md5': md5,

@@ -1,18 +1,21 @@
-"""Optimizer wrappers for the SSN recipe: clip the ratio logits' gradient.
+"""Optimizer wrappers and constructor for switchable norms.
 
 The SSN recipe trains the ratio logits (``mean_weight``/``var_weight``) with
 lr × 0.1, no weight decay and their gradient norm clipped to 1.0.  The first
 two are ``paramwise_cfg.custom_keys``; clipping one group of parameters needs
 the wrapper to know them, which :class:`SwitchableOptimWrapperConstructor`
-tells it (the optimizer alone has no parameter names).
+tells it (the optimizer alone has no parameter names).  The constructor
+also treats SN / SSN / SyncSN / SyncSSN layers as norm layers in
+``paramwise_cfg`` (mmengine recognises only torch's norm classes).
 """
-from typing import Iterable, Optional
+from typing import Iterable, List, Optional, Union
 
 import torch
 from mmengine.optim import (AmpOptimWrapper, DefaultOptimWrapperConstructor,
                             OptimWrapper)
 from mmengine.registry import OPTIM_WRAPPER_CONSTRUCTORS, OPTIM_WRAPPERS
 
+from ..layers.switchable_norm import SwitchableNormBase
 from ..utils import switchable_norms
 
 RATIO_LOGITS = ('mean_weight', 'var_weight')
@@ -89,7 +92,45 @@ class AmpRatioClipOptimWrapper(_RatioClipMixin, AmpOptimWrapper):
 
 @OPTIM_WRAPPER_CONSTRUCTORS.register_module()
 class SwitchableOptimWrapperConstructor(DefaultOptimWrapperConstructor):
-    """Default constructor that also hands ratio logits to the wrapper."""
+    """mmengine's default constructor, with switchable norms as norm layers.
+
+    mmengine applies ``paramwise_cfg.norm_decay_mult`` only to torch's norm
+    classes (``_BatchNorm``, ``_InstanceNorm``, ``GroupNorm``,
+    ``LayerNorm``), and applies ``bias_lr_mult`` to every other module's
+    ``bias``; SN layers are neither.  This constructor gives the affine
+    parameters (``weight`` = γ, ``bias`` = β) of every SN / SSN / SyncSN /
+    SyncSSN layer exactly what mmengine gives a ``BatchNorm2d``'s: the
+    weight decay ``base × norm_decay_mult`` when that is set, and no
+    ``bias_lr_mult``.  A ``custom_keys`` match still overrides both, as in
+    mmengine.  The ratio logits are not affine parameters: they follow
+    ``custom_keys`` (the SN and SSN recipes name them) or the base decay.
+
+    With an optimizer wrapper that clips the ratio logits
+    (:class:`RatioClipOptimWrapper`), it also hands the wrapper those
+    logits.
+    """
+
+    def add_params(self,
+                   params: List[dict],
+                   module: torch.nn.Module,
+                   prefix: str = '',
+                   is_dcn_module: Optional[Union[int, float]] = None) -> None:
+        first = len(params)
+        super().add_params(params, module, prefix, is_dcn_module)
+        if not isinstance(module, SwitchableNormBase):
+            return
+        affine = {id(module.weight): 'weight', id(module.bias): 'bias'}
+        norm_decay_mult = self.paramwise_cfg.get('norm_decay_mult')
+        custom_keys = self.paramwise_cfg.get('custom_keys', {})
+        for group in params[first:]:
+            name = affine.get(id(group['params'][0]))
+            # mmengine matches custom keys against f'{prefix}.{name}'.
+            if name is None or any(key in f'{prefix}.{name}'
+                                   for key in custom_keys):
+                continue
+            group.pop('lr', None)  # no bias_lr_mult on a norm's bias
+            if self.base_wd is not None and norm_decay_mult is not None:
+                group['weight_decay'] = self.base_wd * norm_decay_mult
 
     def __call__(self, model: torch.nn.Module) -> OptimWrapper:
         optim_wrapper = super().__call__(model)

@@ -7,3 +7,8 @@ _base_ = [
 # that name (mmengine runs this file with the merged bases bound to
 # ``_base_``), as in the other families' mini configs.
 globals().update(_base_.mini)
+# The batch-average test statistics from 4 training batches (16 of the 96
+# images) instead of the loader's 24: enough for the tiny set, and the mini
+# suite keeps its time.
+default_hooks = dict(
+    _base_.mini.default_hooks, batch_stats=dict(num_batches=4))

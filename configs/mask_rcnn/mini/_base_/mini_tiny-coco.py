@@ -53,6 +53,13 @@ mini = dict(
     train_pipeline=_train_pipeline,
     test_pipeline=_test_pipeline,
     model=dict(
+        # Every mini normalises its input alike, with torchvision's RGB
+        # statistics (the GN parents feed the GN paper's ImageNet model its
+        # BGR input; the minis train from scratch).
+        data_preprocessor=dict(
+            mean=[123.675, 116.28, 103.53],
+            std=[58.395, 57.12, 57.375],
+            bgr_to_rgb=True),
         backbone=dict(
             depth=18, base_channels=32, frozen_stages=-1, init_cfg=None),
         neck=dict(in_channels=[32, 64, 128, 256], out_channels=_channels),

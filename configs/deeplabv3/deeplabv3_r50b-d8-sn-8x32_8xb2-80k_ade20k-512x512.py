@@ -1,9 +1,0 @@
-# DeepLabV3 R50b-D8 with SN (BN statistics per GPU) in backbone and heads,
-# backbone from the SN ImageNet ResNet-50 v1 trained with 8 GPUs x 32 images.
-# SN paper Table VII, SN(8,32) row; the (8,2) and (8,4) rows are children that
-# change only that checkpoint.
-_base_ = './deeplabv3_r50b-d8-syncbn_8xb2-80k_ade20k-512x512.py'
-norm_cfg = {{_base_.seg_norms.sn.norm_cfg}}
-model = {{_base_.seg_norms.sn.model}}
-optim_wrapper = {{_base_.seg_norms.sn.optim_wrapper}}
-custom_hooks = {{_base_.seg_norms.sn.custom_hooks}}

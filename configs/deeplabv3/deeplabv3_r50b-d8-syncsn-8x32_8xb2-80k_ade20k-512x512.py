@@ -1,9 +1,0 @@
-# DeepLabV3 R50b-D8 with SyncSN (BN statistics over all GPUs) in backbone and
-# heads, backbone from the SN ImageNet ResNet-50 v1 trained with 8 GPUs x 32
-# images.  SN paper Table VII, SyncSN(8,32) row; the (8,2) and (8,4) rows are
-# children that change only that checkpoint.
-_base_ = './deeplabv3_r50b-d8-syncbn_8xb2-80k_ade20k-512x512.py'
-norm_cfg = {{_base_.seg_norms.syncsn.norm_cfg}}
-model = {{_base_.seg_norms.syncsn.model}}
-optim_wrapper = {{_base_.seg_norms.syncsn.optim_wrapper}}
-custom_hooks = {{_base_.seg_norms.syncsn.custom_hooks}}
