@@ -156,3 +156,19 @@ def test_tool_prints_before_and_after_per_part(tmp_path, capsys):
     printed = capsys.readouterr().out
     assert printed.startswith('# Written by tools/swap_norm.py')
     assert '#   decode_head     6 SyncBatchNorm -> 6 SN' in printed
+
+
+def test_gn_options_do_not_leak_into_neck_and_heads(tmp_path):
+    # GN everywhere: backbone, FPN neck, box and mask heads.  A merged
+    # num_groups=32 would make each SN a group SN of 32 groups.
+    out = tmp_path / 'gn.py'
+    result = swap_norm('mmdet::gn/mask-rcnn_r50_fpn_gn-all_2x_coco.py', 'SN',
+                       out=str(out))
+    assert set(result.before) == {'backbone', 'neck', 'roi_head'}
+    cfg, model = build(out)
+    for part in (cfg.model.backbone, cfg.model.neck,
+                 cfg.model.roi_head.bbox_head, cfg.model.roi_head.mask_head):
+        assert dict(part.norm_cfg) == dict(type='SN', requires_grad=True)
+    assert {m.num_groups for _, m in norm_layers(model)} == {1}
+    assert_only(model, 'SN', sum(sum(c.values())
+                                 for c in result.before.values()))
