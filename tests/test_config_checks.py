@@ -17,6 +17,14 @@ IMPORTS = ("custom_imports = dict(imports=['ssn_norm'], "
            'allow_failed_imports=False)\n')
 
 
+@pytest.fixture(autouse=True)
+def _data_roots(tmp_path, monkeypatch):
+    """Run where the upstream configs' relative data roots exist."""
+    monkeypatch.chdir(tmp_path)
+    for root in ('data/coco', 'data/cityscapes'):
+        (tmp_path / root).mkdir(parents=True)
+
+
 def child(tmp_path, base, body, name='child.py'):
     path = tmp_path / name
     path.write_text(f'_base_ = {base!r}\n{body}')
@@ -111,3 +119,15 @@ def test_train_and_test_tools_warn(tmp_path, monkeypatch):
         assert any("norm_cfg=dict(type='SSN') at the top level" in m
                    for m in messages)
         assert any('no custom_imports of ssn_norm' in m for m in messages)
+
+
+def test_relative_data_root_missing_where_the_tool_runs(tmp_path,
+                                                       monkeypatch):
+    elsewhere = tmp_path / 'elsewhere'
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    (message, ) = built_warnings(MASK_RCNN, tmp_path)
+    assert ("data_root 'data/coco/' (train_dataloader), 'data/coco/' "
+            "(val_dataloader), 'data/coco/' (test_dataloader) does not "
+            f'exist under the working directory {elsewhere}') in message
+    assert 'docs/own_data.md' in message

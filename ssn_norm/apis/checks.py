@@ -11,12 +11,16 @@ The tools call :func:`warn_config_mistakes` on every config they build:
   dict(type='SN')`` in a child of an upstream config changes no layer: the
   inherited model dicts were bound to the parent's norm when the parent was
   read.  The built model is checked, not the config text.
+* **Relative data paths that are not there.**  ``data/tiny_coco/`` is
+  read from the working directory, not from the config's folder.
 * **Recipe hooks dropped** (training only).  A child that sets
   ``custom_hooks`` replaces its parent's list: SSN layers without
   ``SparsestMaxRadiusHook`` stay at radius 0 (sparsemax) and never freeze;
   per-process SN/SSN statistics without ``SyncNormStatsHook`` diverge
   across ranks in a distributed run.
 """
+import os
+import os.path as osp
 import warnings
 from typing import Any, Iterator, List, Optional, Set, Tuple
 
@@ -84,9 +88,41 @@ def _imports_plugin(cfg: Config) -> bool:
         for name in imports)
 
 
+def _missing_data_roots(cfg: Config) -> List[Tuple[str, str]]:
+    """``(loader, data_root)`` of each relative ``data_root`` that does
+    not exist under the working directory."""
+    missing = []
+    for loader in ('train_dataloader', 'val_dataloader', 'test_dataloader'):
+        dataset = (cfg.get(loader) or {}).get('dataset') or {}
+        while 'data_root' not in dataset and 'dataset' in dataset:
+            dataset = dataset['dataset']  # a wrapper, e.g. RepeatDataset
+        root = dataset.get('data_root')
+        if (isinstance(root, str) and root and not osp.isabs(root)
+                and not osp.exists(root)):
+            missing.append((loader, root))
+    return missing
+
+
 def config_warnings(cfg: Config) -> List[str]:
     """Mistakes visible in the config alone: it uses the plugin's types
-    without ``custom_imports`` of ``ssn_norm``."""
+    without ``custom_imports`` of ``ssn_norm``; a relative ``data_root``
+    that does not exist where the tool runs."""
+    found = []
+    missing = _missing_data_roots(cfg)
+    if missing:
+        listed = ', '.join(f'{root!r} ({loader})'
+                           for loader, root in missing)
+        found.append(
+            f'data_root {listed} does not exist under the working '
+            f'directory {os.getcwd()}: relative data paths are read from '
+            "where you run, not from the config's folder. Run from the "
+            'folder that holds them (the mini suite makes data/tiny_* in '
+            'its --root, default the current directory) or set data_root '
+            'in each dataloader of your config (docs/own_data.md)')
+    return found + _import_warnings(cfg)
+
+
+def _import_warnings(cfg: Config) -> List[str]:
     if _imports_plugin(cfg):
         return []
     ours = plugin_types()
