@@ -8,7 +8,14 @@ here, needs ``onnx``.  Its constant folding drops a node of the SN graph
 (``onnx.checker`` passes, onnxruntime then refuses the model: "Node input
 ... is not a graph input"), so it is switched off; onnxruntime folds
 constants itself when it loads the model.
+
+The deployed ``SwitchedNorm`` takes its per-(sample, channel) moments from
+``torch.native_layer_norm``, whose mean and inverse-std outputs the
+exporter's own symbolic writes wrongly (onnxruntime then differs by O(1))
+and only for a fixed batch size; :func:`export_onnx` exports them with
+:func:`_native_layer_norm` instead, for the duration of the call.
 """
+import contextlib
 from typing import List, Sequence
 
 import numpy as np
@@ -29,6 +36,39 @@ def _flat(output) -> List[torch.Tensor]:
                     'backbone)')
 
 
+def _native_layer_norm(g, x, normalized_shape, weight, bias, eps):
+    """``aten::native_layer_norm`` as ONNX ops: ``(out, mean, rstd)``
+    over the last ``len(normalized_shape)`` axes (a traced shape may stand
+    in the list: only its length is read)."""
+    from torch.onnx import symbolic_helper as helper
+    axes = list(range(-len(helper._unpack_list(normalized_shape)), 0))
+    mean = g.op('ReduceMean', x, axes_i=axes, keepdims_i=1)
+    centred = g.op('Sub', x, mean)
+    var = g.op(
+        'ReduceMean', g.op('Mul', centred, centred), axes_i=axes,
+        keepdims_i=1)
+    eps = g.op(
+        'Constant',
+        value_t=torch.tensor(helper._get_const(eps, 'f', 'eps')))
+    rstd = g.op('Reciprocal', g.op('Sqrt', g.op('Add', var, eps)))
+    out = g.op('Mul', centred, rstd)
+    if not helper._is_none(weight):
+        out = g.op('Mul', out, weight)
+    if not helper._is_none(bias):
+        out = g.op('Add', out, bias)
+    return out, mean, rstd
+
+
+@contextlib.contextmanager
+def _faithful_layer_norm():
+    name = 'aten::native_layer_norm'
+    torch.onnx.register_custom_op_symbolic(name, _native_layer_norm, OPSET)
+    try:
+        yield
+    finally:
+        torch.onnx.unregister_custom_op_symbolic(name, OPSET)
+
+
 def export_onnx(module: nn.Module,
                 example: torch.Tensor,
                 path: str,
@@ -46,15 +86,16 @@ def export_onnx(module: nn.Module,
     axes = {'input': {0: 'batch'}} if dynamic_batch else None
     if axes:
         axes.update({name: {0: 'batch'} for name in names})
-    torch.onnx.export(
-        module, (example, ),
-        path,
-        dynamo=False,
-        do_constant_folding=False,
-        input_names=['input'],
-        output_names=names,
-        dynamic_axes=axes,
-        opset_version=OPSET)
+    with _faithful_layer_norm():
+        torch.onnx.export(
+            module, (example, ),
+            path,
+            dynamo=False,
+            do_constant_folding=False,
+            input_names=['input'],
+            output_names=names,
+            dynamic_axes=axes,
+            opset_version=OPSET)
     return names
 
 
