@@ -4,16 +4,15 @@ the comparison with onnxruntime.
 Needs the ``onnx`` extra (``pip install -e .[onnx]``: ``onnx`` and
 ``onnxruntime``).  torch's default exporter (``dynamo=True``) needs
 ``onnxscript`` besides; the TorchScript-based one (``dynamo=False``), used
-here, needs ``onnx``.  Its constant folding drops a node of the SN graph
-(``onnx.checker`` passes, onnxruntime then refuses the model: "Node input
-... is not a graph input"), so it is switched off; onnxruntime folds
-constants itself when it loads the model.
+here, needs ``onnx``.
 
-The deployed ``SwitchedNorm`` takes its per-(sample, channel) moments from
-``torch.native_layer_norm``, whose mean and inverse-std outputs the
-exporter's own symbolic writes wrongly (onnxruntime then differs by O(1))
-and only for a fixed batch size; :func:`export_onnx` exports them with
-:func:`_native_layer_norm` instead, for the duration of the call.
+SN, SSN and the deployed ``SwitchedNorm`` take their per-(sample,
+channel) moments from ``torch.native_layer_norm``, whose mean and
+inverse-std outputs that exporter's own symbolic writes wrongly: a graph
+``onnx.checker`` accepts and onnxruntime refuses ("Node input ... is not a
+graph input") or runs with O(1) errors, and only for a fixed batch size.
+:func:`export_onnx` exports them with :func:`_native_layer_norm` instead,
+for the duration of the call.
 """
 import contextlib
 from typing import List, Sequence
@@ -91,7 +90,6 @@ def export_onnx(module: nn.Module,
             module, (example, ),
             path,
             dynamo=False,
-            do_constant_folding=False,
             input_names=['input'],
             output_names=names,
             dynamic_axes=axes,
