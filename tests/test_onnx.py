@@ -54,6 +54,8 @@ def test_switchable_model_matches_onnxruntime(tmp_path, norm):
     assert export_onnx(model, INPUTS[0], path) == ['output0', 'output1']
     # Two batch sizes: the batch dimension is dynamic.
     assert compare_onnx(path, model, INPUTS) < 1e-4
+    export_onnx(model, INPUTS[0], path, dynamic_batch=False)
+    assert compare_onnx(path, model, INPUTS[:1]) < 1e-4
 
 
 def test_deployed_model_matches_onnxruntime_and_the_trained_one(tmp_path):
