@@ -65,10 +65,12 @@ def test_gather_results_shows_nan_and_names_the_run(non_finite_runs):
         text=True,
         timeout=120)
     assert proc.returncode == 0, proc.stderr
-    rows = {
-        line.split('|')[1].strip(): [c.strip() for c in line.split('|')[2:5]]
-        for line in proc.stdout.splitlines() if SN in line or SSN in line
-    }
+    rows = {}
+    for line in proc.stdout.splitlines():  # main table (mIoU), details
+        cells = [c.strip() for c in line.split('|')[1:-1]]
+        if cells and cells[0] in ('SN', 'SSN'):
+            rows.setdefault(cells[0], []).extend(cells[1:2] if cells[0]
+                                                 not in rows else cells[1:3])
     # Columns mIoU, aAcc, mAcc.
     assert rows == {
         'SN': ['40.0', 'nan', 'nan'],
