@@ -7,8 +7,7 @@ from mmengine.runner import Runner
 
 from ssn_norm.apis import (apply_train_options, build_runner, load_config,
                            swap_norm)
-from ssn_norm.apis.checks import (ConfigWarning, config_warnings,
-                                  model_warnings)
+from ssn_norm.apis.checks import ConfigWarning, config_warnings, model_warnings
 
 MASK_RCNN = 'mmdet::mask_rcnn/mask-rcnn_r50_fpn_1x_coco.py'
 DEEPLABV3 = ('mmseg::deeplabv3/'
@@ -121,8 +120,8 @@ def test_train_and_test_tools_warn(tmp_path, monkeypatch):
         assert any('no custom_imports of ssn_norm' in m for m in messages)
 
 
-def test_relative_data_root_missing_where_the_tool_runs(tmp_path,
-                                                       monkeypatch):
+def test_relative_data_root_missing_where_the_tool_runs(
+        tmp_path, monkeypatch):
     elsewhere = tmp_path / 'elsewhere'
     elsewhere.mkdir()
     monkeypatch.chdir(elsewhere)

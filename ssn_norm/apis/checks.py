@@ -50,6 +50,7 @@ def plugin_types() -> Set[str]:
     wrappers and constructors, models), in any mmengine registry or an
     upstream child of one."""
     from mmengine import registry as root
+
     import ssn_norm  # noqa: F401  registers them
     found: Set[str] = set()
     pending = [

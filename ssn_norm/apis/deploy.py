@@ -19,8 +19,8 @@ from mmengine.config import Config
 from torch import nn
 
 from ..deploy import (DeployedLayer, _default_check_forward, _tensors,
-                      deploy_switchable_norms, read_deployed,
-                      rebuild_deployed, save_deployed)
+                      deploy_switchable_norms, read_deployed, rebuild_deployed,
+                      save_deployed)
 from .launch import load_config
 
 

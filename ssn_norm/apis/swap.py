@@ -35,14 +35,14 @@ import os.path as osp
 import tempfile
 import textwrap
 from dataclasses import dataclass, field
-from typing import Any, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Dict, List, Optional, Tuple
 
 from mmengine.config import Config, ConfigDict
 from torch import nn
 
 from ..layers import SN, SSN, SyncSN, SyncSSN
-from .norms import census_table, count_norms, is_trainable, norm_layers
 from .launch import load_config, resolve_config
+from .norms import census_table, count_norms, is_trainable, norm_layers
 
 #: The norms :func:`swap_norm` sets, by their registered names.
 SWAP_NORMS = {'SN': SN, 'SSN': SSN, 'SyncSN': SyncSN, 'SyncSSN': SyncSSN}
@@ -374,8 +374,8 @@ def _source(value: Any,
     return opening + '\n' + ',\n'.join(pad + p for p in parts) + closing
 
 
-def _render(base: str, norm: str, summary: str, keys: Dict[str,
-                                                          Any]) -> str:
+def _render(base: str, norm: str, summary: str,
+            keys: Dict[str, Any]) -> str:
     from ..version import __version__
     lines = [
         f'# Written by tools/swap_norm.py (ssn-norm {__version__}): the '
@@ -492,4 +492,3 @@ def swap_norm(config: str,
             os.replace(draft, out)
             result.out = out
     return result
-
