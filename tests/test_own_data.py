@@ -7,12 +7,11 @@ import json
 import os
 import os.path as osp
 import re
-import subprocess
-import sys
 
 import cv2
 import numpy as np
 import torch
+from _helpers import run_tool_process
 
 REPO = osp.dirname(osp.dirname(osp.abspath(__file__)))
 DOC = osp.join(REPO, 'docs', 'own_data.md')
@@ -82,17 +81,7 @@ def documented_config():
 
 
 def _run(cwd, tool, *args):
-    env = dict(os.environ, OMP_NUM_THREADS=str(torch.get_num_threads()))
-    proc = subprocess.run(
-        [sys.executable, osp.join(REPO, 'tools', tool), *args],
-        cwd=cwd,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=600)
-    assert proc.returncode == 0, (f'{tool} failed:\n{proc.stdout[-3000:]}\n'
-                                  f'{proc.stderr[-6000:]}')
-    return proc
+    return run_tool_process(tool, *args, cwd=str(cwd))
 
 
 def test_own_coco_data_from_a_folder_outside_the_repository(tmp_path):
