@@ -101,7 +101,9 @@ def test_own_coco_data_from_a_folder_outside_the_repository(tmp_path):
     (log, ) = glob.glob(str(work_dir / '*' / '*.log'))
     with open(log) as f:
         text = f.read()
-    assert 'CheckInvalidLossHook' in text and 'SyncNormStatsHook' in text
+    for hook in ('CheckInvalidLossHook', 'SyncNormStatsHook'):
+        # The runner's list of registered hooks, e.g. '(NORMAL      ) X'.
+        assert re.search(rf'^\([A-Z_ ]+\) {hook}\b', text, re.M), hook
     state = torch.load(
         work_dir / 'epoch_2.pth', map_location='cpu',
         weights_only=False)
