@@ -12,6 +12,8 @@ import os
 import os.path as osp
 import shutil
 import socket
+import subprocess
+import sys
 from pathlib import Path
 from types import ModuleType
 from typing import Callable, Iterator, Optional
@@ -53,6 +55,26 @@ def run_tool(name: str, *argv) -> int:
     strings) through its ``main(argv)``; returns its exit status.  argparse
     errors raise ``SystemExit(2)`` as on the command line."""
     return tool(name).main([str(arg) for arg in argv])
+
+
+def run_tool_process(tool_file: str, *args, cwd: str = REPO):
+    """``python tools/<tool_file> args`` in a new process in ``cwd``, as a
+    user runs it, with the test's thread count; asserts exit status 0
+    (showing the ends of both outputs) and returns the completed process.
+    """
+    env = dict(os.environ, OMP_NUM_THREADS=str(torch.get_num_threads()))
+    proc = subprocess.run(
+        [sys.executable, osp.join(REPO, 'tools', tool_file)] +
+        [str(arg) for arg in args],
+        cwd=cwd,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600)
+    assert proc.returncode == 0, (f'{tool_file} failed:\n'
+                                  f'{proc.stdout[-3000:]}\n'
+                                  f'{proc.stderr[-6000:]}')
+    return proc
 
 
 def once_per_session(tmp_path_factory, name: str,

@@ -10,11 +10,10 @@ import glob
 import json
 import os
 import os.path as osp
-import subprocess
-import sys
 
 import pytest
 import torch
+from _helpers import run_tool_process
 
 from ssn_norm.datasets.tiny_coco import make_tiny_coco
 
@@ -75,19 +74,7 @@ def user_coco(tmp_path_factory):
 
 
 def _run(tool, *args):
-    env = dict(os.environ)
-    # As many threads as the test process (tests/conftest.py).
-    env['OMP_NUM_THREADS'] = str(torch.get_num_threads())
-    proc = subprocess.run(
-        [sys.executable, osp.join(REPO, 'tools', tool)] + list(args),
-        cwd=REPO,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=600)
-    assert proc.returncode == 0, (f'{tool} failed:\n{proc.stdout[-3000:]}\n'
-                                  f'{proc.stderr[-6000:]}')
-    return proc
+    return run_tool_process(tool, *args)
 
 
 def _only(pattern):

@@ -10,6 +10,7 @@ from _helpers import run_tool
 from ssn_norm.analysis import (DETECTION, SEGMENTATION, VIDEO, ResultWarning,
                                find_runs, gather, load_model_entries,
                                recognise_task)
+from ssn_norm.analysis.leaderboard import MAX_MAIN_COLUMNS
 
 MASK_SN = 'mask-rcnn_r50-sn_fpn_sn-head_2x_coco'
 DEEPLAB_SN = 'deeplabv3_r50b-d8-sn-8x32_8xb2-40k_cityscapes-713x713'
@@ -332,28 +333,32 @@ def test_tables_in_paper_layout_with_paper_numbers(work_dirs, metafiles):
     })
 
     md = board.to_markdown()
-    assert ('| Config | Setting | box AP | paper | Δ | AP50 | AP75 | APs | '
-            'APm | APl | mask AP | paper | Δ | mask AP50 | paper | Δ | '
-            'mask AP75 | paper | Δ | infer ms/img | Reference (not the paper) '
-            '| Evaluation |') in md
-    assert (f'| {MASK_SN} | SN+SN (Table VI) | 41.2 | 41.0 | +0.2 | 61.2 | '
-            '46.2 | 31.2 | 42.2 | 51.2 | 36.6 | 36.5 | +0.1 | 56.6 | 58.2 | '
+    # The main table: the papers' headline metrics beside the paper's own
+    # row; the rest in the details table.
+    assert ('| Config | Setting | box AP | paper | Δ | mask AP | paper | Δ |\n'
+            in md)
+    assert (f'| {MASK_SN} | SN+SN (Table VI) | 41.2 | 41.0 | +0.2 | 36.6 | '
+            '36.5 | +0.1 |') in md
+    assert ('| Config | AP50 | AP75 | APs | APm | APl | mask AP50 | paper | '
+            'Δ | mask AP75 | paper | Δ | infer ms/img | Reference (not the '
+            'paper) | Evaluation |') in md
+    assert (f'| {MASK_SN} | 61.2 | 46.2 | 31.2 | 42.2 | 51.2 | 56.6 | 58.2 | '
             '-1.6 | 39.6 | 38.9 | +0.7 | 200.0 | — | '
             'test 20240103_000000 (latest of 3) |') in md
     # The reference is its own labelled column, never a paper number.
-    assert (
-        f'| {FASTER_SN_2X} | SN+SN | 39.1 | — | — | 59.1 | 44.1 | 29.1 | '
-        '40.1 | 49.1 | — | — | — | — | — | — | — | — | — | 200.0 | '
-        'box AP 39.1 '
-        '(Faster R-CNN R-50-FPN SN(8,2) 2x) | test 20240104_000000 |') in md
+    assert f'| {FASTER_SN_2X} | SN+SN | 39.1 | — | — | — | — | — |' in md
+    assert (f'| {FASTER_SN_2X} | 59.1 | 44.1 | 29.1 | 40.1 | 49.1 | — | — | '
+            '— | — | — | — | 200.0 | box AP 39.1 (Faster R-CNN R-50-FPN '
+            'SN(8,2) 2x) | test 20240104_000000 |') in md
     assert (f'Reference (not the paper): {RELEASED} <{RELEASED_URL}>.') in md
     # The paper's split is marked on each of its numbers and the setting.
     assert (f'| {DEEPLAB_SN} | SN(8,32) (Table VII, test split) | 72.3 | '
-            '72.2 (test) | — | 75.0 | 75.8 (test) | 95.5 | 80.2 | '
-            'ss: val step 20 (20240101_000000) (latest of 2); ms: test --tta '
+            '72.2 (test) | — | 75.0 | 75.8 (test) |') in md
+    assert (f'| {DEEPLAB_SN} | 95.5 | 80.2 | ss: val step 20 '
+            '(20240101_000000) (latest of 2); ms: test --tta '
             '20240104_000000 |') in md
     assert '(test): the paper\'s number is on that split' in md
-    assert '| mIoU | paper | Δ | mIoU(ms) | paper | aAcc | mAcc |' in md
+    assert '| mIoU | paper | Δ | mIoU(ms) | paper |\n' in md
 
 
 def test_mini_runs_are_rows_per_normaliser_with_marked_parent(
@@ -373,18 +378,46 @@ def test_mini_runs_are_rows_per_normaliser_with_marked_parent(
     assert mini['SSN+SSN'].paper is None
     md = board.to_markdown()
     assert '## Detection (COCO) — mini suite' in md
-    # Every number of the parent's paper row is shown, also where the mini
-    # run has none (mask AP: '—').
-    assert ('| SN | 12.0 | 41.0* | 32.0 | 17.0 | 2.0 | 13.0 | 22.0 | — | '
-            '36.5* | — | 58.2* | — | 38.9* | '
-            'mask-rcnn_r50-sn_fpn_sn-head_mini | Table VI, SN+SN '
-            f'({MASK_SN}) | — | val step 8 (20240106_000000) |') in md
-    # A small number is not rounded to a zero, no paper number is a '—',
-    # COCO's -1 (no small objects) is 'n/a'.
-    assert ('| SSN+SSN | 0.4 | — | 20.4 | 5.4 | n/a | 1.4 | 10.4 | — | — | '
-            '— | — | — | — |') in md
+    mini_md = md.split('## Detection (COCO) — mini suite')[1].split('## ')[0]
+    # No paper number beside a mini row: one line points to the parents'.
+    assert '| Norm | box AP |\n' in mini_md and '| SN | 12.0 |' in mini_md
+    assert 'paper' not in mini_md.split('\n\nPaper, ')[0]
+    assert ('| SN | 32.0 | 17.0 | 2.0 | 13.0 | 22.0 | '
+            'mask-rcnn_r50-sn_fpn_sn-head_mini | — | '
+            'val step 8 (20240106_000000) |') in mini_md
+    assert ('Paper, a different setting (not comparable, no difference '
+            'computed): BN† → Table VI, BN† (mask-rcnn_r50_fpn_2x_coco): '
+            'box AP 38.6, mask AP 34.2; SN → Table VI, SN+SN '
+            f'({MASK_SN}): box AP 41.0, mask AP 36.5, mask AP50 58.2, '
+            'mask AP75 38.9.') in mini_md
+    # A small number is not rounded to a zero; COCO's -1 (no small
+    # objects) is 'n/a'.
+    assert '| SSN+SSN | 0.4 |' in mini_md
+    assert '| SSN+SSN | 20.4 | 5.4 | n/a | 1.4 | 10.4 |' in mini_md
     assert mini['SSN+SSN'].values['APs'] is None
-    assert 'a different setting' in md and 'n/a: COCO reports -1' in md
+    assert 'n/a: COCO reports -1' in md
+
+
+def test_layout_main_tables_narrow_papers_beside_own_rows_notes_once(
+        work_dirs, metafiles):
+    board, _ = _gather(work_dirs, metafiles)
+    md = board.to_markdown()
+    sections = md.split('\n## ')[1:]
+    for section in sections[:-1]:  # the last one is the notes
+        lines = section.split('\n')
+        main_header = next(x for x in lines if x.startswith('| '))
+        assert main_header.count(' | ') + 1 <= MAX_MAIN_COLUMNS, main_header
+        if 'mini suite' in lines[0]:
+            # Neither a paper column nor a '*'-marked paper number.
+            tables = section.split('\n\nPaper, ')[0]
+            assert 'paper' not in tables and '*' not in tables
+    assert sections[-1].startswith('Notes')
+    # Every note once, however many tables need it.
+    for note in ('Paper numbers from the configs', 'Cost from the mmengine',
+                 'Mini tables: one seed per row', 'n/a: COCO reports'):
+        assert md.count(note) == 1, note
+    paragraphs = [p for p in sections[-1].split('\n\n') if p.strip()]
+    assert len(paragraphs) == len(set(paragraphs))
 
 
 def test_tool_writes_markdown_csv_and_json(tmp_path, work_dirs, metafiles,

@@ -13,7 +13,7 @@ from typing import Optional, Sequence
 
 from mmengine.config import DictAction
 
-from ssn_norm.apis import deploy_checkpoint
+from ssn_norm.apis import deploy_checkpoint, deployment_summary
 from ssn_norm.deploy import HARDEN_CHOICES
 
 
@@ -58,7 +58,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     """Deploys as ``argv`` (default: the command line) asks and prints what
     was replaced; returns 0 once ``out`` is written."""
     args = parse_args(argv)
-    deployed = deploy_checkpoint(
+    deployed, check = deploy_checkpoint(
         args.config,
         args.checkpoint,
         args.out,
@@ -67,14 +67,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         spatial_dims=args.spatial_dims,
         check_shape=args.check_shape,
         cfg_options=args.cfg_options)
-    kinds = {}
-    for layer in deployed:
-        key = (f'{layer.mean}/{layer.var}', layer.replacement.split(' ')[0])
-        kinds[key] = kinds.get(key, 0) + 1
-    print(f'replaced {len(deployed)} layers '
-          f'({sum(d.hardened for d in deployed)} hardened):')
-    for (choice, how), count in sorted(kinds.items()):
-        print(f'  {count:4d} x mean/var {choice}: {how}')
+    print(deployment_summary(deployed))
+    if check is not None:
+        print(check.describe())
     options = (f', cfg_options={dict(args.cfg_options)!r}'
                if args.cfg_options else '')
     print(f'wrote {args.out}; load with ssn_norm.apis.load_deployed('

@@ -37,7 +37,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         resume=args.resume,
         amp=args.amp,
         launcher=args.launcher)
-    build_runner(cfg).train()
+    build_runner(cfg, training=True).train()
     close_distributed()
     return 0
 

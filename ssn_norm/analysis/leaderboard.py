@@ -3,9 +3,17 @@
 Runs are grouped by task and by suite: full-size runs have one row per
 config, with the paper's number for the same setting (the config's own
 ``Paper`` row) beside ours and the difference; mini-suite runs (a ``mini``
-or ``tiny`` token in the config name) have one row per normaliser and show,
-when their metafile entry has a ``Paper Reference``, the full-size parent's
-paper number marked as a different setting, with no difference.
+or ``tiny`` token in the config name) have one row per normaliser.  A
+paper number stands only beside a row of its own setting: the full-size
+parent a mini config names in its ``Paper Reference`` (and the paper row
+of a ``--tta`` test's single-scale setting) is named on one line under the
+table, never in it.
+
+Each task and suite has a main table (at most :data:`MAX_MAIN_COLUMNS`
+columns: the label, the setting, the papers' headline metrics of
+:data:`MAIN_METRICS` with paper and Δ, the comparison with the baseline)
+and a details table (every other metric, the cost, the reference, the
+evaluation); the notes come once, after all tables.
 
 The paper column shows every number of the paper's row (a column with no
 run number shows ``—`` for ours).  Where the paper evaluated on another
@@ -56,9 +64,9 @@ from typing import Dict, Iterable, List, Optional, Sequence
 from ..hooks.batch_stats_hook import STATISTICS_KEY
 from .paper import ModelEntry, PaperRow, load_model_entries
 from .runs import Run, find_runs
-from .tasks import (NORM_NAME_TOKENS, NORM_ORDER, SEGMENTATION, TASKS, Task,
-                    is_mini, is_multi_scale, normalizers_in_name,
-                    scaled_metrics, single_scale_name)
+from .tasks import (DETECTION, NORM_NAME_TOKENS, NORM_ORDER, SEGMENTATION,
+                    TASKS, VIDEO, Task, is_mini, is_multi_scale,
+                    normalizers_in_name, scaled_metrics, single_scale_name)
 
 #: Output formats of :func:`write_leaderboard`, by file extension.
 LEADERBOARD_FORMATS = ('.md', '.csv', '.json')
@@ -75,6 +83,17 @@ COST_COLUMNS = (
     ('infer ms/img', 'test_time', 1000.),
     ('memory GB', 'memory', 1. / 1024),
 )
+#: The metric columns of each task's main table, the ones the papers'
+#: tables lead with; every other metric, the cost, the reference and the
+#: evaluation go to the task's details table.
+MAIN_METRICS = {
+    DETECTION.name: ('box AP', 'mask AP'),
+    SEGMENTATION.name: ('mIoU', 'mIoU(ms)'),
+    VIDEO.name: ('Top 1 Accuracy', 'Top 5 Accuracy'),
+}
+#: The most columns a main table has (label, setting, two metrics with
+#: paper and Δ each, vs baseline: 9).
+MAX_MAIN_COLUMNS = 10
 # How the ``vs baseline`` column names each cost column.
 _COST_WORDS = {
     'train s/iter': 'train time',
@@ -241,22 +260,21 @@ class Table:
 
     @property
     def metric_names(self) -> List[str]:
-        """The task's columns that at least one row, or the paper row shown
-        beside it, has a number for."""
+        """The task's columns that at least one row, or the paper row of
+        its own setting shown beside it, has a number for."""
         return [
             c.name for c in self.task.columns if any(
-                c.name in row.values or (
-                    row.paper is not None and c.name in row.paper.metrics)
+                c.name in row.values or c.name in _own_paper(row)
                 for row in self.rows)
         ]
 
     @property
     def paper_names(self) -> List[str]:
-        """Metric columns for which at least one row shows a paper number.
-        """
+        """Metric columns for which at least one row shows a paper number:
+        only beside a row of the paper's own setting."""
         return [
-            name for name in self.metric_names if any(
-                row.paper and name in row.paper.metrics for row in self.rows)
+            name for name in self.metric_names
+            if any(name in _own_paper(row) for row in self.rows)
         ]
 
     @property
@@ -315,6 +333,11 @@ def statistics_text(run: Run) -> Optional[str]:
 def _describe(run: Run) -> str:
     statistics = statistics_text(run)
     return run.describe() + (f', {statistics}' if statistics else '')
+
+
+def _own_paper(row: Row) -> Dict[str, float]:
+    """The paper's numbers shown beside ``row``: its own setting's only."""
+    return row.paper.metrics if row.paper and row.same_setting else {}
 
 
 def _multi_scale(run: Run) -> bool:
@@ -553,69 +576,111 @@ def _md_table(header: List[str], lines: List[List[str]]) -> List[str]:
     return out
 
 
+def _metric_header(table: Table, names: Sequence[str]) -> List[str]:
+    papers, deltas = set(table.paper_names), set(table.delta_names)
+    header = []
+    for name in names:
+        header.append(name)
+        header += ['paper'] if name in papers else []
+        header += ['Δ'] if name in deltas else []
+    return header
+
+
+def _metric_cells(table: Table, row: Row, names: Sequence[str]) -> List[str]:
+    """Ours, and where the table has them the paper's number of the row's
+    own setting and the difference, for each of ``names``."""
+    papers, deltas = set(table.paper_names), set(table.delta_names)
+    paper = _own_paper(row)
+    cells = []
+    for name in names:
+        ours = row.values.get(name)
+        cells.append(
+            _fmt(ours, 'n/a' if name in row.values else '—') +
+            _fmt_spread(row, name))
+        if name in papers:
+            text = _fmt(paper.get(name))
+            if name in paper and row.paper.split:
+                text += f' ({row.paper.split})'
+            cells.append(text)
+        if name in deltas and name in row.deltas:
+            spread = row.spread.get(name)
+            cells.append(
+                _fmt_delta(ours, paper[name]) +
+                ('' if spread is None else f' ± {spread:.1f}'))
+        elif name in deltas:
+            cells.append('—')
+    return cells
+
+
 def _render_table(table: Table) -> List[str]:
+    """The main table (label, setting, the task's :data:`MAIN_METRICS`
+    with the paper's numbers and Δ, vs baseline), then the details table
+    (every other metric, cost, reference, evaluation), then one line
+    naming the paper rows of a different setting the rows point to."""
     metrics = table.metric_names
-    papers = set(table.paper_names)
-    deltas = set(table.delta_names)
+    main = [n for n in metrics if n in MAIN_METRICS[table.task.name]]
+    rest = [n for n in metrics if n not in main]
     mini = table.suite == 'mini'
     references = not mini and any(row.reference for row in table.rows)
     costs = table.cost_names
     headline = table.task.columns[0].name
     versus = any(row.baseline is not None for row in table.rows)
-    header = ['Norm' if mini else 'Config'] + ([] if mini else ['Setting'])
-    for name in metrics:
-        header.append(name)
-        if name in papers:
-            header.append('paper' + ('*' if mini else ''))
-        if name in deltas:
-            header.append('Δ')
-    if mini:
-        header += ['Config', 'Paper setting*'] if papers else ['Config']
-    header += costs + (['vs baseline'] if versus else [])
-    if references:
-        header.append('Reference (not the paper)')
-    header.append('Evaluation')
-    lines = []
+    label = 'Norm' if mini else 'Config'
+    header = [label] + ([] if mini else ['Setting'])
+    header += _metric_header(table, main)
+    header += ['vs baseline'] if versus else []
+    details = [label] + _metric_header(table, rest)
+    details += (['Config'] if mini else []) + costs
+    details += (['Reference (not the paper)'] if references else [])
+    details.append('Evaluation')
+    lines, detail_lines = [], []
     for row in table.rows:
-        cells = [row.label] + ([] if mini else [row.setting or '—'])
-        paper_metrics = row.paper.metrics if row.paper else {}
-        for name in metrics:
-            ours = row.values.get(name)
-            cells.append(
-                _fmt(ours, 'n/a' if name in row.values else '—') +
-                _fmt_spread(row, name))
-            if name in papers:
-                theirs = paper_metrics.get(name)
-                text = _fmt(theirs)
-                if theirs is not None and not row.same_setting:
-                    text += '*'
-                if theirs is not None and row.paper.split:
-                    text += f' ({row.paper.split})'
-                cells.append(text)
-            if name in deltas and name in row.deltas:
-                spread = row.spread.get(name)
-                cells.append(
-                    _fmt_delta(ours, paper_metrics[name]) +
-                    ('' if spread is None else f' ± {spread:.1f}'))
-            elif name in deltas:
-                cells.append('—')
-        if mini:
-            cells.append(', '.join(run.name for run in row.runs))
-            if papers and row.paper:
-                cells.append(f'{row.paper.cite()} ({row.paper_config})')
-            elif papers:
-                cells.append('—')
-        elif row.paper is not None and row.same_setting and row.paper.table:
-            split = f', {row.paper.split} split' if row.paper.split else ''
-            cells[1] += f' (Table {row.paper.table}{split})'
-        cells += [_fmt_cost(name, row.cost.get(name)) for name in costs]
+        cells = [row.label]
+        if not mini:
+            setting = row.setting or '—'
+            if row.paper is not None and row.same_setting and \
+                    row.paper.table:
+                split = (f', {row.paper.split} split'
+                         if row.paper.split else '')
+                setting += f' (Table {row.paper.table}{split})'
+            cells.append(setting)
+        cells += _metric_cells(table, row, main)
         if versus:
             cells.append(row.versus_baseline(headline) or '—')
-        if references:
-            cells.append(_reference_text(row.reference))
-        cells.append(row.evaluation_text())
         lines.append(cells)
-    return _md_table(header, lines)
+        more = [row.label] + _metric_cells(table, row, rest)
+        if mini:
+            more.append(', '.join(run.name for run in row.runs))
+        more += [_fmt_cost(name, row.cost.get(name)) for name in costs]
+        if references:
+            more.append(_reference_text(row.reference))
+        more.append(row.evaluation_text())
+        detail_lines.append(more)
+    out = _md_table(header, lines) + ['', 'Details:', '']
+    out += _md_table(details, detail_lines)
+    pointers = _paper_pointers(table)
+    return out + (['', pointers] if pointers else [])
+
+
+def _paper_pointers(table: Table) -> str:
+    """One line: the paper rows of another setting that rows refer to (a
+    mini config's full-size parent, the single-scale row of a ``--tta``
+    test), with their numbers, shown nowhere beside ours."""
+    cited = {}
+    for row in table.rows:
+        if row.paper is None or row.same_setting:
+            continue
+        numbers = ', '.join(f'{name} {_fmt(value)}'
+                            for name, value in row.paper.metrics.items())
+        cited.setdefault(
+            f'{row.paper.cite()} ({row.paper_config}): {numbers}',
+            []).append(row.label)
+    if not cited:
+        return ''
+    return ('Paper, a different setting (not comparable, no difference '
+            'computed): ' + '; '.join(f'{", ".join(labels)} → {text}'
+                                      for text, labels in cited.items()) +
+            '.')
 
 
 def _reference_text(reference: Optional[PaperRow]) -> str:
@@ -628,82 +693,93 @@ def _reference_text(reference: Optional[PaperRow]) -> str:
         else numbers
 
 
+def _notes(table: Table) -> List[str]:
+    """The notes ``table`` needs, each a paragraph; a note two tables need
+    is the same text (see :func:`render_markdown`)."""
+    notes = []
+    if table.delta_names:
+        notes.append('Δ = ours − paper, same setting and split, percent '
+                     'points.')
+    if any(row.spread for row in table.rows):
+        notes.append('mean ± s (n=k): the mean over k seeds of one config '
+                     'and their sample standard deviation; Δ is that mean '
+                     '− the paper, ± the same s.')
+    elif table.suite == 'mini':
+        notes.append('Mini tables: one seed per row, so a difference '
+                     'between rows may be seed-to-seed noise '
+                     '(`tools/run_suite.py --seeds N` runs each config N '
+                     'times and shows mean ± s); tiny data trained from '
+                     'scratch, not the papers\' setting, so no paper number '
+                     'stands beside them.')
+    if table.cost_names:
+        notes.append('Cost from the mmengine logs, mean over the row\'s '
+                     'seeds: train s/iter = training seconds per iteration; '
+                     'infer ms/img = the test loop\'s time per iteration '
+                     '(one image per GPU); memory GB = peak GPU memory while '
+                     'training (logged on GPU only). vs baseline: the row '
+                     'with the same config and the first of BN†, BN, '
+                     'SyncBN, GN as its normaliser; the difference of the '
+                     'first metric and the relative cost.')
+    splits = sorted({
+        row.paper.split
+        for row in table.rows if row.paper and row.same_setting
+        and row.paper.split
+    })
+    for split in splits:
+        notes.append(f'({split}): the paper\'s number is on that split, '
+                     'ours on the split the config evaluates; no '
+                     'difference is computed.')
+    if any(None in row.values.values() for row in table.rows):
+        notes.append('n/a: COCO reports -1 when the evaluation split has no '
+                     'object of that size.')
+    if any(statistics_text(run) for row in table.rows for run in row.runs):
+        notes.append('Evaluation: which BN statistics the SN layers used, '
+                     'as BatchStatsHook logged them: batch-average (the SN '
+                     'paper\'s test setting: the average over N training '
+                     'samples once training ended) or moving-average.')
+    if 'mIoU(ms)' in table.metric_names:
+        notes.append('mIoU(ms): from a multi-scale test of the same config '
+                     '(`tools/test.py --tta`, or an old `_ms-flip-test` '
+                     'config); the paper\'s text does not say whether its '
+                     'multi-scale test flipped.')
+    return notes
+
+
 def render_markdown(board: Leaderboard) -> str:
-    """Markdown: one section per task and suite, notes under each table."""
+    """Markdown: one section per task and suite (main table, details
+    table, a line naming the paper rows of another setting), then every
+    note once: the sources of the paper and reference numbers and the
+    footnotes any table needs."""
     if not board.tables:
         return 'No runs with results found.\n'
     out = []
+    notes: List[str] = []
     for table in board.tables:
         out += [f'## {table.title}', '']
         out += _render_table(table)
-        notes = []
-        titles = sorted({
-            row.paper.title
-            for row in table.rows if row.paper and row.paper.title
-        })
-        if titles:
-            notes.append('Paper numbers from the configs\' metafile.yml: ' +
-                         '; '.join(f'"{t}"' for t in titles) + '.')
-        if table.delta_names:
-            notes.append('Δ = ours − paper, same setting and split, percent '
-                         'points.')
-        if any(row.spread for row in table.rows):
-            notes.append('mean ± s (n=k): the mean over k seeds of one '
-                         'config and their sample standard deviation; Δ is '
-                         'that mean − the paper, ± the same s.')
-        elif table.suite == 'mini':
-            notes.append('One seed per row: a difference between rows may '
-                         'be seed-to-seed noise; `tools/run_suite.py --seeds '
-                         'N` runs each config N times and shows mean ± s.')
-        if table.cost_names:
-            notes.append('Cost from the mmengine logs, mean over the row\'s '
-                         'seeds: train s/iter = training seconds per '
-                         'iteration; infer ms/img = the test loop\'s time '
-                         'per iteration (one image per GPU); memory GB = '
-                         'peak GPU memory while training (logged on GPU '
-                         'only). vs baseline: the row with the same config '
-                         'and the first of BN†, BN, SyncBN, GN as its '
-                         'normaliser; the difference of the first metric '
-                         'and the relative cost.')
-        splits = sorted({
-            row.paper.split
-            for row in table.rows if row.paper and row.paper.split
-        })
-        if splits:
-            notes.append(f'({"/".join(splits)}): the paper\'s number is on '
-                         'that split, ours on the split the config '
-                         'evaluates; no difference is computed.')
-        if any(row.paper and not row.same_setting for row in table.rows):
-            notes.append('\\* a different setting (the full-size config '
-                         'named by a mini config\'s `Paper Reference`, or a '
-                         '`--tta` test of a setting the paper tested at one '
-                         'scale), shown for orientation only; no difference '
-                         'is computed.')
-        sources = {
-            row.reference.title: row.reference.url
-            for row in table.rows if row.reference
-        }
-        if sources and table.suite == 'full':
-            notes.append('Reference (not the paper): ' +
-                         '; '.join(f'{title} <{url}>' if url else title
-                                   for title, url in sorted(sources.items())) +
-                         '.')
-        if any(None in row.values.values() for row in table.rows):
-            notes.append('n/a: COCO reports -1 when the evaluation split has '
-                         'no object of that size.')
-        if any(statistics_text(run) for row in table.rows for run in row.runs):
-            notes.append('Evaluation: which BN statistics the SN layers '
-                         'used, as BatchStatsHook logged them: '
-                         'batch-average (the SN paper\'s test setting: the '
-                         'average over N training samples once training '
-                         'ended) or moving-average.')
-        if 'mIoU(ms)' in table.metric_names:
-            notes.append('mIoU(ms): from a multi-scale test of the same '
-                         'config (`tools/test.py --tta`, or an old '
-                         '`_ms-flip-test` config); the paper\'s text does not '
-                         'say whether its multi-scale test flipped.')
         out.append('')
-        for note in notes:  # one paragraph each
+        notes += _notes(table)
+    titles = sorted({
+        row.paper.title
+        for table in board.tables for row in table.rows
+        if row.paper and row.paper.title
+    })
+    sources = {
+        row.reference.title: row.reference.url
+        for table in board.tables if table.suite == 'full'
+        for row in table.rows if row.reference
+    }
+    if titles:
+        notes.insert(
+            0, 'Paper numbers from the configs\' metafile.yml: ' +
+            '; '.join(f'"{t}"' for t in titles) + '.')
+    if sources:
+        notes.append('Reference (not the paper): ' + '; '.join(
+            f'{title} <{url}>' if url else title
+            for title, url in sorted(sources.items())) + '.')
+    if notes:
+        out += ['## Notes', '']
+        for note in dict.fromkeys(notes):  # each once, one paragraph each
             out += [note, '']
     return '\n'.join(out).rstrip('\n') + '\n'
 

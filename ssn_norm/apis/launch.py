@@ -59,21 +59,59 @@ def parse_tool_args(
     return args
 
 
+def resolve_config(path: str) -> str:
+    """The file of a config given as a path or, like an upstream
+    ``_base_``, as ``mmdet::``/``mmseg::``/``mmaction::<path in the
+    package's configs>``.
+
+    Raises:
+        FileNotFoundError: no such file, naming both forms.
+    """
+    if osp.isfile(path):
+        return path
+    if '::' in path:
+        try:
+            return Config._get_cfg_path(path, '')[0]
+        except (AssertionError, ValueError, FileNotFoundError) as error:
+            raise FileNotFoundError(
+                f'config {path!r}: not found in the installed package '
+                f'({error}); give a file path, or mmdet::, mmseg:: or '
+                'mmaction:: and the path under the package\'s configs/, '
+                "e.g. 'mmdet::mask_rcnn/mask-rcnn_r50_fpn_1x_coco.py'"
+            ) from error
+    raise FileNotFoundError(
+        f'config {path!r}: no such file (relative paths are read from '
+        f'{os.getcwd()}); an upstream config is given as e.g. '
+        "'mmdet::mask_rcnn/mask-rcnn_r50_fpn_1x_coco.py'")
+
+
 def load_config(path: str, cfg_options: Optional[dict] = None) -> Config:
-    """``Config.fromfile`` plus ``--cfg-options`` overrides."""
-    cfg = Config.fromfile(path)
+    """``Config.fromfile`` (of a path or an ``mmdet::``-style name, see
+    :func:`resolve_config`) plus ``--cfg-options`` overrides."""
+    cfg = Config.fromfile(resolve_config(path))
     if cfg_options is not None:
         cfg.merge_from_dict(cfg_options)
     return cfg
 
 
-def build_runner(cfg: Config):
-    """The config's runner: ``runner_type`` if set, else mmengine's."""
+def build_runner(cfg: Config, training: bool = False):
+    """The config's runner: ``runner_type`` if set, else mmengine's.
+
+    Then warns (:func:`~ssn_norm.apis.checks.warn_config_mistakes`) about
+    the mistakes that would otherwise pass silently: no ``custom_imports``
+    of the plugin, a top-level ``norm_cfg`` that reaches no layer of the
+    built model and, when ``training``, dropped recipe hooks.
+    """
     from mmengine.registry import RUNNERS
     from mmengine.runner import Runner
+
+    from .checks import warn_config_mistakes
     if 'runner_type' in cfg:
-        return RUNNERS.build(cfg)
-    return Runner.from_cfg(cfg)
+        runner = RUNNERS.build(cfg)
+    else:
+        runner = Runner.from_cfg(cfg)
+    warn_config_mistakes(cfg, runner.model, training)
+    return runner
 
 
 def default_work_dir(config_path: str) -> str:

@@ -70,7 +70,7 @@ def train_and_test(config: str,
         scale_schedule(cfg, schedule)
     resume = 'auto' if glob.glob(osp.join(work_dir, '*.pth')) else None
     apply_train_options(cfg, config, work_dir=work_dir, resume=resume)
-    runner = build_runner(cfg)
+    runner = build_runner(cfg, training=True)
     start = time.perf_counter()
     runner.train()
     trained = time.perf_counter()
