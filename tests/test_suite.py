@@ -5,6 +5,7 @@ import os.path as osp
 import pytest
 from mmengine.config import Config
 
+from ssn_norm.apis.launch import load_config
 from ssn_norm.apis.train_test import RESULT_FILE, scale_schedule
 from ssn_norm.suite import (FULL, MINI, SUITE_NORMS, SUITE_TASKS, run_suite,
                             select_runs)
@@ -48,6 +49,26 @@ def test_scale_schedule(loop, key):
         scale_schedule(cfg, 0)
 
 
+def test_plain_text_config_dumps_without_yapf(tmp_path, monkeypatch):
+    """The suite's configs dump as plain Python that loads back the same;
+    the tools' configs keep mmengine's yapf formatting."""
+    import mmengine.config.config as mmengine_config
+    path = MINI['det'].configs['sn']
+    plain = load_config(path, format_python_code=False)
+    formatted = load_config(path)
+
+    def no_yapf(*args, **kwargs):
+        raise AssertionError('yapf called')
+
+    monkeypatch.setattr(mmengine_config, 'FormatCode', no_yapf)
+    dumped = tmp_path / 'dumped.py'
+    plain.dump(str(dumped))
+    assert Config.fromfile(str(dumped)).to_dict() == formatted.to_dict()
+    assert plain.filename == formatted.filename
+    with pytest.raises(SyntaxError):  # mmengine's wrapping of the failure
+        formatted.pretty_text
+
+
 def test_smoke_suite_end_to_end(tmp_path, capsys):
     """One run per task: data in the real layouts, training, testing,
     leaderboard, ratio plots; a second call resumes (nothing re-run)."""
@@ -62,6 +83,8 @@ def test_smoke_suite_end_to_end(tmp_path, capsys):
     for run in select_runs('smoke', norms=['sn']):
         record = json.loads((suite_dir / run.name / RESULT_FILE).read_text())
         metrics[run.task] = record['metrics']
+        # A forked run's own CPU time, without the imports.
+        assert 0 < record['cpu_seconds'] < 60
         png = suite_dir / f'ratios_{run.name}.png'
         assert png.read_bytes()[:8] == b'\x89PNG\r\n\x1a\n'
     assert 0 <= metrics['det']['coco/bbox_mAP'] <= 1

@@ -13,9 +13,10 @@ import glob
 import json
 import os
 import os.path as osp
+import resource
 import sys
 import time
-from typing import Dict, Optional, Sequence
+from typing import Any, Callable, Dict, Optional, Sequence
 
 from mmengine.config import Config, DictAction
 
@@ -46,10 +47,18 @@ def scale_schedule(cfg: Config, factor: float) -> None:
         checkpoint['interval'] = length
 
 
+def cpu_seconds() -> float:
+    """User plus system CPU time of this process so far, in seconds (a
+    forked process counts from its fork)."""
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
 def train_and_test(config: str,
                    work_dir: str,
                    cfg_options: Optional[dict] = None,
-                   schedule: float = 1.0) -> Dict:
+                   schedule: float = 1.0,
+                   edit: Optional[Callable[[Config], Any]] = None) -> Dict:
     """Train ``config`` in ``work_dir`` (resuming from its last checkpoint if
     one is there), test the final model and write ``RESULT_FILE`` there.
 
@@ -59,15 +68,22 @@ def train_and_test(config: str,
         cfg_options: overrides, as ``--cfg-options`` of ``tools/train.py``.
         schedule: factor applied to the training length
             (:func:`scale_schedule`).
+        edit: called with the loaded config (after ``cfg_options`` and
+            ``schedule``) to change it in place, e.g. the claims preset's
+            settings (:mod:`ssn_norm.claims`).
 
-    Returns the record written: config, metrics, seconds for each phase.
+    Returns the record written: config, metrics, seconds for each phase and
+    ``cpu_seconds``, the process's CPU time (user + system) at the end.
     """
     import ssn_norm  # noqa: F401  registers the plugin in this process
     from .launch import apply_train_options, build_runner, load_config
 
-    cfg = load_config(config, cfg_options)
+    # Plain-text config dumps: yapf costs seconds per dump (load_config).
+    cfg = load_config(config, cfg_options, format_python_code=False)
     if schedule != 1.0:
         scale_schedule(cfg, schedule)
+    if edit is not None:
+        edit(cfg)
     resume = 'auto' if glob.glob(osp.join(work_dir, '*.pth')) else None
     apply_train_options(cfg, config, work_dir=work_dir, resume=resume)
     runner = build_runner(cfg)
@@ -84,6 +100,7 @@ def train_and_test(config: str,
         },
         train_seconds=round(trained - start, 1),
         test_seconds=round(tested - trained, 1),
+        cpu_seconds=round(cpu_seconds(), 1),
         resumed=resume is not None,
         log_dir=runner.log_dir)
     # Written whole or not at all: the suite takes a run with this file as
