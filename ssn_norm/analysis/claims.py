@@ -294,8 +294,13 @@ def tasks_differ(task_shares: Mapping[str, Mapping[str, Summary]]) -> Test:
                 sign = 1 if estimate >= 0 else -1
                 test = directional(f'{first} vs {second}: {norm} share',
                                    estimate, se, (a.n, b.n), sign)
-                score = abs(estimate) / se if se > 0 else math.inf
-                found.append((score if math.isfinite(estimate) else -1., test))
+                if not math.isfinite(estimate):
+                    score = -1.
+                elif se > 0:
+                    score = abs(estimate) / se
+                else:
+                    score = math.inf if estimate else 0.
+                found.append((score, test))
     name = 'tasks choose differently'
     if not found:
         return Test(name, math.nan, math.nan, (), 1, NOT_SHOWN,
