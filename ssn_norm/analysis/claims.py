@@ -386,55 +386,58 @@ def plot_metric(metric: Mapping[Tuple[str, str], Summary],
                 images: Mapping[str, int], metric_name: str, out: str) -> None:
     """The metric against images per GPU, one line per normaliser, error
     bars ± one sample standard deviation."""
-    from .plot import COLORS, _new_figure, _save
-    figure = _new_figure(4.2, 3.2)
-    ax = figure.add_subplot(1, 1, 1)
+    from .plot import COLORS
+    figure, ax = _line_figure()
     colours = dict(COLORS, SN='#8172B3', SSN='#937860')
     norms = sorted({norm for norm, _ in metric}, key=_norm_order)
     keys = sorted(images, key=images.get)
     for offset, norm in enumerate(norms):
         # Normalisers side by side at each setting, so bars do not hide.
         shift = 1 + 0.04 * (offset - (len(norms) - 1) / 2)
-        points = [(images[k] * shift, metric[(norm, k)]) for k in keys
-                  if metric[(norm, k)].finite]
-        if not points:
-            continue
-        ax.errorbar([x for x, _ in points], [s.mean for _, s in points],
-                    yerr=[_zero_nan(s.sd) for _, s in points],
-                    marker='o',
-                    capsize=3,
-                    color=colours.get(norm),
-                    label=norm)
-    _images_axis(ax, [images[k] for k in keys])
-    ax.set_ylabel(metric_name)
-    if ax.get_legend_handles_labels()[0]:
-        ax.legend(fontsize=8)
-    figure.tight_layout()
-    _save(figure, out)
+        _series(ax, [(images[k] * shift, metric[(norm, k)]) for k in keys],
+                colours.get(norm), norm)
+    _finish(figure, ax, [images[k] for k in keys], metric_name, out)
 
 
 def plot_shares(shares: Mapping[str, Mapping[str, Summary]],
                 images: Mapping[str, int], out: str) -> None:
     """SN's IN, LN and BN shares against images per GPU, ± one sample
     standard deviation over seeds."""
-    from .plot import COLORS, _new_figure, _save
-    figure = _new_figure(4.2, 3.2)
-    ax = figure.add_subplot(1, 1, 1)
+    from .plot import COLORS
+    figure, ax = _line_figure()
     keys = sorted(images, key=images.get)
     for norm in SHARES:
-        points = [(images[k], shares[k][norm]) for k in keys
-                  if shares[k][norm].finite]
-        if not points:
-            continue
+        _series(ax, [(images[k], shares[k][norm]) for k in keys], COLORS[norm],
+                norm)
+    ax.axhline(1 / 3, color='0.6', linewidth=0.8, linestyle=':')
+    _finish(figure, ax, [images[k] for k in keys], 'SN ratio (layer mean)',
+            out)
+
+
+def _line_figure():
+    from .plot import _new_figure
+    figure = _new_figure(4.2, 3.2)
+    return figure, figure.add_subplot(1, 1, 1)
+
+
+def _series(ax, points: Sequence[Tuple[float, Summary]], colour: Optional[str],
+            label: str) -> None:
+    """Means ± sample standard deviations at ``x``; cells without a finite
+    value are left out."""
+    points = [(x, s) for x, s in points if s.finite]
+    if points:
         ax.errorbar([x for x, _ in points], [s.mean for _, s in points],
                     yerr=[_zero_nan(s.sd) for _, s in points],
                     marker='o',
                     capsize=3,
-                    color=COLORS[norm],
-                    label=norm)
-    ax.axhline(1 / 3, color='0.6', linewidth=0.8, linestyle=':')
-    _images_axis(ax, [images[k] for k in keys])
-    ax.set_ylabel('SN ratio (layer mean)')
+                    color=colour,
+                    label=label)
+
+
+def _finish(figure, ax, images: Sequence[int], ylabel: str, out: str) -> None:
+    from .plot import _save
+    _images_axis(ax, images)
+    ax.set_ylabel(ylabel)
     if ax.get_legend_handles_labels()[0]:
         ax.legend(fontsize=8)
     figure.tight_layout()
