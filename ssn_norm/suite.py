@@ -410,12 +410,17 @@ def execute_run(run: RunSpec, work_dir: str, preset: str, root: str, gpus: int,
     seconds = time.perf_counter() - start
     if code != 0:
         with open(log_path) as f:
-            tail = f.readlines()[-25:]
+            tail = ''.join(f.readlines()[-25:])
+        if not tail:
+            tail = ('the run\'s process ended before its first output; see '
+                    'the messages above (a script calling run_suite must do '
+                    "so under `if __name__ == '__main__':`, as the runs' "
+                    'processes import it)\n')
         return dict(
             status='failed',
             seconds=seconds,
             log=log_path,
-            tail=f'(exit code {code})\n' + ''.join(tail))
+            tail=f'(exit code {code})\n' + tail)
     record = read_suite_result(work_dir)
     if record is None:
         return dict(
