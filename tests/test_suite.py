@@ -100,3 +100,30 @@ def test_smoke_suite_end_to_end(tmp_path, capsys):
     assert run_suite('smoke', norms=['sn'], root=str(tmp_path)) == 0
     assert '3 runs, 3 already done' in capsys.readouterr().out
     assert {p: p.stat().st_mtime for p in mtimes} == mtimes
+
+
+def test_full_preset_trains_then_tests_under_torchrun(tmp_path, monkeypatch):
+    """The full preset's commands: torchrun train.py with the seed, then
+    test.py on the last checkpoint; a complete record afterwards."""
+    from ssn_norm import suite
+    (run, ) = select_runs('full', tasks=['seg'], norms=['sn'], seeds=2)[1:]
+    work_dir = tmp_path / run.work_name
+    calls = []
+
+    def call(command, **kwargs):
+        calls.append(command)
+        if len(calls) == 1:  # training leaves a checkpoint
+            (work_dir / 'iter_40000.pth').write_bytes(b'')
+        return 0
+
+    monkeypatch.setattr(suite.subprocess, 'call', call)
+    record = suite.execute_run(run, str(work_dir), 'full', str(tmp_path), 4, 1,
+                               1.0)
+    assert record['status'] == 'done'
+    train, test = calls
+    assert train[1:4] == ['-m', 'torch.distributed.run', '--nproc_per_node=4']
+    assert train[4].endswith('tools/train.py') and train[5] == run.config
+    assert train[-2:] == ['--cfg-options', 'randomness.seed=1']
+    assert test[4].endswith('tools/test.py')
+    assert test[6] == str(work_dir / 'iter_40000.pth')
+    assert test[-2:] == ['--launcher', 'pytorch']
