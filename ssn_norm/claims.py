@@ -212,13 +212,16 @@ def scale_ratio_lr(cfg, factor: float) -> None:
 
 
 def add_batch_stats(cfg, num_batches: int) -> None:
-    """Evaluate with batch-average SN statistics: ``BatchStatsHook`` over
-    ``num_batches`` training batches before every validation and test.
+    """Test with batch-average SN statistics: ``BatchStatsHook`` over
+    ``num_batches`` training batches before the test (the suite's runs
+    report the test; with no hook needing it, the validation inside the
+    training loop is dropped, see :func:`~ssn_norm.apis.train_test.
+    skip_final_validation`).
 
     The batches come from the training loader's config with mmengine's
     ``DefaultSampler``: the ``InfiniteSampler`` of iteration-based configs
-    yields nothing when iterated a second time, so the hook's second
-    computation (at the test) would find no data.  Added only when the
+    yields nothing when iterated a second time, so a second computation
+    (e.g. validation, then test) would find no data.  Added only when the
     config has no ``BatchStatsHook`` of its own (its settings then win); a
     config-level default of the same mechanism under another hook type
     computes the same averages again, which costs time but changes
@@ -233,7 +236,7 @@ def add_batch_stats(cfg, num_batches: int) -> None:
                 type='BatchStatsHook',
                 num_batches=num_batches,
                 dataloader=loader,
-                stages=('val', 'test'),
+                stages=('test', ),
                 progress=False))
     cfg.custom_hooks = hooks
 

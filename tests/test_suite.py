@@ -6,9 +6,10 @@ import pytest
 from mmengine.config import Config
 
 from ssn_norm.apis.launch import load_config
-from ssn_norm.apis.train_test import RESULT_FILE, scale_schedule
-from ssn_norm.suite import (FULL, MINI, SUITE_NORMS, SUITE_TASKS, run_suite,
-                            select_runs)
+from ssn_norm.apis.train_test import (RESULT_FILE, scale_schedule,
+                                      skip_final_validation)
+from ssn_norm.suite import (FULL, HEADLINE, MINI, SUITE_NORMS, SUITE_TASKS,
+                            run_suite, select_runs)
 
 
 def test_every_preset_config_exists():
@@ -69,6 +70,40 @@ def test_plain_text_config_dumps_without_yapf(tmp_path, monkeypatch):
         formatted.pretty_text
 
 
+@pytest.mark.parametrize('task,norm',
+                         [(t, n) for t in SUITE_TASKS for n in SUITE_NORMS])
+def test_minis_skip_the_validation_the_test_repeats(task, norm):
+    cfg = load_config(MINI[task].configs[norm])
+    cfg.custom_hooks = list(cfg.get('custom_hooks',
+                                    [])) + [dict(type='RngStateHook')]
+    assert skip_final_validation(cfg)
+    length = cfg.train_cfg.get('max_epochs', cfg.train_cfg.get('max_iters'))
+    assert cfg.train_cfg.val_begin == length + 1
+
+
+@pytest.mark.parametrize(
+    'hook,skipped',
+    [
+        (dict(type='BatchStatsHook'), False),  # default stages=('val',)
+        (dict(type='BatchStatsHook', stages=('val', 'test')), False),
+        (dict(type='BatchStatsHook', stages='test'), True),
+        (dict(type='EMAHook'), False),  # swaps weights around validation
+        (dict(type='SyncBuffersHook'), True),
+    ])
+def test_validation_kept_for_hooks_that_act_on_it(hook, skipped):
+    cfg = load_config(MINI['seg'].configs['sn'])
+    cfg.custom_hooks = list(cfg.custom_hooks) + [hook]
+    assert skip_final_validation(cfg) is skipped
+    assert ('val_begin' in cfg.train_cfg) is skipped
+
+
+def test_validation_kept_for_save_best():
+    cfg = load_config(MINI['video'].configs['sn'])
+    cfg.default_hooks.checkpoint.save_best = 'auto'
+    assert not skip_final_validation(cfg)
+    assert cfg.train_cfg.val_begin == 6  # the config's own
+
+
 def test_smoke_suite_end_to_end(tmp_path, capsys):
     """One run per task: data in the real layouts, training, testing,
     leaderboard, ratio plots; a second call resumes (nothing re-run)."""
@@ -85,6 +120,10 @@ def test_smoke_suite_end_to_end(tmp_path, capsys):
         metrics[run.task] = record['metrics']
         # A forked run's own CPU time, without the imports.
         assert 0 < record['cpu_seconds'] < 60
+        # Only the test evaluated: no validation entry in the training log.
+        (scalars, ) = (suite_dir / run.name).glob('*/vis_data/scalars.json')
+        head = HEADLINE[run.task]
+        assert head not in scalars.read_text() and head in metrics[run.task]
         png = suite_dir / f'ratios_{run.name}.png'
         assert png.read_bytes()[:8] == b'\x89PNG\r\n\x1a\n'
     assert 0 <= metrics['det']['coco/bbox_mAP'] <= 1

@@ -6,6 +6,9 @@ and the same Runner, without paying the import cost of a second process
 for testing.  Test metrics land where ``tools/test.py`` puts them:
 ``<work_dir>/<timestamp>/<timestamp>.json``.
 
+The validations inside the training loop are dropped when no hook needs
+them (:func:`skip_final_validation`): the test repeats them.
+
 Run as ``python -m ssn_norm.apis.train_test CONFIG --work-dir DIR``.
 """
 import argparse
@@ -47,6 +50,58 @@ def scale_schedule(cfg: Config, factor: float) -> None:
         checkpoint['interval'] = length
 
 
+#: Hooks whose validation-stage methods change nothing a test after
+#: training sees: they time, log, draw when asked, restore the random
+#: generators (RngStateHook) or, in a single process as here, do nothing
+#: (SyncNormStatsHook, SyncBuffersHook); or they have no
+#: validation-stage method at all.
+#: CheckpointHook and BatchStatsHook are judged by their settings
+#: (:func:`_neutral_at_validation`).
+VALIDATION_NEUTRAL_HOOKS = frozenset({
+    'RuntimeInfoHook', 'IterTimerHook', 'LoggerHook', 'ParamSchedulerHook',
+    'DistSamplerSeedHook', 'DetVisualizationHook', 'SegVisualizationHook',
+    'VisualizationHook', 'RngStateHook', 'SyncNormStatsHook',
+    'SyncBuffersHook', 'SparsestMaxRadiusHook', 'RatioLoggerHook'
+})
+
+
+def _neutral_at_validation(hook: dict) -> bool:
+    kind = hook.get('type')
+    name = kind if isinstance(kind, str) else getattr(kind, '__name__', '')
+    if name == 'CheckpointHook':
+        return not hook.get('save_best')
+    if name == 'BatchStatsHook':
+        stages = hook.get('stages', ('val', ))
+        return 'val' not in ((stages, ) if isinstance(stages, str) else stages)
+    return name in VALIDATION_NEUTRAL_HOOKS
+
+
+def skip_final_validation(cfg: Config) -> bool:
+    """Drop the training loop's validations when only the test counts.
+
+    The suite reports the test after training, which (in the minis)
+    evaluates the validation images again.  The validations are dropped
+    (``train_cfg.val_begin`` past the end) only when every hook of the
+    config is neutral at validation (:data:`VALIDATION_NEUTRAL_HOOKS`, a
+    ``CheckpointHook`` without ``save_best``, a ``BatchStatsHook`` without
+    the ``'val'`` stage): then the test sees the same model either way.
+    Any other hook, e.g. one computing statistics before validation that
+    the test would then use, keeps them.
+
+    Returns whether they were dropped.
+    """
+    hooks = list(cfg.get('custom_hooks') or [])
+    hooks += [h for h in (cfg.get('default_hooks') or {}).values() if h]
+    if not all(_neutral_at_validation(hook) for hook in hooks):
+        return False
+    train_cfg = cfg.train_cfg
+    key = 'max_epochs' if 'max_epochs' in train_cfg else 'max_iters'
+    if key not in train_cfg:
+        return False
+    train_cfg['val_begin'] = train_cfg[key] + 1
+    return True
+
+
 def cpu_seconds() -> float:
     """User plus system CPU time of this process so far, in seconds (a
     forked process counts from its fork)."""
@@ -84,6 +139,7 @@ def train_and_test(config: str,
         scale_schedule(cfg, schedule)
     if edit is not None:
         edit(cfg)
+    skip_final_validation(cfg)
     resume = 'auto' if glob.glob(osp.join(work_dir, '*.pth')) else None
     apply_train_options(cfg, config, work_dir=work_dir, resume=resume)
     runner = build_runner(cfg)
