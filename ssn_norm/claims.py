@@ -523,6 +523,10 @@ def analyse(collected: Collected, out_dir: str, header: str) -> str:
         rules.plot_profiles(profiles, plots['claim3'])
 
     columns = [(s.key, f'{s.images} images/GPU {s.title}') for s in SETTINGS]
+    configs = MINI[CLAIM1_TASK].configs
+    config_names = ', '.join(
+        f'{norm}: `{osp.splitext(osp.basename(configs[key]))[0]}`'
+        for norm, key in CLAIM1_NORMS.items())
     lines = [
         '# The SN paper\'s claims at small scale', '', header, '',
         'Verdict rule (fixed before any run, `ssn_norm/analysis/'
@@ -535,13 +539,13 @@ def analyse(collected: Collected, out_dir: str, header: str) -> str:
         'mean ± s (n seeds).', '',
         '## Claim 1: BN degrades as the images per GPU shrink; GN and SN '
         'hold', '',
-        f'Segmentation ({TASK_TITLES[CLAIM1_TASK]} minis, from scratch, '
-        'images varying in contrast and illumination), 16 images per '
-        'optimizer step in both settings; only the batch the statistics '
-        'see changes. BN: moving averages at test; SN: batch-average '
-        'statistics.', '', *rules.claim1_table(metric, columns, metric_name),
-        '', *rules.tests_table(result1), '',
-        f'![claim 1]({"claim1_metric.png"})', '',
+        f'The {TASK_TITLES[CLAIM1_TASK]} minis ({config_names}), from '
+        'scratch, on images that vary in contrast and illumination; 16 '
+        'images per optimizer step in both settings, only the batch the '
+        'statistics see changes. BN: moving averages at test; SN: '
+        'batch-average statistics.', '',
+        *rules.claim1_table(metric, columns, metric_name), '',
+        *rules.tests_table(result1), '', '![claim 1](claim1_metric.png)', '',
         '## Claim 2: SN lowers its BN ratio and raises LN\'s at small '
         'batch', '', 'SN ratios at the end of the claim-1 SN runs, mean of '
         'the mean and variance ratios over all layers, then over seeds.', '',
