@@ -46,6 +46,14 @@ live in ``tools/install.sh``.
    :func:`ssn_norm.registry.unknown_norm_message` (the type, close matches,
    every known norm) instead of returning None.  Only that lookup is
    affected, and only on a miss.
+7. Opt-in, not applied by :func:`apply_all`: a Runner pretty-prints its
+   config with yapf about six times (log, work-dir and visualizer dumps,
+   message hub for train and test, checkpoint meta), seconds each on a small
+   CPU.  mmengine's switch for that, ``format_python_code=False``, is
+   dropped by ``Config.fromfile`` for ordinary (non-lazy) config files in
+   0.10.7; :func:`plain_text_config` sets it on a loaded config.  The
+   benchmark suite uses it for its short runs; the tools keep mmengine's
+   formatted dumps.
 """
 import contextlib
 import functools
@@ -604,6 +612,22 @@ def _patch_mmcv_unknown_norm_error() -> None:
     from mmcv.cnn.bricks import norm
     if not isinstance(norm.MODELS, _NormLookup):
         norm.MODELS = _NormLookup(norm.MODELS)
+
+
+def plain_text_config(cfg: Any) -> Any:
+    """``cfg`` (an mmengine ``Config``) rebuilt to dump without yapf.
+
+    The copy holds the same keys, values, text, file name and environment
+    variables; its ``pretty_text`` is mmengine's plain Python text, which
+    loads back to the same dict (workaround 7 of this module).
+    """
+    from mmengine.config import Config
+    return Config(
+        cfg.to_dict(),
+        cfg_text=cfg.text,
+        filename=cfg.filename,
+        env_variables=cfg.env_variables,
+        format_python_code=False)
 
 
 def apply_all() -> None:

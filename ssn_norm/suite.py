@@ -25,6 +25,7 @@ where it stopped.
 """
 import glob
 import json
+import multiprocessing
 import os
 import os.path as osp
 import subprocess
@@ -34,14 +35,16 @@ import warnings
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass, field
 from importlib import import_module
-from typing import Dict, List, Optional, Sequence
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 from .apis.train_test import RESULT_FILE
 
 REPO_ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
 SUITE_TASKS = ('det', 'seg', 'video')
 SUITE_NORMS = ('baseline', 'gn', 'sn', 'ssn')
-PRESETS = ('mini', 'smoke', 'full')
+#: ``claims`` and ``claims-smoke`` are :mod:`ssn_norm.claims`'s.
+PRESETS = ('mini', 'smoke', 'full', 'claims', 'claims-smoke')
+CLAIMS_PRESETS = ('claims', 'claims-smoke')
 # Metric shown in the one-line progress report of each task.
 HEADLINE = {'det': 'coco/bbox_mAP', 'seg': 'mIoU', 'video': 'acc/top1'}
 
@@ -118,12 +121,19 @@ SCHEDULE = {'mini': 1.0, 'smoke': 0.1, 'full': 1.0}
 
 @dataclass
 class RunSpec:
-    """One run: a (task, normaliser) config and, for ``seeds > 1``, the
-    seed it sets."""
+    """One run: a (task, normaliser) config, the seed it sets (``seeds >
+    1``), and for the claims preset its setting and config edits."""
     task: str
     norm: str
     config: str  # absolute path
     seed: Optional[int] = None
+    #: A sub-directory naming the run's setting (claims preset), e.g. '8x2'.
+    setting: Optional[str] = None
+    #: Config overrides, as ``--cfg-options`` (``merge_from_dict``).
+    options: Dict[str, Any] = field(default_factory=dict)
+    #: Called with the loaded config to change it in place (a module-level
+    #: function or a ``functools.partial`` of one: it is pickled by name).
+    edit: Optional[Callable] = None
 
     @property
     def name(self) -> str:
@@ -132,11 +142,23 @@ class RunSpec:
 
     @property
     def work_name(self) -> str:
-        """The work directory under the suite's: ``<config name>``, or
-        ``<config name>/seed-<k>`` for a seeded run."""
-        if self.seed is None:
-            return self.name
-        return osp.join(self.name, f'seed-{self.seed}')
+        """The work directory under the suite's: ``<config name>``, then
+        ``/<setting>`` for a claims run and ``/seed-<k>`` for a seeded
+        one."""
+        parts = [self.name]
+        if self.setting is not None:
+            parts.append(self.setting)
+        if self.seed is not None:
+            parts.append(f'seed-{self.seed}')
+        return osp.join(*parts)
+
+    @property
+    def overrides(self) -> Dict[str, Any]:
+        """:attr:`options` plus the seed, as ``merge_from_dict`` keys."""
+        options = dict(self.options)
+        if self.seed is not None:
+            options['randomness.seed'] = self.seed
+        return options
 
     @property
     def cfg_options(self) -> List[str]:
@@ -162,8 +184,11 @@ def select_runs(preset: str,
     """
     if isinstance(seeds, bool) or not isinstance(seeds, int) or seeds < 1:
         raise ValueError(f'seeds must be a positive integer, got {seeds!r}')
-    if preset not in PRESETS:
-        raise ValueError(f'unknown preset {preset!r}; choose from {PRESETS}')
+    if preset not in PRESETS or preset in CLAIMS_PRESETS:
+        valid = tuple(p for p in PRESETS if p not in CLAIMS_PRESETS)
+        raise ValueError(f'unknown preset {preset!r}; choose from {valid} '
+                         f'(the claims presets have their own runs: '
+                         'ssn_norm.claims)')
     for value, valid, what in ((tasks, SUITE_TASKS, 'task'),
                                (norms, SUITE_NORMS, 'norm')):
         unknown = [v for v in value if v not in valid]
@@ -196,14 +221,7 @@ def prepare_data(preset: str, tasks: Sequence[str], root: str) -> None:
             f.write(spec.generator + '\n')
 
 
-def _command(run: RunSpec, work_dir: str, preset: str, gpus: int,
-             schedule: float) -> List[List[str]]:
-    if preset != 'full':
-        return [[
-            sys.executable, '-m', 'ssn_norm.apis.train_test', run.config,
-            '--work-dir', work_dir, '--schedule',
-            str(schedule)
-        ] + run.cfg_options]
+def _full_command(run: RunSpec, work_dir: str, gpus: int) -> List[str]:
     launch = [
         sys.executable, '-m', 'torch.distributed.run',
         f'--nproc_per_node={gpus}'
@@ -214,7 +232,7 @@ def _command(run: RunSpec, work_dir: str, preset: str, gpus: int,
     ] + run.cfg_options
     if glob.glob(osp.join(work_dir, '*.pth')):
         train.append('--resume')
-    return [train]
+    return train
 
 
 def _last_checkpoint(work_dir: str) -> Optional[str]:
@@ -275,6 +293,83 @@ def _write_json_atomically(path: str, record: dict) -> None:
     os.replace(partial, path)
 
 
+#: Modules the CPU presets' runs import.  A fork server imports them once
+#: and forks every run from itself (:func:`_fork_context`), so no run pays
+#: the seconds of importing torch and the three toolboxes again.
+PRELOAD = ('ssn_norm', 'ssn_norm.apis.train_test', 'mmengine.runner',
+           'mmdet.models', 'mmseg.models', 'mmaction.models',
+           'ssn_norm.convert.inflate_i3d', 'pycocotools.cocoeval')
+
+
+def _fork_context():
+    """multiprocessing's fork server, preloaded with :data:`PRELOAD`, or
+    None where the platform has none (each run is then a new
+    interpreter)."""
+    if 'forkserver' not in multiprocessing.get_all_start_methods():
+        return None
+    context = multiprocessing.get_context('forkserver')
+    context.set_forkserver_preload(list(PRELOAD))
+    return context
+
+
+def _train_and_test_child(root: str, config: str, work_dir: str, options: dict,
+                          edit: Optional[Callable], schedule: float,
+                          threads: int, log_path: str) -> None:
+    """A forked run: in ``root`` (the configs' data roots are relative to
+    it), its output to ``log_path``, ``threads`` intra-op threads, then
+    :func:`~ssn_norm.apis.train_test.train_and_test`."""
+    os.chdir(root)
+    fd = os.open(log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+    os.dup2(fd, 1)
+    os.dup2(fd, 2)
+    os.close(fd)
+    sys.stdout = open(1, 'w', buffering=1, closefd=False)
+    sys.stderr = open(2, 'w', buffering=1, closefd=False)
+    os.environ.update(_thread_env(threads))
+    import torch
+    torch.set_num_threads(threads)
+    from .apis.train_test import train_and_test
+    train_and_test(config, work_dir, options, schedule, edit)
+
+
+def _thread_env(threads: int) -> Dict[str, str]:
+    return dict(
+        OMP_NUM_THREADS=str(threads),
+        MKL_NUM_THREADS=str(threads),
+        PYTHONUNBUFFERED='1')
+
+
+def _train_and_test(run: RunSpec, work_dir: str, root: str, threads: int,
+                    schedule: float, log_path: str) -> int:
+    """Train and test one CPU run in a child process; its exit code."""
+    context = _fork_context()
+    if context is None:
+        command = [
+            sys.executable, '-m', 'ssn_norm.apis.train_test', run.config,
+            '--work-dir', work_dir, '--schedule',
+            str(schedule)
+        ] + run.cfg_options
+        if run.options or run.edit is not None:
+            raise RuntimeError(
+                f'{run.work_name}: config edits need the fork server, which '
+                'this platform lacks')
+        with open(log_path, 'a') as log:
+            return subprocess.call(
+                command,
+                cwd=root,
+                env=dict(os.environ, **_thread_env(threads)),
+                stdout=log,
+                stderr=subprocess.STDOUT)
+    child = context.Process(
+        target=_train_and_test_child,
+        args=(root, run.config, work_dir, run.overrides, run.edit, schedule,
+              threads, log_path),
+        name=run.work_name)
+    child.start()
+    child.join()
+    return child.exitcode
+
+
 def execute_run(run: RunSpec, work_dir: str, preset: str, root: str, gpus: int,
                 threads: int, schedule: float) -> dict:
     """Train and test one run in child processes; returns its record.
@@ -283,43 +378,49 @@ def execute_run(run: RunSpec, work_dir: str, preset: str, root: str, gpus: int,
     the tail of the log); the run's full output is in ``suite.log``.
     """
     os.makedirs(work_dir, exist_ok=True)
-    env = dict(
-        os.environ,
-        OMP_NUM_THREADS=str(threads),
-        MKL_NUM_THREADS=str(threads),
-        PYTHONUNBUFFERED='1')
     log_path = osp.join(work_dir, 'suite.log')
+    open(log_path, 'a').close()  # there even if the child fails to start
     start = time.perf_counter()
-    commands = _command(run, work_dir, preset, gpus, schedule)
-    with open(log_path, 'a') as log:
-        for command in commands:
+    if preset != 'full':
+        code = _train_and_test(run, work_dir, root, threads, schedule,
+                               log_path)
+    else:
+        env = dict(os.environ, **_thread_env(threads))
+        train = _full_command(run, work_dir, gpus)
+        with open(log_path, 'a') as log:
             code = subprocess.call(
-                command,
-                cwd=root,
-                env=env,
-                stdout=log,
-                stderr=subprocess.STDOUT)
-            if code != 0:
-                break
-        if code == 0 and preset == 'full':
-            checkpoint = _last_checkpoint(work_dir)
-            test = commands[0][:4] + [
-                osp.join(REPO_ROOT, 'tools', 'test.py'), run.config,
-                str(checkpoint), '--work-dir', work_dir, '--launcher',
-                'pytorch'
-            ]
-            code = subprocess.call(
-                test, cwd=root, env=env, stdout=log, stderr=subprocess.STDOUT)
+                train, cwd=root, env=env, stdout=log, stderr=subprocess.STDOUT)
             if code == 0:
-                _write_json_atomically(
-                    osp.join(work_dir, RESULT_FILE),
-                    dict(config=run.config, metrics={}))
+                checkpoint = _last_checkpoint(work_dir)
+                test = train[:4] + [
+                    osp.join(REPO_ROOT, 'tools', 'test.py'), run.config,
+                    str(checkpoint), '--work-dir', work_dir, '--launcher',
+                    'pytorch'
+                ]
+                code = subprocess.call(
+                    test,
+                    cwd=root,
+                    env=env,
+                    stdout=log,
+                    stderr=subprocess.STDOUT)
+        if code == 0:
+            _write_json_atomically(
+                osp.join(work_dir, RESULT_FILE),
+                dict(config=run.config, metrics={}))
     seconds = time.perf_counter() - start
     if code != 0:
         with open(log_path) as f:
-            tail = f.readlines()[-25:]
+            tail = ''.join(f.readlines()[-25:])
+        if not tail:
+            tail = ('the run\'s process ended before its first output; see '
+                    'the messages above (a script calling run_suite must do '
+                    "so under `if __name__ == '__main__':`, as the runs' "
+                    'processes import it)\n')
         return dict(
-            status='failed', seconds=seconds, log=log_path, tail=''.join(tail))
+            status='failed',
+            seconds=seconds,
+            log=log_path,
+            tail=f'(exit code {code})\n' + tail)
     record = read_suite_result(work_dir)
     if record is None:
         return dict(
@@ -346,29 +447,31 @@ def plot_run_ratios(work_dir: str,
     return out
 
 
-def run_suite(preset: str = 'mini',
-              tasks: Sequence[str] = SUITE_TASKS,
-              norms: Sequence[str] = SUITE_NORMS,
-              root: str = '.',
-              jobs: int = 2,
-              gpus: int = 8,
-              seeds: int = 1) -> int:
-    """Run the suite; print progress and the leaderboard.
+def _describe(run: RunSpec) -> str:
+    setting = '' if run.setting is None else f' {run.setting}'
+    seed = '' if run.seed is None else f' seed {run.seed}'
+    return f'{run.task:5s} {run.norm:8s}{setting}{seed}'
 
-    ``seeds`` runs every config that many times (see :func:`select_runs`);
-    the ratio plots show each config's first seed.
 
-    Returns the number of failed runs (0 when everything succeeded).
+def execute_runs(runs: Sequence[RunSpec],
+                 suite_dir: str,
+                 preset: str,
+                 root: str,
+                 jobs: int = 2,
+                 gpus: int = 8,
+                 schedule: float = 1.0) -> Tuple[List[RunSpec], List[RunSpec]]:
+    """Train and test the runs of ``runs`` not done yet, ``jobs`` at a
+    time, in the given order; print each outcome as it comes.
+
+    A run is done when ``suite_dir/<work name>`` holds a complete record
+    (:func:`read_suite_result`); runs done before are not repeated.  On
+    CPU (every preset but ``full``) each run gets ``cpus // jobs`` threads.
+
+    Returns:
+        ``(done, failed)``: the runs done by the end, and those that failed.
     """
     from mmengine.utils import ProgressBar
 
-    from .analysis import gather, write_leaderboard
-
-    root = osp.abspath(root)
-    runs = select_runs(preset, tasks, norms, seeds)
-    suite_dir = osp.join(root, 'work_dirs', f'suite-{preset}')
-    os.makedirs(suite_dir, exist_ok=True)
-    prepare_data(preset, tasks, root)
     jobs = 1 if preset == 'full' else max(1, jobs)
     threads = max(1, (os.cpu_count() or 1) // jobs)
     done = {
@@ -390,22 +493,23 @@ def run_suite(preset: str = 'mini',
         for run in pending:
             work_dir = osp.join(suite_dir, run.work_name)
             future = pool.submit(execute_run, run, work_dir, preset, root,
-                                 gpus, threads, SCHEDULE[preset])
+                                 gpus, threads, schedule)
             futures[future] = run
         for future in as_completed(futures):
             run = futures[future]
             record = future.result()
-            seed = '' if run.seed is None else f' seed {run.seed}'
             if record['status'] == 'done':
                 done.add(run.work_name)
                 value = record.get('metrics', {}).get(HEADLINE[run.task])
                 shown = '' if value is None else \
                     f', {HEADLINE[run.task]} = {value:.4g}'
-                message = (f'{run.task:5s} {run.norm:8s}{seed} done in '
-                           f'{record["seconds"]:.0f} s{shown}')
+                cpu = record.get('cpu_seconds')
+                cpu = '' if cpu is None else f' (CPU {cpu:.0f} s)'
+                message = (f'{_describe(run)} done in '
+                           f'{record["seconds"]:.0f} s{cpu}{shown}')
             else:
                 failed.append(run)
-                message = (f'{run.task:5s} {run.norm:8s}{seed} FAILED after '
+                message = (f'{_describe(run)} FAILED after '
                            f'{record["seconds"]:.0f} s; end of '
                            f'{record["log"]}:\n{record["tail"]}')
             print(f'\n[suite] {message}', flush=True)
@@ -413,14 +517,48 @@ def run_suite(preset: str = 'mini',
     print(
         f'\n[suite] finished in {time.perf_counter() - start:.0f} s',
         flush=True)
+    return [r for r in runs if r.work_name in done], failed
 
-    for run in runs:
+
+def run_suite(preset: str = 'mini',
+              tasks: Sequence[str] = SUITE_TASKS,
+              norms: Sequence[str] = SUITE_NORMS,
+              root: str = '.',
+              jobs: int = 2,
+              gpus: int = 8,
+              seeds: Optional[int] = None) -> int:
+    """Run the suite; print progress and the leaderboard.
+
+    ``seeds`` runs every config that many times (see :func:`select_runs`;
+    default once); the ratio plots show each config's first seed.  The
+    claims presets run :func:`ssn_norm.claims.run_claims` instead (their
+    own runs, all tasks and normalisers; ``seeds`` replaces their 3).
+
+    Returns the number of failed runs (0 when everything succeeded).
+    """
+    from .analysis import gather, write_leaderboard
+
+    if preset in CLAIMS_PRESETS:
+        from .claims import run_claims
+        if set(tasks) != set(SUITE_TASKS) or set(norms) != set(SUITE_NORMS):
+            raise ValueError(
+                f'the {preset} preset runs its own fixed matrix of tasks '
+                'and normalisers (ssn_norm.claims); drop --tasks/--norms')
+        return run_claims(preset, root, jobs, seeds)
+    seeds = 1 if seeds is None else seeds
+    root = osp.abspath(root)
+    runs = select_runs(preset, tasks, norms, seeds)
+    suite_dir = osp.join(root, 'work_dirs', f'suite-{preset}')
+    os.makedirs(suite_dir, exist_ok=True)
+    prepare_data(preset, tasks, root)
+    done, failed = execute_runs(runs, suite_dir, preset, root, jobs, gpus,
+                                SCHEDULE[preset])
+    for run in done:
         if run.norm in ('sn', 'ssn') and run.seed in (None, 0):
             work_dir = osp.join(suite_dir, run.work_name)
-            if run.work_name in done:
-                out = plot_run_ratios(work_dir, run.name, suite_dir)
-                if out:
-                    print(f'[suite] ratios of {run.name}: {out}')
+            out = plot_run_ratios(work_dir, run.name, suite_dir)
+            if out:
+                print(f'[suite] ratios of {run.name}: {out}')
     board = gather([
         osp.join(suite_dir, r.work_name)
         for r in runs if osp.isdir(osp.join(suite_dir, r.work_name))

@@ -312,8 +312,9 @@ def test_run_suite_tool_rejects_zero_seeds(capsys):
 
 def test_run_suite_with_seeds_runs_each_seed_and_aggregates(
         tmp_path, monkeypatch, capsys):
-    """``run_suite(seeds=3)``: one work directory per seed, the seed on the
-    child's command line, and one leaderboard row with mean ± s (n=3).
+    """``run_suite(seeds=3)``: one work directory per seed, the seed among
+    the child's config overrides, and one leaderboard row with mean ± s
+    (n=3).
     Training is replaced by writing each seed's logs (the real end-to-end
     run is test_suite.py's smoke test)."""
     from ssn_norm import suite
@@ -322,8 +323,7 @@ def test_run_suite_with_seeds_runs_each_seed_and_aggregates(
     commands = {}
 
     def fake_execute(run, work_dir, preset, root, gpus, threads, schedule):
-        commands[run.seed] = suite._command(run, work_dir, preset, gpus,
-                                            schedule)[0]
+        commands[run.seed] = run.overrides
         _seed_run(Path(work_dir), SN_AP[run.seed], SN_COST[run.seed])
         record = dict(config=run.config, metrics={})
         (Path(work_dir) / RESULT_FILE).write_text(json.dumps(record))
@@ -338,9 +338,7 @@ def test_run_suite_with_seeds_runs_each_seed_and_aggregates(
     suite_dir = tmp_path / 'work_dirs' / 'suite-mini'
     for seed in range(3):
         assert (suite_dir / run.name / f'seed-{seed}' / RESULT_FILE).exists()
-        assert commands[seed][-2:] == [
-            '--cfg-options', f'randomness.seed={seed}'
-        ]
+        assert commands[seed] == {'randomness.seed': seed}
     board = (suite_dir / 'leaderboard.md').read_text()
     want = _expected(SN_AP, SN_COST)
     assert f'| {want["box"][0]:.1f} ± {want["box"][1]:.1f} (n=3) |' in board

@@ -69,6 +69,35 @@ def test_tiny_cityscapes_is_deterministic(tmp_path):
         assert same != (tmp_path / 'c' / path).read_bytes()
 
 
+def _images(root):
+    return [
+        np.asarray(Image.open(osp.join(root, path)), np.float64)
+        for path in _files(root) if path.startswith('leftImg8bit/train')
+    ]
+
+
+def test_tiny_cityscapes_photometric_variation(tmp_path):
+    """Photographs in other light: per-image brightness and contrast vary
+    far more than in the plain scenes; the first scene's labels are the
+    same (photometry changes pixels, not layouts)."""
+    plain, varied = str(tmp_path / 'plain'), str(tmp_path / 'varied')
+    make_tiny_cityscapes(plain, num_train=16, num_val=1)
+    make_tiny_cityscapes(varied, num_train=16, num_val=1, photometric=True)
+    spread = {}
+    for name, root in (('plain', plain), ('varied', varied)):
+        images = _images(root)
+        spread[name] = (np.std([im.mean() for im in images]),
+                        np.std([im.std() for im in images]))
+    assert spread['varied'][0] > 3 * spread['plain'][0]  # brightness
+    assert spread['varied'][1] > 3 * spread['plain'][1]  # contrast
+    label = 'gtFine/train/aachen/aachen_000000_000019_gtFine_labelTrainIds.png'
+    image = 'leftImg8bit/train/aachen/aachen_000000_000019_leftImg8bit.png'
+    assert (tmp_path / 'plain' / label).read_bytes() == \
+        (tmp_path / 'varied' / label).read_bytes()
+    assert (tmp_path / 'plain' / image).read_bytes() != \
+        (tmp_path / 'varied' / image).read_bytes()
+
+
 def test_tiny_cityscapes_is_read_by_mmseg(tmp_path):
     make_tiny_cityscapes(str(tmp_path), num_train=4, num_val=2)
     dataset = _build_dataset(

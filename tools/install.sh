@@ -16,6 +16,9 @@
 #     pkg_resources (gone in 82; 81 warns on every import).
 #   * torch pinned through a constraints file so no dependency pulls a CUDA build.
 #   * ftfy/regex (mmseg) and importlib_metadata (mmaction2) are imported but not declared.
+#
+# The C++ kernels of ssn_norm/csrc are compiled once per set of sources, torch, Python and
+# compiler, and the build is reused from $SSN_NORM_EXT_CACHE (default ~/.cache/ssn-norm/ext).
 set -euo pipefail
 
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -63,6 +66,35 @@ fi
 echo "[install] OpenMMLab toolboxes and their undeclared dependencies"
 pip_install -r "$here/requirements/runtime.txt"
 echo "[install] ssn-norm (editable) and test requirements"
-pip_install --no-build-isolation --no-deps -e "$here"
+# The C++ kernels (ssn_norm/_ext) take minutes to compile.  A build is kept in
+# $SSN_NORM_EXT_CACHE (default ~/.cache/ssn-norm/ext), keyed by a hash of
+# everything it depends on: the sources, setup.py, torch, Python and the
+# compiler.  With a match the package installs without compiling
+# (SSN_NORM_BUILD_EXT=0, see setup.py) and gets that build, once it imports.
+ext_cache="${SSN_NORM_EXT_CACHE:-$HOME/.cache/ssn-norm/ext}"
+ext_name="$("$py" -c "import sysconfig; print('_ext' + sysconfig.get_config_var('EXT_SUFFIX'))")"
+ext_key="$( (cd "$here" && cat setup.py ssn_norm/csrc/*) | sha256sum | cut -c1-16)"
+ext_key="$ext_key-$( { "$py" -c "import sys, torch; print(sys.version, torch.__version__, torch.__file__)"; \
+    "${CXX:-c++}" --version 2>/dev/null | head -n1; } | sha256sum | cut -c1-16)"
+cached_ext="$ext_cache/$ext_key/$ext_name"
+ext_ok() { (cd "$here" && "$py" -c "import ssn_norm._ext") >/dev/null 2>&1; }
+installed_ext=0
+if [ -f "$cached_ext" ]; then
+    echo "[install] reusing the C++ kernels built before from the same sources ($cached_ext)"
+    cp "$cached_ext" "$here/ssn_norm/$ext_name"
+    if SSN_NORM_BUILD_EXT=0 pip_install --no-build-isolation --no-deps -e "$here" && ext_ok; then
+        installed_ext=1
+    else
+        echo "[install] the cached kernels do not import; building them"
+        rm -f "$here/ssn_norm/$ext_name"
+    fi
+fi
+if [ "$installed_ext" = 0 ]; then
+    pip_install --no-build-isolation --no-deps -e "$here"
+    if [ -f "$here/ssn_norm/$ext_name" ] && ext_ok; then
+        mkdir -p "$ext_cache/$ext_key"
+        cp "$here/ssn_norm/$ext_name" "$cached_ext.partial" && mv "$cached_ext.partial" "$cached_ext"
+    fi
+fi
 pip_install -r "$here/requirements/tests.txt"
 "$py" -c "import ssn_norm, mmdet.models, mmseg.models, mmaction.models; print('[install] ok: ssn_norm', ssn_norm.__version__)"

@@ -85,10 +85,21 @@ def resolve_config(path: str) -> str:
         "'mmdet::mask_rcnn/mask-rcnn_r50_fpn_1x_coco.py'")
 
 
-def load_config(path: str, cfg_options: Optional[dict] = None) -> Config:
+def load_config(path: str,
+                cfg_options: Optional[dict] = None,
+                format_python_code: bool = True) -> Config:
     """``Config.fromfile`` (of a path or an ``mmdet::``-style name, see
-    :func:`resolve_config`) plus ``--cfg-options`` overrides."""
+    :func:`resolve_config`) plus ``--cfg-options`` overrides.
+
+    ``format_python_code=False`` dumps and logs the config as plain Python
+    text, without yapf (:func:`ssn_norm.compat.plain_text_config`): the
+    benchmark suite's short runs save seconds per dump; the tools keep
+    mmengine's formatted dumps.
+    """
     cfg = Config.fromfile(resolve_config(path))
+    if not format_python_code:
+        from ..compat import plain_text_config
+        cfg = plain_text_config(cfg)
     if cfg_options is not None:
         cfg.merge_from_dict(cfg_options)
     return cfg

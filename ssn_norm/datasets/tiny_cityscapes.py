@@ -54,6 +54,16 @@ _BOXES = {
 }
 _NOISE_STD = 12.0
 _BRIGHTNESS_JITTER = 20.0
+# Photometric variation between images (``photometric=True``), as between
+# photographs taken in different light: contrast about the image mean
+# x0.5 to x1.5 (log-uniform), brightness -50 to +50, an illumination
+# gradient of up to 60 levels end to end across the image in a random
+# direction, and a colour cast of x0.9 to x1.1 per channel.  Fixed before
+# any claims run (issue 27); not tuned to any outcome.
+_CONTRAST_RANGE = (0.5, 1.5)
+_BRIGHTNESS_RANGE = 50.0
+_GRADIENT_MAX = 60.0
+_CAST_RANGE = 0.1
 _MIN_SIZE = 32
 _CITY_NAME = re.compile(r'^[a-z][a-z0-9]*$')
 
@@ -122,6 +132,37 @@ def paint_street_scene(rng: np.random.Generator, width: int,
     return np.clip(image, 0, 255).astype(np.uint8), kinds
 
 
+def vary_photometry(rng: np.random.Generator, image: np.ndarray) -> np.ndarray:
+    """``image`` as if photographed in other light.
+
+    Each call draws its own contrast (a factor about the image's mean
+    grey level), brightness offset, linear illumination gradient and
+    per-channel colour cast, so statistics over a batch of such images
+    vary from batch to batch the way they do over photographs.
+
+    Args:
+        rng: source of randomness.
+        image: an RGB ``uint8`` array (H, W, 3).
+
+    Returns:
+        The changed image, ``uint8`` of the same shape.
+    """
+    height, width = image.shape[:2]
+    x = image.astype(np.float32)
+    mean = x.mean()
+    low, high = np.log(_CONTRAST_RANGE)
+    contrast = np.exp(rng.uniform(low, high))
+    brightness = rng.uniform(-_BRIGHTNESS_RANGE, _BRIGHTNESS_RANGE)
+    angle = rng.uniform(0, 2 * np.pi)
+    amplitude = rng.uniform(0, _GRADIENT_MAX)
+    cast = rng.uniform(1 - _CAST_RANGE, 1 + _CAST_RANGE, size=3)
+    rows = (np.arange(height)[:, None] / max(height - 1, 1)) - 0.5
+    cols = (np.arange(width)[None, :] / max(width - 1, 1)) - 0.5
+    ramp = amplitude * (cols * np.cos(angle) + rows * np.sin(angle))
+    x = (x - mean) * contrast + mean + brightness + ramp[..., None]
+    return np.clip(x * cast, 0, 255).astype(np.uint8)
+
+
 def check_split_sizes(num_train: int, num_val: int,
                       size: Sequence[int]) -> Tuple[int, int]:
     """Validate generator arguments; returns ``size`` as ``(width, height)``.
@@ -156,7 +197,8 @@ def make_tiny_cityscapes(root: str,
                          size: Tuple[int, int] = (256, 128),
                          train_cities: Sequence[str] = ('aachen', 'bochum'),
                          val_cities: Sequence[str] = ('frankfurt', ),
-                         seed: int = 0) -> Dict[str, int]:
+                         seed: int = 0,
+                         photometric: bool = False) -> Dict[str, int]:
     """Write a tiny Cityscapes-layout dataset under ``root``.
 
     Images are spread round-robin over the cities of their split.  The same
@@ -171,6 +213,9 @@ def make_tiny_cityscapes(root: str,
         train_cities: city folder names of the train split.
         val_cities: city folder names of the val split.
         seed: random seed.
+        photometric: vary contrast, brightness, illumination gradient and
+            colour cast from image to image (:func:`vary_photometry`), as
+            photographs do; off, the images are those of earlier releases.
 
     Returns:
         The number of images written per split, ``{'train': n, 'val': m}``.
@@ -200,6 +245,8 @@ def make_tiny_cityscapes(root: str,
             city = cities[index % len(cities)]
             stem = f'{city}_{index // len(cities):06d}_000019'
             image, kinds = paint_street_scene(rng, width, height)
+            if photometric:
+                image = vary_photometry(rng, image)
             img_dir = osp.join(root, 'leftImg8bit', split, city)
             ann_dir = osp.join(root, 'gtFine', split, city)
             os.makedirs(img_dir, exist_ok=True)
