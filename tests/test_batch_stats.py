@@ -283,9 +283,12 @@ def toy_runner(tmp_path, hook, **cfg):
                 **cfg)))
 
 
-def hook_runner(tmp_path, by_epoch=False, **hook):
+def hook_runner(tmp_path, by_epoch=False, train_sampler=None, **hook):
     """Training: 4 iterations (2 epochs of 2 batches of 3), a checkpoint and
     a validation every 2."""
+    train_loader = dict(loader_cfg(), drop_last=True)
+    if train_sampler is not None:
+        train_loader['sampler'] = train_sampler
     if by_epoch:
         train_cfg = dict(by_epoch=True, max_epochs=2, val_interval=1)
     else:
@@ -293,7 +296,7 @@ def hook_runner(tmp_path, by_epoch=False, **hook):
     return toy_runner(
         tmp_path,
         hook,
-        train_dataloader=dict(loader_cfg(), drop_last=True),
+        train_dataloader=train_loader,
         train_cfg=train_cfg,
         optim_wrapper=dict(optimizer=dict(type='SGD', lr=0.1)),
         val_dataloader=loader_cfg(4),
@@ -381,6 +384,21 @@ def test_hook_before_validation(tmp_path):
         model.norm.running_mean.double(), mean, rtol=1e-5, atol=1e-6)
     torch.testing.assert_close(
         model.norm.running_var.double(), var, rtol=1e-5, atol=1e-6)
+    assert logged_statistics(tmp_path) == [6, 6]
+
+
+def test_hook_before_every_validation_of_an_infinite_loader(tmp_path):
+    # Iteration-based configs draw training batches from an
+    # InfiniteSampler; each validation needs its own pass over the data.
+    runner = hook_runner(
+        tmp_path,
+        num_batches=2,
+        stages=('val', ),
+        train_sampler=dict(type='InfiniteSampler', shuffle=False))
+    runner.train()
+    mean, var = expected_for(runner.model, 6)
+    torch.testing.assert_close(
+        runner.model.norm.running_var.double(), var, rtol=1e-5, atol=1e-6)
     assert logged_statistics(tmp_path) == [6, 6]
 
 

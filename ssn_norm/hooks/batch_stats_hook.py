@@ -102,6 +102,26 @@ def restore_moving_averages(checkpoint: dict, where: str = 'checkpoint'):
     return True
 
 
+def _finite_sampler(loader_cfg: dict) -> dict:
+    """A copy of ``loader_cfg`` whose sampler makes one pass per
+    iteration of the loader: ``InfiniteSampler`` (iteration-based configs)
+    becomes ``DefaultSampler`` with the same shuffling and seed.
+
+    ``InfiniteSampler`` hands every iteration of its loader one shared
+    index generator, which closes when the first iteration is dropped: a
+    second computation (two validations) would find no data.
+    """
+    cfg = copy.deepcopy(loader_cfg)
+    sampler = cfg.get('sampler') or {}
+    kind = sampler.get('type')
+    if getattr(kind, '__name__', kind) == 'InfiniteSampler':
+        cfg['sampler'] = dict(
+            type='DefaultSampler',
+            shuffle=sampler.get('shuffle', True),
+            seed=sampler.get('seed'))
+    return cfg
+
+
 @HOOKS.register_module()
 class BatchStatsHook(Hook):
     """Evaluates SN / SSN / SyncSN / SyncSSN models with batch averages.
@@ -221,7 +241,7 @@ class BatchStatsHook(Hook):
                         'BatchStatsHook: the config has no train_dataloader;'
                         ' pass dataloader=dict(...) to the hook')
             self._dataloader = runner.build_dataloader(
-                copy.deepcopy(cfg), seed=runner.seed)
+                _finite_sampler(cfg), seed=runner.seed)
         return self._dataloader
 
     def _update(self, runner, stage: str) -> None:
