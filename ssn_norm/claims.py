@@ -6,8 +6,8 @@ numbers, verdict) and PNG plots beside it.  The decision rules are in
 :mod:`ssn_norm.analysis.claims`; the design, fixed before any run:
 
 **Claim 1** (BN degrades as the images per GPU shrink, while GN and SN
-hold; the paper's Table II).  Segmentation: the mini DeepLabV3 configs
-(children of the Cityscapes paper-row configs) with BN (per GPU, not
+hold; the paper's Table II).  Segmentation: the mini configs of Table
+VII's model (children of the Cityscapes paper-row configs) with BN (per GPU, not
 synchronised), GN and SN, trained from scratch on tiny Cityscapes-layout
 scenes whose images vary in contrast, brightness, illumination gradient
 and colour cast (``make_tiny_cityscapes(..., photometric=True)``), in two
@@ -19,8 +19,8 @@ columns do: 16 images per optimizer step either as 8 "GPUs" × 2 images
 statistics, exactly as each GPU does) or 1 × 16.  The same steps,
 learning rate, schedule, images seen and seeds in both; 3 seeds each.
 BN is evaluated with its moving averages, SN with batch-average
-statistics (``BatchStatsHook``: one pass over the training set in
-training-size batches), as the paper does.  Metric: mIoU of the single
+statistics (the SN configs' ``BatchStatsHook``, once training ends: one
+pass over the training set in training-size batches), as the paper does.  Metric: mIoU of the single
 test after training.
 
 **Claim 2** (SN lowers its BN ratio and raises LN's at small batch): the
@@ -42,7 +42,6 @@ runs' ratios moved, not from which way.
 Config names appear only through :data:`ssn_norm.suite.MINI` and the
 tables :data:`CLAIM1_NORMS` / :data:`CLAIM3_TASKS` here.
 """
-import copy
 import functools
 import math
 import os
@@ -211,47 +210,18 @@ def scale_ratio_lr(cfg, factor: float) -> None:
         entry['lr_mult'] = entry.get('lr_mult', 1.0) * factor
 
 
-def add_batch_stats(cfg, num_batches: int) -> None:
-    """Test with batch-average SN statistics: ``BatchStatsHook`` over
-    ``num_batches`` training batches before the test (the suite's runs
-    report the test; with no hook needing it, the validation inside the
-    training loop is dropped, see :func:`~ssn_norm.apis.train_test.
-    skip_final_validation`).
-
-    The batches come from the training loader's config with mmengine's
-    ``DefaultSampler``: the ``InfiniteSampler`` of iteration-based configs
-    yields nothing when iterated a second time, so a second computation
-    (e.g. validation, then test) would find no data.  Added only when the
-    config has no ``BatchStatsHook`` of its own (its settings then win); a
-    config-level default of the same mechanism under another hook type
-    computes the same averages again, which costs time but changes
-    nothing.
-    """
-    hooks = list(cfg.get('custom_hooks') or [])
-    if not any(hook.get('type') == 'BatchStatsHook' for hook in hooks):
-        loader = copy.deepcopy(cfg.train_dataloader.to_dict())
-        loader['sampler'] = dict(type='DefaultSampler', shuffle=True)
-        hooks.append(
-            dict(
-                type='BatchStatsHook',
-                num_batches=num_batches,
-                dataloader=loader,
-                stages=('test', ),
-                progress=False))
-    cfg.custom_hooks = hooks
-
-
 def edit_claim1(cfg,
                 setting: Setting,
                 steps: int,
                 data_root: str,
-                ratio_lr_mult: Optional[float] = None,
-                batch_stats: Optional[int] = None) -> None:
+                ratio_lr_mult: Optional[float] = None) -> None:
     """Claim 1's run of a mini config in ``setting`` (see the module).
 
     ``steps`` optimizer steps of ``setting.gpus`` accumulated micro-batches
     of ``setting.images`` images each; SN runs also get
-    :func:`scale_ratio_lr` and :func:`add_batch_stats`.
+    :func:`scale_ratio_lr`.  SN tests with batch-average statistics by
+    the configs' own default (``default_hooks.batch_stats``: once training
+    ends, one pass over the training set in batches of the training size).
     """
     set_data_root(cfg, data_root)
     cfg.train_dataloader.batch_size = setting.images
@@ -259,8 +229,6 @@ def edit_claim1(cfg,
     cfg.optim_wrapper.accumulative_counts = setting.gpus
     if ratio_lr_mult is not None:
         scale_ratio_lr(cfg, ratio_lr_mult)
-    if batch_stats is not None:
-        add_batch_stats(cfg, batch_stats)
 
 
 def edit_claim3(cfg,
@@ -299,9 +267,7 @@ def claim1_runs(plan: Plan, root: str) -> List[RunSpec]:
                 setting=setting,
                 steps=plan.steps,
                 data_root=data_root,
-                ratio_lr_mult=plan.ratio_lr_mult if switchable else None,
-                batch_stats=plan.num_train //
-                setting.images if switchable else None)
+                ratio_lr_mult=plan.ratio_lr_mult if switchable else None)
             for seed in range(plan.seeds):
                 runs.append(
                     RunSpec(

@@ -227,26 +227,21 @@ def test_claim1_edit(tmp_path, norm):
         hooks = {h['type']: h for h in cfg.get('custom_hooks', [])}
         keys = cfg.optim_wrapper.get('paramwise_cfg',
                                      {}).get('custom_keys', {})
+        stats = cfg.default_hooks.get('batch_stats')
         if norm == 'SN':
-            stats = hooks['BatchStatsHook']
-            assert stats['num_batches'] * images == plan.num_train
-            assert stats['dataloader']['sampler']['type'] == \
-                'DefaultSampler'
+            # The paper's test statistics: the SN configs' default, one
+            # pass over the training images in training-size batches.
+            assert stats['stages'] == ('train_end', )
+            assert stats['num_batches'] * images >= plan.num_train
+            assert stats.get('statistics', 'batch_average') == \
+                'batch_average'
             assert keys['mean_weight']['lr_mult'] == plan.ratio_lr_mult
         else:
-            assert 'BatchStatsHook' not in hooks
+            assert stats is None
             assert 'mean_weight' not in keys
+        assert 'BatchStatsHook' not in hooks
     assert small.optim_wrapper.optimizer.lr == \
         large.optim_wrapper.optimizer.lr
-
-
-def test_add_batch_stats_keeps_a_configured_hook():
-    cfg = Config(
-        dict(
-            custom_hooks=[dict(type='BatchStatsHook', num_batches=7)],
-            train_dataloader=dict(batch_size=2, dataset=dict())))
-    claims.add_batch_stats(cfg, 3)
-    assert cfg.custom_hooks == [dict(type='BatchStatsHook', num_batches=7)]
 
 
 def test_claims_preset_rejects_task_and_norm_selection(tmp_path):
