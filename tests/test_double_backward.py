@@ -1,49 +1,25 @@
-"""Double backward (``create_graph=True``) of SN/SSN/SyncSN on every backend.
+"""Double backward (``create_graph=True``) of SN/SSN/SyncSN on every path.
 
-The fast backends' custom Function and SSN's compiled ratios have
-hand-written or compiled backwards; under ``create_graph=True`` they must
-give a gradient that is itself exactly differentiable, as the ``autograd``
-backend (plain ops) does.  Checked with ``gradgradcheck`` in float64 on
-tiny 4-D and 5-D inputs, and with a WGAN-GP style gradient penalty whose
-parameter gradients must equal the ``autograd`` backend's.
+The fast path's hand-written backward and SparsestMax's host form must,
+under ``create_graph=True``, give a gradient that is itself exactly
+differentiable, as the reference path (plain ops) does.  Checked with
+``gradgradcheck`` in float64 on tiny 4-D and 5-D inputs, and with a
+WGAN-GP style gradient penalty whose parameter gradients must equal the
+reference's.
 """
 import copy
 
 import pytest
 import torch
+from _helpers import BACKENDS, PROVIDERS_PRESENT
 from torch import nn
 from torch.func import functional_call
 
 from ssn_norm import SN, SSN, SyncSN
-from ssn_norm.ops import backend as sf
+from ssn_norm.ops.switchable_function import use_backend
 
 SHAPES = {'4d': (2, 3, 2, 3), '5d': (2, 3, 2, 2, 2)}
 PARAMS = ('weight', 'bias', 'mean_weight', 'var_weight')
-
-
-class EagerGraphs:
-    """A torch.compile backend running the captured graph eagerly."""
-
-    def __call__(self, graph_module, example_inputs):
-        return graph_module.forward
-
-
-@pytest.fixture
-def compiled_paths(monkeypatch, no_native):
-    """The ``compiled`` backend on tiny inputs: every kernel through Dynamo
-    (the whole-layer training graphs included), SSN's ratios through
-    AOTAutograd, whose backward is not differentiable by itself."""
-    monkeypatch.setattr(sf, 'MIN_COMPILED_NUMEL', 1)
-    monkeypatch.setattr(sf, 'COMPILE_AFTER_NUMEL', 0)
-    monkeypatch.setattr(sf, '_COMPILED',
-                        sf._CompiledKernels(backend=EagerGraphs()))
-    monkeypatch.setattr(
-        sf, '_COMPILED_SSN_RATIOS',
-        sf._CompiledDifferentiable(sf.ratios_with_freezing_tensor,
-                                   backend='aot_eager'))
-    torch._dynamo.reset()
-    yield
-    torch._dynamo.reset()
 
 
 def make_layer(cls, channels, training):
@@ -72,8 +48,8 @@ def random_input(shape):
 @pytest.mark.parametrize('training', [True, False])
 @pytest.mark.parametrize('dims', ['4d', '5d'])
 @pytest.mark.parametrize('cls', [SN, SSN, SyncSN])
-@pytest.mark.parametrize('backend', ['eager', 'compiled', 'autograd'])
-def test_gradgradcheck(compiled_paths, backend, cls, dims, training):
+@pytest.mark.parametrize('backend', BACKENDS)
+def test_gradgradcheck(backend, cls, dims, training):
     shape = SHAPES[dims]
     layer = make_layer(cls, shape[1], training)
     x = random_input(shape).requires_grad_()
@@ -85,7 +61,7 @@ def test_gradgradcheck(compiled_paths, backend, cls, dims, training):
     def fn(x, *params):
         return functional_call(layer, dict(zip(PARAMS, params)), (x, ))
 
-    with sf.use_backend(backend):
+    with use_backend(backend):
         # fast_mode: random projections of the Jacobians, as strict.
         assert torch.autograd.gradgradcheck(
             fn, (x, *params),
@@ -113,7 +89,7 @@ class Critic(nn.Module):
 def penalty_gradients(critic, x, backend):
     """Parameter gradients of a WGAN-GP penalty and the buffers after it."""
     x = x.clone().requires_grad_()
-    with sf.use_backend(backend):
+    with use_backend(backend):
         grad_x, = torch.autograd.grad(critic(x), x, create_graph=True)
         penalty = (grad_x.flatten(1).norm(dim=1) - 1).square().mean()
         # conv2.bias does not reach the input gradient.
@@ -124,9 +100,8 @@ def penalty_gradients(critic, x, backend):
 
 @pytest.mark.parametrize('dims', ['4d', '5d'])
 @pytest.mark.parametrize('cls', [SN, SSN, SyncSN])
-@pytest.mark.parametrize('backend', ['eager', 'compiled'])
-def test_gradient_penalty_matches_autograd_backend(compiled_paths, backend,
-                                                   cls, dims):
+@pytest.mark.parametrize('backend', PROVIDERS_PRESENT)
+def test_gradient_penalty_matches_reference(backend, cls, dims):
     """The gradient of the input gradient reaches the conv weights and the
     norm's parameters, as with plain ops; the running statistics are
     updated once (by the forward, not again by the replay)."""
@@ -134,7 +109,7 @@ def test_gradient_penalty_matches_autograd_backend(compiled_paths, backend,
     x = random_input(shape)
     reference = Critic(make_layer(cls, 3, True), dims)
     critic = copy.deepcopy(reference)
-    expected = penalty_gradients(reference, x, 'autograd')
+    expected = penalty_gradients(reference, x, 'reference')
     actual = penalty_gradients(critic, x, backend)
     for a, e in zip(actual[0] + actual[1], expected[0] + expected[1]):
         torch.testing.assert_close(a, e, rtol=1e-9, atol=1e-12)
@@ -143,39 +118,19 @@ def test_gradient_penalty_matches_autograd_backend(compiled_paths, backend,
         assert name == 'conv2.bias' or grad.abs().sum() > 0, name
 
 
-def test_compiled_ssn_ratios_are_twice_differentiable(compiled_paths):
-    logits = torch.tensor([[0.3, -0.2, 0.1], [0.0, 0.25, -0.4]],
-                          dtype=torch.float64,
-                          requires_grad=True)
-    radius = torch.tensor([0.3], dtype=torch.float64)
-    fixed = torch.zeros(1, dtype=torch.long), torch.zeros(1, dtype=torch.long)
-
-    def fn(logits):
-        return sf.fast_ssn_ratios(logits, radius, *fixed, True)[0]
-
-    assert torch.autograd.gradgradcheck(fn, (logits, ), eps=1e-6, atol=1e-7)
-    # A frozen row has constant ratios: no gradient of any order.
-    frozen = torch.ones(1, dtype=torch.long), fixed[1]
-    ratios = sf.fast_ssn_ratios(logits, radius, *frozen, False)[0]
-    grad, = torch.autograd.grad((ratios**3).sum(), logits, create_graph=True)
-    assert grad[0].abs().sum() == 0
-    second, = torch.autograd.grad(grad.square().sum(), logits)
-    assert second[0].abs().sum() == 0 and second[1].abs().sum() > 0
-
-
 @pytest.mark.parametrize('cls', [SN, SSN])
-@pytest.mark.parametrize('backend', ['eager', 'compiled'])
-def test_logit_gradients_are_differentiable(compiled_paths, backend, cls):
+@pytest.mark.parametrize('backend', PROVIDERS_PRESENT)
+def test_logit_gradients_are_differentiable(backend, cls):
     """Meta-learning style: the gradient of the ratio logits, taken with
     create_graph=True, differentiated again w.r.t. the input and the
-    affine parameters, as on the ``autograd`` backend."""
+    affine parameters, as on the reference path."""
     x = random_input(SHAPES['4d'])
     v = torch.randn(2, 3, dtype=torch.float64)
     results = []
-    for name in (backend, 'autograd'):
+    for name in (backend, 'reference'):
         layer = make_layer(cls, 3, True)
         inp = x.clone().requires_grad_()
-        with sf.use_backend(name):
+        with use_backend(name):
             loss = (layer(inp) * x.flip(0)).square().sum()
             logits = [layer.mean_weight, layer.var_weight]
             grads = torch.autograd.grad(loss, logits, create_graph=True)
@@ -187,34 +142,16 @@ def test_logit_gradients_are_differentiable(compiled_paths, backend, cls):
         torch.testing.assert_close(actual, expected, rtol=1e-9, atol=1e-12)
 
 
-def test_compiled_ssn_ratios_backward_twice(compiled_paths):
-    """A repeated ordinary backward (retain_graph=True outside) of the
-    compiled ratios, whose compiled backward may run only once."""
-    logits = torch.tensor([[0.3, -0.2, 0.1], [0.0, 0.25, -0.4]],
-                          dtype=torch.float64,
-                          requires_grad=True)
-    radius = torch.tensor([0.3], dtype=torch.float64)
-    fixed = torch.zeros(1, dtype=torch.long), torch.zeros(1, dtype=torch.long)
-    ratios = sf.fast_ssn_ratios(logits, radius, *fixed, True)[0]
-    weights = torch.tensor([[1.0, -2.0, 0.5], [0.3, 0.2, -1.0]],
-                           dtype=torch.float64)
-    loss = (ratios.square() * weights).sum()
-    first, = torch.autograd.grad(loss, logits, retain_graph=True)
-    second, = torch.autograd.grad(loss, logits)
-    torch.testing.assert_close(second, first, rtol=1e-14, atol=1e-15)
-    assert first.abs().sum() > 0
-
-
-def test_replay_uses_the_mode_of_the_forward(compiled_paths):
+def test_replay_uses_the_mode_of_the_forward():
     """A layer switched to eval between the forward and a create_graph
     backward still differentiates its training forward (batch statistics)
     and leaves its running statistics as the forward left them."""
     x = random_input(SHAPES['4d'])
     results = []
-    for backend in ('eager', 'autograd'):
+    for backend in (PROVIDERS_PRESENT[0], 'reference'):
         layer = make_layer(SN, 3, True)
         inp = x.clone().requires_grad_()
-        with sf.use_backend(backend):
+        with use_backend(backend):
             out = layer(inp)
             layer.eval()
             grad, = torch.autograd.grad((out * x).square().sum(), inp,
@@ -226,11 +163,10 @@ def test_replay_uses_the_mode_of_the_forward(compiled_paths):
 
 
 @pytest.mark.parametrize('choice', [(2, 2), (1, 1), (0, 2)])
-@pytest.mark.parametrize('backend', ['eager', 'compiled'])
-def test_gradgradcheck_frozen_ssn_in_eval(compiled_paths, backend, choice):
-    """The eval shortcuts of a frozen layer: BatchNorm inference for BN,
-    the selected statistics otherwise (the C++ LN kernel has no backward
-    and is not used when a gradient is needed)."""
+@pytest.mark.parametrize('backend', BACKENDS)
+def test_gradgradcheck_frozen_ssn_in_eval(backend, choice):
+    """A frozen layer in eval with gradients wanted: the reference path,
+    with its selection (the frozen path's LN kernel has no backward)."""
     layer = make_layer(SSN, 3, False)
     with torch.no_grad():
         for logits, index in zip((layer.mean_weight, layer.var_weight),
@@ -246,7 +182,7 @@ def test_gradgradcheck_frozen_ssn_in_eval(compiled_paths, backend, choice):
     def fn(x, weight, bias):
         return functional_call(layer, dict(weight=weight, bias=bias), (x, ))
 
-    with sf.use_backend(backend):
+    with use_backend(backend):
         assert torch.autograd.gradgradcheck(
             fn, (x, *affine), eps=1e-6, atol=1e-6, rtol=1e-5)
     assert layer._selected() == choice
