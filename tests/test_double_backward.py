@@ -5,7 +5,8 @@ under ``create_graph=True``, give a gradient that is itself exactly
 differentiable, as the reference path (plain ops) does.  Checked with
 ``gradgradcheck`` in float64 on tiny 4-D and 5-D inputs, and with a
 WGAN-GP style gradient penalty whose parameter gradients must equal the
-reference's.
+reference's.  Second derivatives are finite (zero where SparsestMax is
+locally constant) on and next to one-hot rows and its piece borders.
 """
 import copy
 
@@ -16,6 +17,8 @@ from torch import nn
 from torch.func import functional_call
 
 from ssn_norm import SN, SSN, SyncSN
+from ssn_norm.ops.ratios import sparsestmax_ratios
+from ssn_norm.ops.sparsestmax import sparsestmax
 from ssn_norm.ops.switchable_function import use_backend
 
 SHAPES = {'4d': (2, 3, 2, 3), '5d': (2, 3, 2, 2, 2)}
@@ -186,3 +189,115 @@ def test_gradgradcheck_frozen_ssn_in_eval(backend, choice):
         assert torch.autograd.gradgradcheck(
             fn, (x, *affine), eps=1e-6, atol=1e-6, rtol=1e-5)
     assert layer._selected() == choice
+
+
+# ------------------------------------ one-hot rows and piece borders
+def one_hot_layer(training):
+    torch.manual_seed(0)
+    layer = SSN(3).double().train(training)
+    with torch.no_grad():
+        layer.weight.normal_(1, 0.3)
+        layer.var_weight.copy_(torch.tensor([3.0, 0.0, 0.0]))
+        layer.mean_weight.copy_(torch.tensor([0.3, -0.2, 0.1]))
+    layer.set_radius(0.3)
+    return layer
+
+
+@pytest.mark.parametrize('training', [True, False])
+@pytest.mark.parametrize('backend', BACKENDS)
+def test_second_derivatives_at_a_one_hot_row_are_zero(backend, training):
+    """The issue's case: variance logits [3, 0, 0] at radius 0.3, a row
+    SparsestMax maps to a vertex in a whole neighbourhood: the gradient of
+    a mean-logit gradient with respect to the variance logits is zero (was
+    NaN on every path)."""
+    layer = one_hot_layer(training)
+    x = random_input((2, 3, 4, 4))
+    with use_backend(backend):
+        grad, = torch.autograd.grad(
+            layer(x).square().sum(), layer.mean_weight, create_graph=True)
+        second, = torch.autograd.grad(grad.sum(), layer.var_weight)
+    assert grad.abs().sum() > 0
+    assert torch.equal(second, torch.zeros(3, dtype=torch.float64))
+
+
+@pytest.mark.parametrize('training', [True, False])
+@pytest.mark.parametrize('backend', BACKENDS)
+def test_gradgradcheck_with_a_one_hot_row(backend, training):
+    layer = one_hot_layer(training)
+    x = random_input((2, 3, 2, 3)).requires_grad_()
+    params = [
+        getattr(layer, name).detach().clone().requires_grad_()
+        for name in PARAMS
+    ]
+
+    def fn(x, *params):
+        return functional_call(layer, dict(zip(PARAMS, params)), (x, ))
+
+    with use_backend(backend):
+        assert torch.autograd.gradgradcheck(
+            fn, (x, *params), eps=1e-6, atol=1e-6, rtol=1e-5, fast_mode=True)
+
+
+#: Logits (rows of 3) where SparsestMax is one-hot with a margin, or lies
+#: next to a border between its pieces (within 1e-3 of it), at radii 0,
+#: 0.3 and 0.6.
+NEAR_BORDERS = [
+    ([3.0, 0.0, 0.0], 0.3),  # one-hot, locally constant
+    ([0.0, 5.0, 0.0], 0.0),
+    ([1.0, 0.3, -4.0], 0.75),  # pushed off an edge onto a vertex
+    ([1.0, 0.0015, 0.0], 0.0),  # a coordinate about to enter the support
+    ([0.9, 0.4, -1.0], 0.3525),  # just inside the push radius
+    ([0.3, 0.1, -0.2], 0.4995),  # a push about to leave the simplex
+    ([1.0, 1.0 - 1e-3, 0.0], 0.3),  # next to a tie at a face centre
+]
+#: Exactly on a border: derivatives are one-sided there, so only their
+#: finiteness is checked.
+ON_BORDERS = [
+    ([1.0, 0.0, 0.0], 0.0),  # coordinates at the support's edge
+    ([1.0, 1.0, 1.0], 0.3),  # the centre of the simplex
+    ([2.0, 2.0, -1.0], 0.3),  # the centre of an edge
+    ([1.0, 0.0, 0.0], 0.9),
+]
+
+
+def _forms():
+    """SparsestMax as each path computes it: the tensor code, the host
+    form, and with the freezing of one-hot rows on top."""
+
+    def host(z, radius):
+        return sparsestmax_ratios(
+            z, torch.tensor(radius, dtype=z.dtype),
+            torch.zeros(z.shape[0], dtype=torch.long), False, host=True).ratios
+
+    def freezing(z, radius):
+        return sparsestmax_ratios(
+            z, torch.tensor(radius, dtype=z.dtype),
+            torch.zeros(z.shape[0], dtype=torch.long), True, host=True).ratios
+
+    return {'tensor': sparsestmax, 'host': host, 'freezing': freezing}
+
+
+@pytest.mark.parametrize('form', sorted(_forms()))
+@pytest.mark.parametrize('logits, radius', NEAR_BORDERS)
+def test_sparsestmax_gradgradcheck_next_to_borders(form, logits, radius):
+    fn = _forms()[form]
+    z = torch.tensor([logits], dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(lambda t: fn(t, radius), (z, ),
+                                    eps=1e-7, atol=1e-6)
+    assert torch.autograd.gradgradcheck(lambda t: fn(t, radius), (z, ),
+                                        eps=1e-7, atol=1e-6)
+
+
+@pytest.mark.parametrize('form', sorted(_forms()))
+@pytest.mark.parametrize('logits, radius', ON_BORDERS + NEAR_BORDERS)
+def test_sparsestmax_derivatives_are_finite_on_borders(form, logits, radius):
+    fn = _forms()[form]
+    z = torch.tensor([logits], dtype=torch.float64, requires_grad=True)
+    weights = torch.tensor([[1.0, -2.0, 0.5]], dtype=torch.float64)
+    grad, = torch.autograd.grad((fn(z, radius) * weights).square().sum(), z,
+                                create_graph=True)
+    hessian = torch.stack([
+        torch.autograd.grad(grad[0, i], z, retain_graph=True)[0][0]
+        for i in range(3)
+    ])
+    assert torch.isfinite(grad).all() and torch.isfinite(hessian).all()

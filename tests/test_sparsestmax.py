@@ -355,3 +355,36 @@ def test_host_form_serves_only_small_cpu_rows_outside_tracers():
     assert not sparsestmax_host.accepts(
         small, torch.tensor(0.3, requires_grad=True))
     assert not sparsestmax_host.accepts(torch.zeros(2, 3, device='meta'), 0.3)
+
+
+# ------------------------------------------------------ low precision
+def test_fp16_logits_of_the_issue():
+    """``sparsestmax`` of these fp16 logits raised ``index -1 is out of
+    bounds`` (its centre tolerance underflowed to 0 in fp16): fp16 is
+    computed in fp32 and rounded, a point of the simplex."""
+    z = torch.tensor([-0.1425, -0.0667, 0.9463])
+    for radius in (0.0, 0.3):
+        out = sparsestmax(z.half(), radius)
+        assert out.dtype == torch.float16
+        torch.testing.assert_close(out.float(), sparsestmax(z, radius),
+                                   rtol=0, atol=1e-3)
+        assert_on_simplex(out.float(), atol=1e-3)
+
+
+@pytest.mark.parametrize('dtype', [torch.float16, torch.bfloat16])
+def test_low_precision_logits_are_computed_in_fp32(dtype):
+    z = torch.randn(500, 3) * torch.logspace(-3, 1, 500).unsqueeze(-1)
+    for radius in (0.0, 0.3, 0.9):
+        out = sparsestmax(z.to(dtype), radius)
+        want = sparsestmax(z.to(dtype).float(), radius)
+        assert torch.equal(out, want.to(dtype))
+        assert torch.isfinite(out).all()
+    assert torch.equal(sparsemax(z.to(dtype)),
+                       sparsemax(z.to(dtype).float()).to(dtype))
+
+
+def test_a_nan_logit_gives_a_nan_row_not_an_error():
+    z = torch.tensor([[0.1, float('nan'), 0.2], [0.3, 0.1, 0.0]])
+    for radius in (0.0, 0.3):
+        out = sparsestmax(z, radius)
+        assert out[0].isnan().all() and torch.isfinite(out[1]).all()
