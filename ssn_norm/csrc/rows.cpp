@@ -30,11 +30,14 @@ namespace {
 #define SSN_NORM_INLINE inline
 #endif
 
-constexpr int64_t kLanes = 8;
+// Two vectors of double accumulators: two independent dependency chains.
+constexpr int64_t kLanes = 16;
 
 SSN_NORM_INLINE double lane_total(const double* lanes) {
-  return ((lanes[0] + lanes[4]) + (lanes[2] + lanes[6])) +
-         ((lanes[1] + lanes[5]) + (lanes[3] + lanes[7]));
+  double half[kLanes / 2];
+  for (int64_t j = 0; j < kLanes / 2; ++j) half[j] = lanes[j] + lanes[j + 8];
+  return ((half[0] + half[4]) + (half[2] + half[6])) +
+         ((half[1] + half[5]) + (half[3] + half[7]));
 }
 
 // ------------------------------------------------------------ row passes

@@ -318,14 +318,14 @@ class Moments(NamedTuple):
 
     ``terms``: per member, its mean and variance stacked, (2, N', C')
     broadcastable to (2, N, C) (IN's (2, N, C), LN's (2, N, 1), BN's
-    (2, 1, C), ...); ``diffs``: the unclamped ``sqmean - mean²`` of a
-    derived variance (None for IN and running statistics); ``batch``: the
-    recorded :class:`BatchMoments` (training with a batch member), else
-    None.
+    (2, 1, C), ...); ``derived``: per member with a derived variance, its
+    mean and the unclamped ``sqmean - mean²`` (None for IN and running
+    statistics); ``batch``: the recorded :class:`BatchMoments` (training
+    with a batch member), else None.
     """
 
     terms: List[Tensor]
-    diffs: List[Optional[Tensor]]
+    derived: List[Optional[Tuple[Tensor, Tensor]]]
     batch: Optional[BatchMoments]
 
 
@@ -342,11 +342,11 @@ def member_moments(var_in: Tensor,
     """
     stats = torch.stack([mean_in, torch.addcmul(var_in, mean_in, mean_in)])
     batch_stats = count = batch = None
-    terms, diffs = [], []
+    terms, derived = [], []
     for member in table:
         if member.is_in:
             terms.append(torch.stack([mean_in, var_in]))
-            diffs.append(None)
+            derived.append(None)
             continue
         source = stats
         if member.batch:
@@ -356,7 +356,7 @@ def member_moments(var_in: Tensor,
                 # BN in eval: the running statistics as they are.
                 terms.append(
                     _as(torch.stack(running).unsqueeze(1), mean_in.dtype))
-                diffs.append(None)
+                derived.append(None)
                 continue
             source = batch_stats
         if member.groups is not None:
@@ -364,16 +364,20 @@ def member_moments(var_in: Tensor,
         mean, sqmean = source.unbind()
         var, diff = _variance_and_diff(mean, sqmean)
         terms.append(torch.stack([mean, var]))
-        diffs.append(diff)
+        derived.append((mean, diff))
         if member.batch and member.groups is None:
             batch = BatchMoments(
-                *torch.stack([mean, sqmean,
-                              var]).detach().view(3, -1).unbind(), count)
+                _record(mean), _record(sqmean), _record(var), count)
     if batch is None and count is not None:
         # Batch members over channel groups only: the per-channel ones.
         mean, sqmean = batch_stats.detach().view(2, -1).unbind()
         batch = BatchMoments(mean, sqmean, variance(mean, sqmean), count)
-    return Moments(terms, diffs, batch)
+    return Moments(terms, derived, batch)
+
+
+def _record(t: Tensor) -> Tensor:
+    # (1, C) as the (C,) of BatchMoments, detached.
+    return (t.detach() if t.requires_grad else t).view(-1)
 
 
 def _batch_stats(stats: Tensor, running, sync):
@@ -548,9 +552,10 @@ def mix_backward(
         # samples of a batch member, so its batch average comes last.
         if member.groups is not None:
             back = _group_average(back, member.groups)
+        mean, diff = moments.derived[k]
         back_mean, back_sq = back.unbind()
-        back_sq.mul_(moments.diffs[k] >= 0)
-        back_mean.addcmul_(term[0], back_sq, value=-2)
+        back_sq.mul_(diff >= 0)
+        back_mean.addcmul_(mean, back_sq, value=-2)
         if member.batch:
             over_batch = _add(over_batch, back)
         else:
