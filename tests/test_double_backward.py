@@ -41,6 +41,27 @@ def make_layer(cls, channels, training):
     return layer
 
 
+def assert_gradgradcheck(layer, x, backend):
+    """gradgradcheck in float64 of ``layer`` as a function of its input and
+    parameters (fast_mode: random projections of the Jacobians, as
+    strict)."""
+    params = [
+        getattr(layer, name).detach().clone().requires_grad_()
+        for name in PARAMS
+    ]
+
+    def fn(x, *params):
+        return functional_call(layer, dict(zip(PARAMS, params)), (x, ))
+
+    with use_backend(backend):
+        assert torch.autograd.gradgradcheck(
+            fn, (x.requires_grad_(), *params),
+            eps=1e-6,
+            atol=1e-6,
+            rtol=1e-5,
+            fast_mode=True)
+
+
 def random_input(shape):
     view = (1, shape[1]) + (1, ) * (len(shape) - 2)
     x = torch.randn(shape, dtype=torch.float64)
@@ -55,23 +76,7 @@ def random_input(shape):
 def test_gradgradcheck(backend, cls, dims, training):
     shape = SHAPES[dims]
     layer = make_layer(cls, shape[1], training)
-    x = random_input(shape).requires_grad_()
-    params = [
-        getattr(layer, name).detach().clone().requires_grad_()
-        for name in PARAMS
-    ]
-
-    def fn(x, *params):
-        return functional_call(layer, dict(zip(PARAMS, params)), (x, ))
-
-    with use_backend(backend):
-        # fast_mode: random projections of the Jacobians, as strict.
-        assert torch.autograd.gradgradcheck(
-            fn, (x, *params),
-            eps=1e-6,
-            atol=1e-6,
-            rtol=1e-5,
-            fast_mode=True)
+    assert_gradgradcheck(layer, random_input(shape), backend)
     if isinstance(layer, SSN):
         assert not layer.frozen.any()  # the ratios took part throughout
 
@@ -193,13 +198,10 @@ def test_gradgradcheck_frozen_ssn_in_eval(backend, choice):
 
 # ------------------------------------ one-hot rows and piece borders
 def one_hot_layer(training):
-    torch.manual_seed(0)
-    layer = SSN(3).double().train(training)
+    """The issue's SSN: variance logits [3, 0, 0] at radius 0.3."""
+    layer = make_layer(SSN, 3, training)
     with torch.no_grad():
-        layer.weight.normal_(1, 0.3)
         layer.var_weight.copy_(torch.tensor([3.0, 0.0, 0.0]))
-        layer.mean_weight.copy_(torch.tensor([0.3, -0.2, 0.1]))
-    layer.set_radius(0.3)
     return layer
 
 
@@ -223,19 +225,8 @@ def test_second_derivatives_at_a_one_hot_row_are_zero(backend, training):
 @pytest.mark.parametrize('training', [True, False])
 @pytest.mark.parametrize('backend', BACKENDS)
 def test_gradgradcheck_with_a_one_hot_row(backend, training):
-    layer = one_hot_layer(training)
-    x = random_input((2, 3, 2, 3)).requires_grad_()
-    params = [
-        getattr(layer, name).detach().clone().requires_grad_()
-        for name in PARAMS
-    ]
-
-    def fn(x, *params):
-        return functional_call(layer, dict(zip(PARAMS, params)), (x, ))
-
-    with use_backend(backend):
-        assert torch.autograd.gradgradcheck(
-            fn, (x, *params), eps=1e-6, atol=1e-6, rtol=1e-5, fast_mode=True)
+    assert_gradgradcheck(
+        one_hot_layer(training), random_input((2, 3, 2, 3)), backend)
 
 
 #: Logits (rows of 3) where SparsestMax is one-hot with a margin, or lies

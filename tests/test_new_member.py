@@ -76,15 +76,17 @@ def reference(x,
 
 
 def make_layer(cls):
-    torch.manual_seed(0)
+    """Random parameters and running statistics; SSN at radius 0.2."""
+    gen = torch.Generator().manual_seed(0)
     layer = cls(C, normalizers=NORMALIZERS, gn_groups=GROUPS).double()
-    with torch.no_grad():
-        layer.weight.normal_(1, 0.3)
-        layer.bias.normal_(0, 0.3)
-        layer.mean_weight.normal_(0, 0.3)
-        layer.var_weight.normal_(0, 0.3)
-        layer.running_mean.normal_(0, 1)
-        layer.running_var.uniform_(0.5, 2)
+    spread = dict(weight=(1, 0.3), running_var=(1.25, 0.3))
+    for name, t in list(layer.named_parameters()) + list(
+            layer.named_buffers()):
+        if t.is_floating_point() and name != 'radius':
+            mean, std = spread.get(name, (0, 0.3))
+            with torch.no_grad():
+                t.copy_(mean + std * torch.randn(t.shape, generator=gen,
+                                                 dtype=t.dtype))
     if isinstance(layer, SSN):
         layer.set_radius(0.2)
     return layer
