@@ -156,9 +156,8 @@ def choose_path(x: Tensor, tensors: Tuple[Optional[Tensor], ...],
         return Plan('reference', 'an outer tracer watches')
     if x.numel() == 0:
         return Plan('reference', 'empty input')
-    wants_grad = torch.is_grad_enabled() and any(
-        t is not None and t.requires_grad for t in (x, ) + tuple(tensors))
-    if wants_grad and not training:
+    if not training and torch.is_grad_enabled() and (x.requires_grad or any(
+            t is not None and t.requires_grad for t in tensors)):
         return Plan('reference', 'eval with gradients')
     found = choose_provider(x, None if backend == 'auto' else backend)
     if selected is not None and not training:
