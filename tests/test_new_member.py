@@ -85,8 +85,8 @@ def make_layer(cls):
         if t.is_floating_point() and name != 'radius':
             mean, std = spread.get(name, (0, 0.3))
             with torch.no_grad():
-                t.copy_(mean + std * torch.randn(t.shape, generator=gen,
-                                                 dtype=t.dtype))
+                t.copy_(mean + std *
+                        torch.randn(t.shape, generator=gen, dtype=t.dtype))
     if isinstance(layer, SSN):
         layer.set_radius(0.2)
     return layer

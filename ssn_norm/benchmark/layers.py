@@ -7,8 +7,7 @@ from torch import Tensor, nn
 
 from ..layers import SN, SSN
 from ..ops.providers import PROVIDERS
-from .timing import (Timing, peak_memory_bytes, resolve_device,
-                     time_interleaved)
+from .timing import Timing, peak_memory_bytes, resolve_device, time_interleaved
 
 __all__ = [
     'LAYER_NORMS', 'LAYER_SHAPES', 'LayerCase', 'LayerResult',
