@@ -3,9 +3,9 @@
 ``ssn_norm._ext`` (``ssn_norm/csrc``) is built against the installed torch
 when torch and a C++ compiler are present (``pip install --no-build-isolation
 -e .``, as ``tools/install.sh`` does).  It is optional: without it every layer
-works, and :mod:`ssn_norm.ops.native` reports why it is missing.
-``SSN_NORM_BUILD_EXT=0`` installs without compiling it (``tools/install.sh``
-then supplies a cached build of the same sources).
+works, and the C++ kernel provider (:mod:`ssn_norm.ops.providers`) reports
+why it is missing.  ``SSN_NORM_BUILD_EXT=0`` installs without compiling it
+(``tools/install.sh`` then supplies a cached build of the same sources).
 """
 import os
 from setuptools import setup
@@ -24,7 +24,7 @@ def native_extension() -> dict:
         'ssn_norm._ext', [
             'ssn_norm/csrc/bindings.cpp',
             'ssn_norm/csrc/layer_norm_released.cpp',
-            'ssn_norm/csrc/switchable_norm_train.cpp'
+            'ssn_norm/csrc/rows.cpp'
         ],
         extra_compile_args=['-O3', '-fopenmp'],
         extra_link_args=['-fopenmp'],

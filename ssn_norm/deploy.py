@@ -13,10 +13,12 @@ place, by
   eval-mode ``nn.BatchNorm{1,2,3}d``;
 * any other choice (IN, LN or a mixed pair such as mean IN / variance BN):
   a small ``torch.fx.GraphModule`` that computes exactly the statistics the
-  layer selected.  torch's own ``InstanceNorm``/``LayerNorm`` do not fit:
-  SN's IN variance is unbiased (Bessel-corrected, 0 for a single element)
-  and its LN moments are derived from the IN moments, so they would differ
-  by up to ``L/(L-1)`` in the variance.
+  layer selected, traced from the layer's own definition
+  (:mod:`ssn_norm.ops.moments`), so it needs no ``ssn_norm`` to run.
+  torch's own ``InstanceNorm``/``LayerNorm`` do not fit: SN's IN variance
+  is unbiased (Bessel-corrected, 0 for a single element) and its LN
+  moments are derived from the IN moments, so they would differ by up to
+  ``L/(L-1)`` in the variance.
 
 :func:`save_deployed` writes the result as data only (state dict and the
 list of replacements, readable with ``torch.load(weights_only=True)``);
@@ -73,11 +75,11 @@ class DeployedLayer:
 class SwitchedNorm(nn.Module):
     """The normaliser a one-hot SN layer computes, nothing else.
 
-    Statistics as in :class:`~ssn_norm.layers.SN` (unbiased IN variance, 0
-    for a single element; LN moments derived from IN moments; BN from the
-    running statistics), computed in ``promote_types(dtype, float32)``.
-    Meant to be traced with :func:`torch.fx.symbolic_trace`: the choice is
-    fixed at construction, so the forward has no data-dependent branch.
+    The layer's frozen selection (:func:`ssn_norm.ops.moments.factors`):
+    only the chosen members' statistics, computed in
+    ``promote_types(dtype, float32)``.  Meant to be traced with
+    :func:`torch.fx.symbolic_trace`: the choice is fixed at construction,
+    so the forward has no data-dependent branch.
 
     Args:
         layer: the SN / SSN layer to copy ``weight``, ``bias``, ``eps`` and
@@ -104,75 +106,52 @@ class SwitchedNorm(nn.Module):
             per_group.append(names)
         self.mean, self.var, self.eps = mean, var, layer.eps
         self.gn_groups = layer.gn_groups
-        # Members computed, in order; channel masks where groups differ.
-        self._chosen = tuple(dict.fromkeys(per_group[0] + per_group[1]))
+        # The chosen members, in order: one choice per statistic is the
+        # layer's frozen selection; where channel groups differ, both
+        # statistics mix with one-hot ratios per channel (exact), the
+        # buffers mask_<statistic>_<member> (1 on the channels of the
+        # groups that chose the member) where a statistic's groups differ.
+        chosen = tuple(dict.fromkeys(per_group[0] + per_group[1]))
+        self._table = moments.member_table(chosen, self.gn_groups)
+        self._selected = tuple(chosen.index(names[0]) for names in per_group)
         self._masks = []
-        for statistic, names in zip(('mean', 'var'), per_group):
-            if len(set(names)) == 1:
-                self._masks.append(None)
-                continue
-            # mask_<statistic>_<member>: 1 on the channels of the groups
-            # that chose the member (mixing with one-hot ratios is exact).
-            width = layer.num_features // groups
-            keys = []
-            for member in self._chosen:
-                mask = torch.tensor([
-                    float(names[c // width] == member)
-                    for c in range(layer.num_features)
-                ])
-                key = f'mask_{statistic}_{member}'
-                self.register_buffer(key, mask.to(layer.weight))
-                keys.append(key)
-            self._masks.append(keys)
+        if any(len(set(names)) > 1 for names in per_group):
+            self._selected = None
+            for statistic, names in zip(('mean', 'var'), per_group):
+                keys = []
+                for member in chosen:
+                    mask = torch.tensor([
+                        float(names[c * len(names) // layer.num_features] ==
+                              member) for c in range(layer.num_features)
+                    ]).to(layer.weight)
+                    key = f'mask_{statistic}_{member}'
+                    self.register_buffer(
+                        key, mask, persistent=len(set(names)) > 1)
+                    keys.append(key)
+                self._masks.append(keys)
         self.weight = nn.Parameter(layer.weight.detach().clone())
         self.bias = nn.Parameter(layer.bias.detach().clone())
-        if 'BN' in self._chosen:
+        if any(m.batch for m in self._table):
             self.register_buffer('running_mean',
                                  layer.running_mean.detach().clone())
             self.register_buffer('running_var',
                                  layer.running_var.detach().clone())
 
     def forward(self, x: Tensor) -> Tensor:
-        dtype = torch.promote_types(x.dtype, torch.float32)
-        x3 = x.to(dtype).flatten(2)
-        length = x3.shape[-1]
-        # Unbiased variance = biased * L / (L - 1); a single element has
-        # variance 0 and any factor keeps it 0 (the denominator avoids /0).
-        bessel = length / (length - 1 + (length == 1))
         running = None
-        if 'BN' in self._chosen:
+        if hasattr(self, 'running_mean'):
             running = (self.running_mean, self.running_var)
-        if self._chosen == ('BN', ):
-            # Running statistics only: no pass over the input.
-            mean_in = var_in = x3.new_zeros(x3.shape[:2])
-        else:
-            # Per-(n, c) moments from LayerNorm over each row: torch's
-            # fastest CPU moments kernel (var_mean is several times slower).
-            _, mean_in, rstd = torch.native_layer_norm(x3, [length], None,
-                                                       None, self.eps / bessel)
-            mean_in = mean_in.squeeze(-1)
-            # bessel * (var_biased + eps / bessel) - eps = var_unbiased
-            var_in = (bessel * rstd.squeeze(-1).pow(-2) -
-                      self.eps).clamp(min=0)
-        # The chosen members' moments: the layer's own definition.
-        chosen = self._chosen
-        table = moments.member_table(
-            chosen, self.gn_groups if 'GN' in chosen else None)
-        stats = moments.member_moments(var_in, mean_in, table, running)
-        mean = self._select(stats.means, self.mean, self._masks[0])
-        var = self._select(stats.variances, self.var, self._masks[1])
-        _, scale, shift = moments.scale_shift(mean, var, self.weight,
-                                              self.bias, self.eps)
-        out = torch.addcmul(
-            shift.unsqueeze(-1).to(x.dtype), x.flatten(2),
-            scale.unsqueeze(-1).to(x.dtype))
+        spec = moments.MomentSpec(
+            self._table, False, self.eps, running, self._selected)
+        ratios = None
+        if self._selected is None:
+            ratios = torch.stack([
+                torch.stack([getattr(self, key) for key in keys])
+                for keys in self._masks
+            ])
+        out, _ = moments.normalize_reference(
+            x.flatten(2), self.weight, self.bias, ratios, spec)
         return out.view_as(x)
-
-    def _select(self, terms, choice: str, keys) -> Tensor:
-        """The chosen member's term, or per channel group the group's."""
-        if keys is None:
-            return terms[self._chosen.index(choice.split(',')[0])]
-        return sum(term * getattr(self, key) for term, key in zip(terms, keys))
 
 
 def switched_norm(layer: SwitchableNormBase, mean: str,
@@ -289,9 +268,9 @@ def _fold(conv: nn.Module, scale: Tensor, shift: Tensor) -> None:
 
 def _bn_affine(layer: SwitchableNormBase) -> Tuple[Tensor, Tensor]:
     """Eval BN of the layer as ``y = x * scale + shift`` (float64)."""
-    scale = layer.weight.double() * torch.rsqrt(layer.running_var.double() +
-                                                layer.eps)
-    shift = layer.bias.double() - layer.running_mean.double() * scale
+    _, scale, shift = moments.scale_shift(
+        layer.running_mean.double(), layer.running_var.double(),
+        layer.weight.double(), layer.bias.double(), layer.eps)
     return scale, shift
 
 

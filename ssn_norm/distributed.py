@@ -1,7 +1,5 @@
-"""Collectives of the library, in pure ``torch.distributed``.
+"""Running statistics across ranks, in pure ``torch.distributed``.
 
-* :func:`all_reduce_sum`: the differentiable sum SyncSN needs in every
-  forward;
 * :func:`sum_over_ranks`: one packed float64 all-reduce of many moment
   tensors, shared by :func:`sync_running_stats` and
   :func:`ssn_norm.batch_stats.compute_batch_stats`;
@@ -10,6 +8,9 @@
   :class:`ssn_norm.hooks.SyncNormStatsHook`).
 
 Every function is a no-op guard without a process group or with one rank.
+The collectives the layers need in their forward (:func:`all_reduce_sum`,
+:func:`get_world_size`) live below them, in :mod:`ssn_norm.ops.collectives`;
+nothing here imports the layers.
 """
 from typing import Iterator, List, Optional, Sequence, Tuple
 
@@ -18,43 +19,13 @@ import torch.distributed as dist
 from torch import Tensor, nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
+from .ops.collectives import all_reduce_sum, get_world_size
 from .ops.moments import variance
 
-
-def get_world_size(group=None) -> int:
-    """World size of ``group``; 1 when torch.distributed is not initialised."""
-    if not (dist.is_available() and dist.is_initialized()):
-        return 1
-    return dist.get_world_size(group)
-
-
-class _AllReduceSum(torch.autograd.Function):
-    """Sum over processes whose backward sums the gradients over processes.
-
-    Every process's loss depends on the global sum, so the gradient reaching
-    each local term is the sum of all processes' gradients of that sum.
-    """
-
-    @staticmethod
-    def forward(ctx, tensor: Tensor, group) -> Tensor:
-        ctx.group = group
-        tensor = tensor.clone()
-        dist.all_reduce(tensor, op=dist.ReduceOp.SUM, group=group)
-        return tensor
-
-    @staticmethod
-    def backward(ctx, grad: Tensor):
-        # Through the Function again, so that a double backward
-        # (create_graph=True) sees the collective as an op, not a copy.
-        return _AllReduceSum.apply(grad, ctx.group), None
-
-
-def all_reduce_sum(tensor: Tensor, group: Optional[object] = None) -> Tensor:
-    """Differentiable all-reduce (sum); returns ``tensor`` alone when not
-    distributed or with a world size of 1."""
-    if get_world_size(group) == 1:
-        return tensor
-    return _AllReduceSum.apply(tensor, group)
+__all__ = [
+    'all_reduce_sum', 'get_world_size', 'local_stats_norms', 'sum_over_ranks',
+    'sync_running_stats'
+]
 
 
 def sum_over_ranks(tensors: Sequence[Tensor],
@@ -93,22 +64,20 @@ def sum_over_ranks(tensors: Sequence[Tensor],
 def local_stats_norms(model: nn.Module) -> Iterator[Tuple[str, nn.Module]]:
     """Norm layers of ``model`` whose running statistics are per process.
 
-    These are SN / SSN with ``using_bn=True`` and torch ``_BatchNorm``
-    layers that track running statistics.  SyncSN / SyncSSN and
-    ``nn.SyncBatchNorm`` are left out: their running statistics are already
-    computed from all-reduced moments and agree across ranks.
+    These are the layers that say so (``local_running_stats``: SN / SSN
+    with a batch member) and torch ``_BatchNorm`` layers that track running
+    statistics.  SyncSN / SyncSSN and ``nn.SyncBatchNorm`` are left out:
+    their running statistics are already computed from all-reduced moments
+    and agree across ranks.
     """
-    # Imported here: the layers import this module for all_reduce_sum.
-    from .layers import SyncSN, SyncSSN
-    from .utils import switchable_norms, unwrap_model
-    switchable = dict(switchable_norms(model))
-    for name, module in unwrap_model(model).named_modules():
-        if isinstance(module, (SyncSN, SyncSSN, nn.SyncBatchNorm)):
-            continue
-        if name in switchable and switchable[name] is module:
-            if module.using_bn:
+    for name, module in getattr(model, 'module', model).named_modules():
+        local = getattr(module, 'local_running_stats', None)
+        if local is not None:
+            if local:
                 yield name, module
-        elif (isinstance(module, _BatchNorm) and module.track_running_stats
+        elif (isinstance(module, _BatchNorm)
+              and not isinstance(module, nn.SyncBatchNorm)
+              and module.track_running_stats
               and module.running_mean is not None):
             yield name, module
 

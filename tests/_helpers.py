@@ -36,6 +36,26 @@ DEVICES = [
 ]
 
 
+def _providers_present() -> list:
+    from ssn_norm.ops.providers import PRIORITY, PROVIDERS
+    x = torch.zeros(1, 1, 1, dtype=torch.float64)
+    return [
+        name for name in PRIORITY['cpu']
+        if not PROVIDERS[name].not_supported_reasons(x)
+    ]
+
+
+#: The kernel providers of the CPU that serve fp64/fp32 input here: 'cpp'
+#: where the C++ kernels are built (tests/test_native_kernel.py fails when
+#: they are not), and 'eager'.  The 'compiled' provider is CUDA's; on the
+#: CPU tests/test_providers.py forces it through Dynamo.
+PROVIDERS_PRESENT = _providers_present()
+
+#: The layer tests' parametrisation over the paths: the reference path
+#: and the fast (and frozen) paths on each provider present.
+BACKENDS = ['reference'] + PROVIDERS_PRESENT
+
+
 def tool(name: str) -> ModuleType:
     """The module of ``tools/<name>.py``, freshly imported.
 

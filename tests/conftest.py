@@ -27,28 +27,24 @@ def device(request) -> str:
 
 @pytest.fixture
 def no_native(monkeypatch):
-    """Without the C++ kernels, which the ``compiled`` backend prefers on
-    CPU: its compiled graphs and eager kernels run instead."""
-    from ssn_norm.ops import native
-    monkeypatch.setattr(native, '_ext', None)
+    """Without the C++ kernels: the CPU's kernel provider is then 'eager'."""
+    from ssn_norm.ops import providers
+    monkeypatch.setattr(providers.PROVIDERS['cpp'], 'ext', None)
 
 
 @pytest.fixture
-def dynamo_kernels(monkeypatch, no_native):
-    """The ``compiled`` backend through Dynamo for every input size, from
-    the first call (no warm-up, no C++ kernels), without C++ compilation;
-    yields the
-    :class:`CountingBackend` that counts the graphs."""
-    from ssn_norm.ops import backend
+def compiled_provider(monkeypatch):
+    """The 'compiled' kernel provider through Dynamo for every input size,
+    from the first call (no warm-up), without C++ compilation, and forced
+    (``use_backend('compiled')``); yields the :class:`CountingBackend`
+    that counts the graphs."""
+    from ssn_norm.ops import providers, switchable_function
     counter = CountingBackend()
-    monkeypatch.setattr(backend, 'MIN_COMPILED_NUMEL', 1)
-    monkeypatch.setattr(backend, 'COMPILE_AFTER_NUMEL', 0)
-    monkeypatch.setattr(backend, '_COMPILED',
-                        backend._CompiledKernels(backend=counter))
-    monkeypatch.setattr(
-        backend, '_COMPILED_SSN_RATIOS',
-        backend._CompiledDifferentiable(
-            backend.ratios_with_freezing_tensor, backend=counter))
+    monkeypatch.setattr(providers, 'MIN_COMPILED_NUMEL', 1)
+    monkeypatch.setattr(providers, 'COMPILE_AFTER_NUMEL', 0)
+    monkeypatch.setitem(providers.PROVIDERS, 'compiled',
+                        providers.CompiledProvider(backend=counter))
     torch._dynamo.reset()
-    yield counter
+    with switchable_function.use_backend('compiled'):
+        yield counter
     torch._dynamo.reset()

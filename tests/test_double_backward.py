@@ -1,49 +1,28 @@
-"""Double backward (``create_graph=True``) of SN/SSN/SyncSN on every backend.
+"""Double backward (``create_graph=True``) of SN/SSN/SyncSN on every path.
 
-The fast backends' custom Function and SSN's compiled ratios have
-hand-written or compiled backwards; under ``create_graph=True`` they must
-give a gradient that is itself exactly differentiable, as the ``autograd``
-backend (plain ops) does.  Checked with ``gradgradcheck`` in float64 on
-tiny 4-D and 5-D inputs, and with a WGAN-GP style gradient penalty whose
-parameter gradients must equal the ``autograd`` backend's.
+The fast path's hand-written backward and SparsestMax's host form must,
+under ``create_graph=True``, give a gradient that is itself exactly
+differentiable, as the reference path (plain ops) does.  Checked with
+``gradgradcheck`` in float64 on tiny 4-D and 5-D inputs, and with a
+WGAN-GP style gradient penalty whose parameter gradients must equal the
+reference's.  Second derivatives are finite (zero where SparsestMax is
+locally constant) on and next to one-hot rows and its piece borders.
 """
 import copy
 
 import pytest
 import torch
+from _helpers import BACKENDS, PROVIDERS_PRESENT
 from torch import nn
 from torch.func import functional_call
 
 from ssn_norm import SN, SSN, SyncSN
-from ssn_norm.ops import backend as sf
+from ssn_norm.ops.ratios import sparsestmax_ratios
+from ssn_norm.ops.sparsestmax import sparsestmax
+from ssn_norm.ops.switchable_function import use_backend
 
 SHAPES = {'4d': (2, 3, 2, 3), '5d': (2, 3, 2, 2, 2)}
 PARAMS = ('weight', 'bias', 'mean_weight', 'var_weight')
-
-
-class EagerGraphs:
-    """A torch.compile backend running the captured graph eagerly."""
-
-    def __call__(self, graph_module, example_inputs):
-        return graph_module.forward
-
-
-@pytest.fixture
-def compiled_paths(monkeypatch, no_native):
-    """The ``compiled`` backend on tiny inputs: every kernel through Dynamo
-    (the whole-layer training graphs included), SSN's ratios through
-    AOTAutograd, whose backward is not differentiable by itself."""
-    monkeypatch.setattr(sf, 'MIN_COMPILED_NUMEL', 1)
-    monkeypatch.setattr(sf, 'COMPILE_AFTER_NUMEL', 0)
-    monkeypatch.setattr(sf, '_COMPILED',
-                        sf._CompiledKernels(backend=EagerGraphs()))
-    monkeypatch.setattr(
-        sf, '_COMPILED_SSN_RATIOS',
-        sf._CompiledDifferentiable(sf.ratios_with_freezing_tensor,
-                                   backend='aot_eager'))
-    torch._dynamo.reset()
-    yield
-    torch._dynamo.reset()
 
 
 def make_layer(cls, channels, training):
@@ -62,6 +41,27 @@ def make_layer(cls, channels, training):
     return layer
 
 
+def assert_gradgradcheck(layer, x, backend):
+    """gradgradcheck in float64 of ``layer`` as a function of its input and
+    parameters (fast_mode: random projections of the Jacobians, as
+    strict)."""
+    params = [
+        getattr(layer, name).detach().clone().requires_grad_()
+        for name in PARAMS
+    ]
+
+    def fn(x, *params):
+        return functional_call(layer, dict(zip(PARAMS, params)), (x, ))
+
+    with use_backend(backend):
+        assert torch.autograd.gradgradcheck(
+            fn, (x.requires_grad_(), *params),
+            eps=1e-6,
+            atol=1e-6,
+            rtol=1e-5,
+            fast_mode=True)
+
+
 def random_input(shape):
     view = (1, shape[1]) + (1, ) * (len(shape) - 2)
     x = torch.randn(shape, dtype=torch.float64)
@@ -72,27 +72,11 @@ def random_input(shape):
 @pytest.mark.parametrize('training', [True, False])
 @pytest.mark.parametrize('dims', ['4d', '5d'])
 @pytest.mark.parametrize('cls', [SN, SSN, SyncSN])
-@pytest.mark.parametrize('backend', ['eager', 'compiled', 'autograd'])
-def test_gradgradcheck(compiled_paths, backend, cls, dims, training):
+@pytest.mark.parametrize('backend', BACKENDS)
+def test_gradgradcheck(backend, cls, dims, training):
     shape = SHAPES[dims]
     layer = make_layer(cls, shape[1], training)
-    x = random_input(shape).requires_grad_()
-    params = [
-        getattr(layer, name).detach().clone().requires_grad_()
-        for name in PARAMS
-    ]
-
-    def fn(x, *params):
-        return functional_call(layer, dict(zip(PARAMS, params)), (x, ))
-
-    with sf.use_backend(backend):
-        # fast_mode: random projections of the Jacobians, as strict.
-        assert torch.autograd.gradgradcheck(
-            fn, (x, *params),
-            eps=1e-6,
-            atol=1e-6,
-            rtol=1e-5,
-            fast_mode=True)
+    assert_gradgradcheck(layer, random_input(shape), backend)
     if isinstance(layer, SSN):
         assert not layer.frozen.any()  # the ratios took part throughout
 
@@ -113,7 +97,7 @@ class Critic(nn.Module):
 def penalty_gradients(critic, x, backend):
     """Parameter gradients of a WGAN-GP penalty and the buffers after it."""
     x = x.clone().requires_grad_()
-    with sf.use_backend(backend):
+    with use_backend(backend):
         grad_x, = torch.autograd.grad(critic(x), x, create_graph=True)
         penalty = (grad_x.flatten(1).norm(dim=1) - 1).square().mean()
         # conv2.bias does not reach the input gradient.
@@ -124,9 +108,8 @@ def penalty_gradients(critic, x, backend):
 
 @pytest.mark.parametrize('dims', ['4d', '5d'])
 @pytest.mark.parametrize('cls', [SN, SSN, SyncSN])
-@pytest.mark.parametrize('backend', ['eager', 'compiled'])
-def test_gradient_penalty_matches_autograd_backend(compiled_paths, backend,
-                                                   cls, dims):
+@pytest.mark.parametrize('backend', PROVIDERS_PRESENT)
+def test_gradient_penalty_matches_reference(backend, cls, dims):
     """The gradient of the input gradient reaches the conv weights and the
     norm's parameters, as with plain ops; the running statistics are
     updated once (by the forward, not again by the replay)."""
@@ -134,7 +117,7 @@ def test_gradient_penalty_matches_autograd_backend(compiled_paths, backend,
     x = random_input(shape)
     reference = Critic(make_layer(cls, 3, True), dims)
     critic = copy.deepcopy(reference)
-    expected = penalty_gradients(reference, x, 'autograd')
+    expected = penalty_gradients(reference, x, 'reference')
     actual = penalty_gradients(critic, x, backend)
     for a, e in zip(actual[0] + actual[1], expected[0] + expected[1]):
         torch.testing.assert_close(a, e, rtol=1e-9, atol=1e-12)
@@ -143,39 +126,19 @@ def test_gradient_penalty_matches_autograd_backend(compiled_paths, backend,
         assert name == 'conv2.bias' or grad.abs().sum() > 0, name
 
 
-def test_compiled_ssn_ratios_are_twice_differentiable(compiled_paths):
-    logits = torch.tensor([[0.3, -0.2, 0.1], [0.0, 0.25, -0.4]],
-                          dtype=torch.float64,
-                          requires_grad=True)
-    radius = torch.tensor([0.3], dtype=torch.float64)
-    fixed = torch.zeros(1, dtype=torch.long), torch.zeros(1, dtype=torch.long)
-
-    def fn(logits):
-        return sf.fast_ssn_ratios(logits, radius, *fixed, True)[0]
-
-    assert torch.autograd.gradgradcheck(fn, (logits, ), eps=1e-6, atol=1e-7)
-    # A frozen row has constant ratios: no gradient of any order.
-    frozen = torch.ones(1, dtype=torch.long), fixed[1]
-    ratios = sf.fast_ssn_ratios(logits, radius, *frozen, False)[0]
-    grad, = torch.autograd.grad((ratios**3).sum(), logits, create_graph=True)
-    assert grad[0].abs().sum() == 0
-    second, = torch.autograd.grad(grad.square().sum(), logits)
-    assert second[0].abs().sum() == 0 and second[1].abs().sum() > 0
-
-
 @pytest.mark.parametrize('cls', [SN, SSN])
-@pytest.mark.parametrize('backend', ['eager', 'compiled'])
-def test_logit_gradients_are_differentiable(compiled_paths, backend, cls):
+@pytest.mark.parametrize('backend', PROVIDERS_PRESENT)
+def test_logit_gradients_are_differentiable(backend, cls):
     """Meta-learning style: the gradient of the ratio logits, taken with
     create_graph=True, differentiated again w.r.t. the input and the
-    affine parameters, as on the ``autograd`` backend."""
+    affine parameters, as on the reference path."""
     x = random_input(SHAPES['4d'])
     v = torch.randn(2, 3, dtype=torch.float64)
     results = []
-    for name in (backend, 'autograd'):
+    for name in (backend, 'reference'):
         layer = make_layer(cls, 3, True)
         inp = x.clone().requires_grad_()
-        with sf.use_backend(name):
+        with use_backend(name):
             loss = (layer(inp) * x.flip(0)).square().sum()
             logits = [layer.mean_weight, layer.var_weight]
             grads = torch.autograd.grad(loss, logits, create_graph=True)
@@ -187,34 +150,16 @@ def test_logit_gradients_are_differentiable(compiled_paths, backend, cls):
         torch.testing.assert_close(actual, expected, rtol=1e-9, atol=1e-12)
 
 
-def test_compiled_ssn_ratios_backward_twice(compiled_paths):
-    """A repeated ordinary backward (retain_graph=True outside) of the
-    compiled ratios, whose compiled backward may run only once."""
-    logits = torch.tensor([[0.3, -0.2, 0.1], [0.0, 0.25, -0.4]],
-                          dtype=torch.float64,
-                          requires_grad=True)
-    radius = torch.tensor([0.3], dtype=torch.float64)
-    fixed = torch.zeros(1, dtype=torch.long), torch.zeros(1, dtype=torch.long)
-    ratios = sf.fast_ssn_ratios(logits, radius, *fixed, True)[0]
-    weights = torch.tensor([[1.0, -2.0, 0.5], [0.3, 0.2, -1.0]],
-                           dtype=torch.float64)
-    loss = (ratios.square() * weights).sum()
-    first, = torch.autograd.grad(loss, logits, retain_graph=True)
-    second, = torch.autograd.grad(loss, logits)
-    torch.testing.assert_close(second, first, rtol=1e-14, atol=1e-15)
-    assert first.abs().sum() > 0
-
-
-def test_replay_uses_the_mode_of_the_forward(compiled_paths):
+def test_replay_uses_the_mode_of_the_forward():
     """A layer switched to eval between the forward and a create_graph
     backward still differentiates its training forward (batch statistics)
     and leaves its running statistics as the forward left them."""
     x = random_input(SHAPES['4d'])
     results = []
-    for backend in ('eager', 'autograd'):
+    for backend in (PROVIDERS_PRESENT[0], 'reference'):
         layer = make_layer(SN, 3, True)
         inp = x.clone().requires_grad_()
-        with sf.use_backend(backend):
+        with use_backend(backend):
             out = layer(inp)
             layer.eval()
             grad, = torch.autograd.grad((out * x).square().sum(), inp,
@@ -226,11 +171,10 @@ def test_replay_uses_the_mode_of_the_forward(compiled_paths):
 
 
 @pytest.mark.parametrize('choice', [(2, 2), (1, 1), (0, 2)])
-@pytest.mark.parametrize('backend', ['eager', 'compiled'])
-def test_gradgradcheck_frozen_ssn_in_eval(compiled_paths, backend, choice):
-    """The eval shortcuts of a frozen layer: BatchNorm inference for BN,
-    the selected statistics otherwise (the C++ LN kernel has no backward
-    and is not used when a gradient is needed)."""
+@pytest.mark.parametrize('backend', BACKENDS)
+def test_gradgradcheck_frozen_ssn_in_eval(backend, choice):
+    """A frozen layer in eval with gradients wanted: the reference path,
+    with its selection (the frozen path's LN kernel has no backward)."""
     layer = make_layer(SSN, 3, False)
     with torch.no_grad():
         for logits, index in zip((layer.mean_weight, layer.var_weight),
@@ -246,7 +190,105 @@ def test_gradgradcheck_frozen_ssn_in_eval(compiled_paths, backend, choice):
     def fn(x, weight, bias):
         return functional_call(layer, dict(weight=weight, bias=bias), (x, ))
 
-    with sf.use_backend(backend):
+    with use_backend(backend):
         assert torch.autograd.gradgradcheck(
             fn, (x, *affine), eps=1e-6, atol=1e-6, rtol=1e-5)
     assert layer._selected() == choice
+
+
+# ------------------------------------ one-hot rows and piece borders
+def one_hot_layer(training):
+    """The issue's SSN: variance logits [3, 0, 0] at radius 0.3."""
+    layer = make_layer(SSN, 3, training)
+    with torch.no_grad():
+        layer.var_weight.copy_(torch.tensor([3.0, 0.0, 0.0]))
+    return layer
+
+
+@pytest.mark.parametrize('training', [True, False])
+@pytest.mark.parametrize('backend', BACKENDS)
+def test_second_derivatives_at_a_one_hot_row_are_zero(backend, training):
+    """The issue's case: variance logits [3, 0, 0] at radius 0.3, a row
+    SparsestMax maps to a vertex in a whole neighbourhood: the gradient of
+    a mean-logit gradient with respect to the variance logits is zero (was
+    NaN on every path)."""
+    layer = one_hot_layer(training)
+    x = random_input((2, 3, 4, 4))
+    with use_backend(backend):
+        grad, = torch.autograd.grad(
+            layer(x).square().sum(), layer.mean_weight, create_graph=True)
+        second, = torch.autograd.grad(grad.sum(), layer.var_weight)
+    assert grad.abs().sum() > 0
+    assert torch.equal(second, torch.zeros(3, dtype=torch.float64))
+
+
+@pytest.mark.parametrize('training', [True, False])
+@pytest.mark.parametrize('backend', BACKENDS)
+def test_gradgradcheck_with_a_one_hot_row(backend, training):
+    assert_gradgradcheck(
+        one_hot_layer(training), random_input((2, 3, 2, 3)), backend)
+
+
+#: Logits (rows of 3) where SparsestMax is one-hot with a margin, or lies
+#: next to a border between its pieces (within 1e-3 of it), at radii 0,
+#: 0.3 and 0.6.
+NEAR_BORDERS = [
+    ([3.0, 0.0, 0.0], 0.3),  # one-hot, locally constant
+    ([0.0, 5.0, 0.0], 0.0),
+    ([1.0, 0.3, -4.0], 0.75),  # pushed off an edge onto a vertex
+    ([1.0, 0.0015, 0.0], 0.0),  # a coordinate about to enter the support
+    ([0.9, 0.4, -1.0], 0.3525),  # just inside the push radius
+    ([0.3, 0.1, -0.2], 0.4995),  # a push about to leave the simplex
+    ([1.0, 1.0 - 1e-3, 0.0], 0.3),  # next to a tie at a face centre
+]
+#: Exactly on a border: derivatives are one-sided there, so only their
+#: finiteness is checked.
+ON_BORDERS = [
+    ([1.0, 0.0, 0.0], 0.0),  # coordinates at the support's edge
+    ([1.0, 1.0, 1.0], 0.3),  # the centre of the simplex
+    ([2.0, 2.0, -1.0], 0.3),  # the centre of an edge
+    ([1.0, 0.0, 0.0], 0.9),
+]
+
+
+def _forms():
+    """SparsestMax as each path computes it: the tensor code, the host
+    form, and with the freezing of one-hot rows on top."""
+
+    def host(z, radius):
+        return sparsestmax_ratios(
+            z, torch.tensor(radius, dtype=z.dtype),
+            torch.zeros(z.shape[0], dtype=torch.long), False, host=True).ratios
+
+    def freezing(z, radius):
+        return sparsestmax_ratios(
+            z, torch.tensor(radius, dtype=z.dtype),
+            torch.zeros(z.shape[0], dtype=torch.long), True, host=True).ratios
+
+    return {'tensor': sparsestmax, 'host': host, 'freezing': freezing}
+
+
+@pytest.mark.parametrize('form', sorted(_forms()))
+@pytest.mark.parametrize('logits, radius', NEAR_BORDERS)
+def test_sparsestmax_gradgradcheck_next_to_borders(form, logits, radius):
+    fn = _forms()[form]
+    z = torch.tensor([logits], dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(lambda t: fn(t, radius), (z, ),
+                                    eps=1e-7, atol=1e-6)
+    assert torch.autograd.gradgradcheck(lambda t: fn(t, radius), (z, ),
+                                        eps=1e-7, atol=1e-6)
+
+
+@pytest.mark.parametrize('form', sorted(_forms()))
+@pytest.mark.parametrize('logits, radius', ON_BORDERS + NEAR_BORDERS)
+def test_sparsestmax_derivatives_are_finite_on_borders(form, logits, radius):
+    fn = _forms()[form]
+    z = torch.tensor([logits], dtype=torch.float64, requires_grad=True)
+    weights = torch.tensor([[1.0, -2.0, 0.5]], dtype=torch.float64)
+    grad, = torch.autograd.grad((fn(z, radius) * weights).square().sum(), z,
+                                create_graph=True)
+    hessian = torch.stack([
+        torch.autograd.grad(grad[0, i], z, retain_graph=True)[0][0]
+        for i in range(3)
+    ])
+    assert torch.isfinite(grad).all() and torch.isfinite(hessian).all()

@@ -10,15 +10,16 @@ statistics; channel group ``g`` (channels ``[g·C/G, (g+1)·C/G)``) mixes
 with its own softmax (SN) or SparsestMax (SSN) ratios;
 ``y = (x - mean) / sqrt(var + eps) · γ + β``, statistics in fp32 for bf16
 input.  Every layer kind and backend must give its output, running
-statistics and gradients (input, γ, β, logits).
+statistics and gradients (input, γ, β, logits), on every path.
 """
 import pytest
 import torch
 import torch.nn.functional as F
+from _helpers import BACKENDS
 
 from ssn_norm import SN, SSN, SyncSN, SyncSSN
-from ssn_norm.ops import backend as sf
 from ssn_norm.ops.sparsestmax import is_one_hot, sparsestmax
+from ssn_norm.ops.switchable_function import use_backend
 
 C = 8
 SHAPES = {'4d': (3, C, 3, 5), '5d': (2, C, 2, 3, 4)}
@@ -38,7 +39,6 @@ CONFIGS = {
     'bn-only':
     dict(normalizers=('BN', )),
 }
-BACKENDS = ('autograd', 'eager', 'compiled')
 #: SSN radius: SparsestMax pushes and the result stays sparse, not
 #: one-hot.  Two members: a pushed point of an edge is locally constant
 #: (zero logit gradient), so those layers take a radius their ratios
@@ -162,7 +162,7 @@ def expected(layer, x, grad, training):
 def actual(layer, x, grad, backend):
     leaves = [x.clone().requires_grad_()]
     params = [layer.weight, layer.bias, layer.mean_weight, layer.var_weight]
-    with sf.use_backend(backend):
+    with use_backend(backend):
         out = layer(leaves[0])
         grads = torch.autograd.grad(out, leaves + params, grad)
     return out.detach(), grads
@@ -211,15 +211,9 @@ def check_training(cls,
     return grads
 
 
-def _backend(request, backend):
-    if backend == 'compiled':
-        request.getfixturevalue('dynamo_kernels')
-    return backend
-
-
 def every_case(test):
     """Parametrise ``test`` over each layer class, configuration, input
-    rank and backend."""
+    rank and path (the reference path must match the formulas too)."""
     for name, values in (('cls', [SN, SSN]), ('config', list(CONFIGS)),
                          ('dims', list(SHAPES)), ('backend', BACKENDS)):
         test = pytest.mark.parametrize(name, values)(test)
@@ -228,8 +222,7 @@ def every_case(test):
 
 # ------------------------------------------------------------------- tests
 @every_case
-def test_training_matches_reference(request, cls, config, dims, backend):
-    backend = _backend(request, backend)
+def test_training_matches_reference(cls, config, dims, backend):
     grads = check_training(cls, CONFIGS[config], SHAPES[dims], backend)
     # The case tests something: the logits get a gradient (one member:
     # its ratio is 1 whatever the logit).
@@ -238,13 +231,12 @@ def test_training_matches_reference(request, cls, config, dims, backend):
 
 
 @every_case
-def test_eval_matches_reference(request, cls, config, dims, backend):
-    backend = _backend(request, backend)
+def test_eval_matches_reference(cls, config, dims, backend):
     layer = make_layer(cls, CONFIGS[config]).eval()
     shape = SHAPES[dims]
     x, grad = random_input(shape), random_input(shape, seed=2)
     want_out, _, want_grads = expected(layer, x, grad, False)
-    with torch.no_grad(), sf.use_backend(backend):
+    with torch.no_grad(), use_backend(backend):
         out = layer(x)
     assert_close(out, want_out, 1e-9, 1e-11, 'no-grad output')
     out, grads = actual(layer, x, grad, backend)
@@ -253,10 +245,9 @@ def test_eval_matches_reference(request, cls, config, dims, backend):
         assert_close(got, want, 1e-9, 1e-11, f'grad of {name}')
 
 
-def _train_fp32_layer(request, cls, config, dims, backend, dtype):
+def _train_fp32_layer(cls, config, dims, backend, dtype):
     """An fp32 layer trained on ``dtype`` input with ``backend``: its
     output and gradients, and the reference's."""
-    backend = _backend(request, backend)
     layer = make_layer(cls, CONFIGS[config], dtype=torch.float32)
     shape = SHAPES[dims]
     x = random_input(shape, dtype)
@@ -267,25 +258,25 @@ def _train_fp32_layer(request, cls, config, dims, backend, dtype):
 
 
 @every_case
-def test_fp32_matches_reference(request, cls, config, dims, backend):
+def test_fp32_matches_reference(cls, config, dims, backend):
     """fp32 input and layer against the fp32 reference (the reference in
     fp64 above pins the formulas; this pins the fp32 paths' rounding)."""
     out, grads, want_out, want_grads = _train_fp32_layer(
-        request, cls, config, dims, backend, torch.float32)
+        cls, config, dims, backend, torch.float32)
     assert out.dtype == torch.float32
     assert_close(out, want_out, 1e-5, 1e-6, 'output')
     for name, got, want in zip(GRAD_NAMES, grads, want_grads):
         assert_close(got, want, 1e-4, 1e-5, f'grad of {name}')
 
 
-@pytest.mark.parametrize('backend', BACKENDS)
+@pytest.mark.parametrize('backend', ['reference', 'auto'])
 @pytest.mark.parametrize('dims', list(SHAPES))
 @pytest.mark.parametrize('config', ['group2-gn4', 'group4-no-in'])
 @pytest.mark.parametrize('cls', [SN, SSN])
-def test_bf16_matches_reference(request, cls, config, dims, backend):
+def test_bf16_matches_reference(cls, config, dims, backend):
     """bf16 input, fp32 layer: statistics in fp32, the output rounded."""
     out, grads, want_out, want_grads = _train_fp32_layer(
-        request, cls, config, dims, backend, torch.bfloat16)
+        cls, config, dims, backend, torch.bfloat16)
     assert out.dtype == torch.bfloat16 and grads[0].dtype == torch.bfloat16
     # One bf16 rounding of the output / input gradient (2^-8 relative).
     assert_close(out, want_out, 0, 1e-2, 'output')
@@ -302,36 +293,7 @@ def test_sync_layers_without_process_group_match_reference(
     """SyncSN / SyncSSN (no process group: the batch is this process')
     follow the reference too; the two-process form is in
     ``test_dist_sync_norm.py``."""
-    check_training(sync_cls, CONFIGS[config], SHAPES['4d'], 'eager')
-
-
-def test_compiled_graphs_are_shared_by_layers_of_one_configuration(
-        dynamo_kernels):
-    """The member table is one object per configuration: a second layer
-    of the same configuration compiles nothing new."""
-    x = random_input(SHAPES['4d']).requires_grad_()
-    with sf.use_backend('compiled'):
-        SN(C, **CONFIGS['group2-gn4']).double()(x).sum().backward()
-        graphs = dynamo_kernels.graphs
-        SN(C, **CONFIGS['group2-gn4']).double()(x).sum().backward()
-    assert graphs > 0 and dynamo_kernels.graphs == graphs
-
-
-def test_compiled_with_inductor_matches_reference(monkeypatch, no_native):
-    """Real generated code for a group SN with a GN member (fp32)."""
-    monkeypatch.setattr(sf, 'MIN_COMPILED_NUMEL', 1)
-    monkeypatch.setattr(sf, 'COMPILE_AFTER_NUMEL', 0)
-    monkeypatch.setattr(sf, '_COMPILED', sf._CompiledKernels())
-    check_training(
-        SN,
-        CONFIGS['group2-gn4'],
-        SHAPES['4d'],
-        'compiled',
-        dtype=torch.float32,
-        rtol=2e-5,
-        atol=2e-6,
-        grad_tol=(1e-4, 1e-5))
-    assert sf._COMPILED._compiled is not None and not sf._COMPILED.failed
+    check_training(sync_cls, CONFIGS[config], SHAPES['4d'], 'auto')
 
 
 # ------------------------------------------------- shapes and compatibility
@@ -441,8 +403,8 @@ def test_frozen_group_ssn_in_eval(choices):
     assert layer._selected() == ((choices[0][0], 1) if agree else None)
     x = random_input(SHAPES['5d'])
     want, _, _ = expected(layer, x, torch.ones_like(x), False)
-    for backend in BACKENDS[:2]:
-        with torch.no_grad(), sf.use_backend(backend):
+    for backend in BACKENDS:
+        with torch.no_grad(), use_backend(backend):
             assert_close(layer(x), want, 1e-9, 1e-11, backend)
 
 
@@ -534,23 +496,20 @@ def test_member_table_is_one_object_per_configuration(monkeypatch):
     table = moments.member_table(('IN', 'GN'), 4)
     assert moments.member_table(['IN', 'GN'], 4) is table
     assert moments.member_table(('IN', 'GN'), 2) is not table
+    assert table[1] == moments.Member('GN', batch=False, groups=4)
     assert moments.member_table(('IN', 'LN', 'BN')) == moments.MEMBERS
-    # A changed MEMBERS table is followed (its entries are looked up).
-    # (A new reduce function: a table equal by value to one patched in by
-    # another test would share its cache entry.)
-    patched = (moments.MEMBERS[0], moments.MEMBERS[1]._replace(
-        reduce=lambda t: t.mean(1, keepdim=True)), moments.MEMBERS[2])
-    monkeypatch.setattr(moments, 'MEMBERS', patched)
-    assert moments.member_table(('LN', ))[0] is patched[1]
+    # A changed declaration is followed (it is part of the cache key).
+    monkeypatch.setitem(moments.DECLARED, 'LN',
+                        moments.Member('LN', batch=False, groups=2))
+    assert moments.member_table(('LN', ))[0].groups == 2
 
 
-@pytest.mark.parametrize('backend', ['eager', 'compiled'])
+@pytest.mark.parametrize('backend', BACKENDS[1:])
 @pytest.mark.parametrize('cls', [SN, SSN])
-def test_double_backward_of_group_layers(request, cls, backend):
+def test_double_backward_of_group_layers(cls, backend):
     """create_graph=True replays the reference: exact second derivatives
     for per-group ratios and a GN member too."""
     from torch.func import functional_call
-    backend = _backend(request, backend)
     layer = make_layer(cls, CONFIGS['group2-gn4']).train()
     names = ('weight', 'bias', 'mean_weight', 'var_weight')
     x = random_input((2, C, 3, 4)).requires_grad_()
@@ -561,7 +520,7 @@ def test_double_backward_of_group_layers(request, cls, backend):
     def fn(x, *params):
         return functional_call(layer, dict(zip(names, params)), (x, ))
 
-    with sf.use_backend(backend):
+    with use_backend(backend):
         assert torch.autograd.gradgradcheck(
             fn, (x, *params), eps=1e-6, atol=1e-6, rtol=1e-5, fast_mode=True)
 
@@ -582,12 +541,12 @@ def test_outer_torch_compile_sees_plain_ops():
     layer = make_layer(SSN, CONFIGS['group2-gn4']).train()
     x = random_input(SHAPES['4d']).requires_grad_()
     grad = random_input(SHAPES['4d'], seed=2)
-    want = actual(layer, x, grad, 'eager')
+    want = actual(layer, x, grad, 'auto')
     torch._dynamo.reset()
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter('always')
         compiled = torch.compile(layer, backend='eager')
-        got = actual(compiled, x, grad, 'eager')
+        got = actual(compiled, x, grad, 'auto')
     torch._dynamo.reset()
     assert not [w for w in caught if 'lru_cache' in str(w.message)]
     assert_close(got[0], want[0], 1e-12, 1e-12, 'output')

@@ -1,14 +1,18 @@
-"""The C++ kernel (``ssn_norm._ext``): the frozen-LN inference of SN/SSN.
+"""The C++ kernels (``ssn_norm._ext``): built, and the frozen-LN inference
+of SN/SSN (the 'cpp' provider's ``layer_norm``; its row passes are
+tests/test_providers.py's).
 
-``tools/install.sh`` builds it; these tests fail (rather than skip) when it
-is missing, since README's install is meant to provide it.
+``tools/install.sh`` builds them; these tests fail (rather than skip) when
+they are missing, since README's install is meant to provide them.
 """
 import pytest
 import torch
 
 from ssn_norm import SSN
-from ssn_norm.ops import native
-from ssn_norm.ops import switchable_function as sf
+from ssn_norm.ops import providers
+from ssn_norm.ops.switchable_function import use_backend
+
+native = providers.PROVIDERS['cpp']
 
 
 def released_ln(x, weight, bias, eps):
@@ -63,13 +67,13 @@ SHAPES = {
 
 
 def test_kernel_is_built():
-    assert native.available(), native.UNAVAILABLE_REASON
+    assert native.ext is not None, providers.UNAVAILABLE_REASON
 
 
 @pytest.mark.parametrize('name', sorted(SHAPES))
 def test_matches_released_formula_fp64(name):
     x, weight, bias = random_case(SHAPES[name], torch.float64)
-    out = native.layer_norm_released(x, weight, bias, 1e-5)
+    out = native.ext.layer_norm_released(x, weight, bias, 1e-5)
     assert out.dtype == torch.float64 and out.shape == x.shape
     torch.testing.assert_close(
         out, released_ln(x, weight, bias, 1e-5), rtol=1e-11, atol=1e-11)
@@ -83,7 +87,7 @@ def test_matches_released_formula_fp32(name, offset, short_row_simd):
     released formula itself would cancel catastrophically there in fp32).
     Both loops for short rows: AVX-512 (where the CPU has it) and generic."""
     x, weight, bias = random_case(SHAPES[name], torch.float32, offset)
-    out = native._ext.layer_norm_released(
+    out = native.ext.layer_norm_released(
         x, weight, bias, 1e-5, short_row_simd=short_row_simd)
     assert out.dtype == torch.float32
     torch.testing.assert_close(
@@ -94,14 +98,14 @@ def test_constant_input_gives_bias_and_eps_bounds_the_scale():
     x = torch.full((2, 3, 4, 4), 7.0, dtype=torch.float64)
     weight = torch.tensor([1.0, 2.0, 3.0], dtype=torch.float64)
     bias = torch.tensor([0.5, -0.5, 0.0], dtype=torch.float64)
-    out = native.layer_norm_released(x, weight, bias, 1e-5)
+    out = native.layer_norm(x, weight, bias, 1e-5)
     torch.testing.assert_close(out, bias.view(1, 3, 1, 1).expand_as(x))
 
 
 def test_non_contiguous_input():
     x, weight, bias = random_case((2, 8, 5, 6), torch.float32)
     x = x.to(memory_format=torch.channels_last)
-    out = native.layer_norm_released(x, weight, bias, 1e-5)
+    out = native.layer_norm(x, weight, bias, 1e-5)
     assert out.is_contiguous()
     torch.testing.assert_close(
         out.double(), released_ln(x, weight, bias, 1e-5), rtol=1e-5, atol=1e-5)
@@ -110,11 +114,12 @@ def test_non_contiguous_input():
 def test_bad_input_is_rejected_with_the_reason():
     x, weight, bias = random_case((2, 3, 4, 4), torch.float32)
     with pytest.raises(RuntimeError, match='float32 or float64 input'):
-        native.layer_norm_released(x.half(), weight, bias, 1e-5)
+        native.ext.layer_norm_released(x.half(), weight, bias, 1e-5)
     with pytest.raises(RuntimeError, match='need 3 elements, got 4 and 3'):
-        native.layer_norm_released(x, torch.ones(4), bias, 1e-5)
+        native.ext.layer_norm_released(x, torch.ones(4), bias, 1e-5)
     with pytest.raises(RuntimeError, match=r'must be \(N, C, \*\)'):
-        native.layer_norm_released(x[0, 0, 0], weight[:1], bias[:1], 1e-5)
+        native.ext.layer_norm_released(x[0, 0, 0], weight[:1], bias[:1],
+                                       1e-5)
 
 
 def frozen_ln_ssn(channels, dtype):
@@ -133,28 +138,30 @@ def frozen_ln_ssn(channels, dtype):
 @pytest.fixture
 def kernel_calls(monkeypatch):
     calls = []
-    original = native.layer_norm_released
+    original = native.layer_norm
 
     def spy(x, *args):
-        calls.append(tuple(x.shape))
-        return original(x, *args)
+        out = original(x, *args)
+        if out is not None:
+            calls.append(tuple(x.shape))
+        return out
 
-    monkeypatch.setattr(native, 'layer_norm_released', spy)
+    monkeypatch.setattr(native, 'layer_norm', spy)
     return calls
 
 
 @pytest.mark.parametrize('dtype', [torch.float32, torch.float64])
-@pytest.mark.parametrize('backend', ['eager', 'compiled'])
-def test_frozen_ln_ssn_in_inference_uses_the_kernel(dtype, backend,
-                                                    kernel_calls, monkeypatch):
+def test_frozen_ln_ssn_in_inference_uses_the_kernel(dtype, kernel_calls):
+    """The frozen path on the 'cpp' provider: one kernel call, the value of
+    the frozen path's passes on the 'eager' provider."""
     layer = frozen_ln_ssn(6, dtype)
     assert layer._selected() == (1, 1)
     x, _, _ = random_case((2, 6, 5, 5), dtype)
-    with sf.use_backend(backend), torch.no_grad():
+    with torch.no_grad():
         out = layer(x)
         assert kernel_calls == [tuple(x.shape)]
-        monkeypatch.setattr(native, 'accepts', lambda *args: False)
-        general = layer(x)
+        with use_backend('eager'):
+            general = layer(x)
     assert len(kernel_calls) == 1
     tol = 1e-12 if dtype == torch.float64 else 1e-5
     torch.testing.assert_close(out, general, rtol=tol, atol=tol)
@@ -163,28 +170,15 @@ def test_frozen_ln_ssn_in_inference_uses_the_kernel(dtype, backend,
 def test_kernel_is_skipped_where_it_cannot_serve(kernel_calls):
     layer = frozen_ln_ssn(6, torch.float32)
     x, _, _ = random_case((2, 6, 5, 5), torch.float32)
-    # Gradients wanted (the kernel has no backward): the general path.
+    # Gradients wanted (the kernel has no backward): the reference path.
     x.requires_grad_()
     layer(x).sum().backward()
     assert x.grad is not None and layer.weight.grad is not None
     with torch.no_grad():
-        layer(x.detach().half())  # fp16: the general path
-        with sf.use_backend('autograd'):  # the reference stays pure PyTorch
+        layer(x.detach().half())  # fp16: the 'eager' provider
+        with use_backend('reference'):  # the reference stays pure PyTorch
             layer(x.detach())
     assert kernel_calls == []
     with torch.no_grad():
         layer(x.detach())
     assert kernel_calls == [tuple(x.shape)]
-
-
-def test_disabled_by_environment(monkeypatch):
-    monkeypatch.setenv('SSN_NORM_NATIVE', '0')
-    ext, reason = native._load()
-    assert ext is None and 'SSN_NORM_NATIVE=0' in reason
-    monkeypatch.setattr(native, '_ext', None)
-    monkeypatch.setattr(native, 'UNAVAILABLE_REASON', reason)
-    assert not native.available()
-    x, weight, bias = random_case((2, 3, 4, 4), torch.float32)
-    assert not native.accepts(x, weight, bias)
-    with pytest.raises(RuntimeError, match='disabled by SSN_NORM_NATIVE=0'):
-        native.layer_norm_released(x, weight, bias, 1e-5)

@@ -202,13 +202,12 @@ def test_batched_input_equals_row_by_row(device):
     torch.testing.assert_close(out.view(-1, 3), rows, atol=1e-15, rtol=0)
 
 
-# ------------------------------------------ host path against tensor code
+# ------------------------------------ the host form against the tensor code
 def _host_and_tensor(logits, radius, grad):
-    from ssn_norm.ops.sparsestmax import sparsestmax_tensor
-    from ssn_norm.ops.sparsestmax_host import host_sparsestmax
+    from ssn_norm.ops import sparsestmax_host
     results = []
-    for fn in (lambda z: host_sparsestmax(z, radius, sparsestmax_tensor),
-               lambda z: sparsestmax_tensor(z, radius)):
+    for fn in (lambda z: sparsestmax_host.sparsestmax(z, radius),
+               lambda z: sparsestmax(z, radius)):
         z = logits.clone().requires_grad_()
         out = fn(z)
         if out is None:
@@ -219,13 +218,12 @@ def _host_and_tensor(logits, radius, grad):
 
 
 @pytest.mark.parametrize('dtype', [torch.float64, torch.float32])
-def test_host_path_equals_tensor_code_with_its_gradient(dtype):
+def test_host_form_equals_tensor_code_with_its_gradient(dtype):
     """Random rows sit inside a piece: the host serves every one of them,
     with the tensor code's values and autograd's gradient (in float64;
     fp32 rows against the float64 tensor code, relative to the gradient's
     size: the host computes in float64, the tensor code in fp32)."""
-    from ssn_norm.ops.sparsestmax import sparsestmax_tensor
-    from ssn_norm.ops.sparsestmax_host import host_sparsestmax
+    from ssn_norm.ops import sparsestmax_host
     gen = torch.Generator().manual_seed(0)
     served = 0
     for trial in range(600):
@@ -237,13 +235,13 @@ def test_host_path_equals_tensor_code_with_its_gradient(dtype):
         grad = torch.randn(2, num, generator=gen, dtype=torch.float64)
         radius = torch.tensor(radius, dtype=dtype)
         leaf = logits.clone().requires_grad_()
-        host = host_sparsestmax(leaf, radius, sparsestmax_tensor)
+        host = sparsestmax_host.sparsestmax(leaf, radius)
         if host is None:
             continue
         served += 1
         host_grad, = torch.autograd.grad(host, leaf, grad.to(dtype))
         leaf = logits.double().requires_grad_()
-        tensor = sparsestmax_tensor(leaf, radius.double())
+        tensor = sparsestmax(leaf, radius.double())
         tensor_grad, = torch.autograd.grad(tensor, leaf, grad)
         assert host.dtype == host_grad.dtype == dtype
         tol = 1e-12 if dtype == torch.float64 else 1e-6
@@ -263,46 +261,45 @@ def test_host_path_equals_tensor_code_with_its_gradient(dtype):
 ])
 @pytest.mark.parametrize('radius', [0.0, 0.2, 0.5, 0.9])
 def test_special_rows_equal_tensor_code(logits, radius):
-    """Special rows the layers meet: host or tensor code, the public
-    function gives the tensor code's value and gradient."""
-    from ssn_norm.ops.sparsestmax import sparsestmax_tensor
+    """Special rows the layers meet: host form or tensor code (where the
+    host declines), SSN's ratios have the tensor code's value and
+    gradient."""
+    from ssn_norm.ops.ratios import sparsestmax_ratios
     z = torch.tensor([logits, logits[::-1]], dtype=torch.float64)
     grad = torch.linspace(-1, 1, z.numel(), dtype=torch.float64).view_as(z)
+    radius = torch.tensor(radius, dtype=torch.float64)
+    fixed = torch.zeros(2, dtype=torch.long)
     outs = []
-    for fn in (sparsestmax, sparsestmax_tensor):
+    for host in (True, False):
         leaf = z.clone().requires_grad_()
-        out = fn(leaf, torch.tensor(radius, dtype=torch.float64))
+        out = sparsestmax_ratios(leaf, radius, fixed, False, host).ratios
         outs.append((out.detach(), *torch.autograd.grad(out, leaf, grad)))
     for actual, expected in zip(*outs):
         torch.testing.assert_close(actual, expected, rtol=0, atol=1e-12)
 
 
-def test_host_path_double_backward_is_exact():
+def test_host_form_double_backward_is_exact():
     from ssn_norm.ops import sparsestmax_host
     logits = torch.tensor([[0.3, -0.2, 0.1], [1.0, 0.2, -0.5]],
                           dtype=torch.float64, requires_grad=True)
     radius = torch.tensor(0.4, dtype=torch.float64)
     assert sparsestmax_host.accepts(logits, radius)
-    assert torch.autograd.gradcheck(lambda z: sparsestmax(z, radius),
-                                    (logits, ))
-    assert torch.autograd.gradgradcheck(lambda z: sparsestmax(z, radius),
-                                        (logits, ))
+
+    def host(z):
+        return sparsestmax_host.sparsestmax(z, radius)
+
+    assert torch.autograd.gradcheck(host, (logits, ))
+    assert torch.autograd.gradgradcheck(host, (logits, ))
 
 
 @pytest.mark.parametrize('freeze', [True, False])
-def test_host_freezing_equals_tensor_code(freeze):
-    """SSN's ratios with freezing on the host: the tensor code's ratios,
-    gradients, stored logits and flags, with None for the logits and flags
-    exactly when no row froze now (nothing to write)."""
-    from ssn_norm.ops.sparsestmax import (ratios_with_freezing_tensor,
-                                          sparsestmax_tensor)
-    from ssn_norm.ops.sparsestmax_host import host_ratios_with_freezing
-
-    def host_ratios(*args):
-        return host_ratios_with_freezing(*args, sparsestmax_tensor)
-
+def test_freezing_on_the_host_form_equals_tensor_code(freeze):
+    """SSN's ratios with freezing (defined once, in tensor code) on the
+    host form's SparsestMax: the tensor code's ratios, gradients, newly
+    frozen rows and their one-hot vectors."""
+    from ssn_norm.ops.ratios import sparsestmax_ratios
     gen = torch.Generator().manual_seed(1)
-    served = froze = 0
+    froze = 0
     for trial in range(300):
         num, groups = 2 + trial % 3, 1 + trial % 2
         logits = torch.randn(2 * groups, num, generator=gen,
@@ -310,54 +307,47 @@ def test_host_freezing_equals_tensor_code(freeze):
         radius = torch.tensor([(0.0, 0.3, 0.6, 0.9)[trial % 4]],
                               dtype=torch.float64)
         flags = torch.randint(0, 2, (2 * groups, ), generator=gen)
-        fixed = (flags[:groups].clone(), flags[groups:].clone())
         grad = torch.randn(2 * groups, num, generator=gen,
                            dtype=torch.float64)
         results = []
-        for fn in (host_ratios, ratios_with_freezing_tensor):
+        for host in (True, False):
             leaf = logits.clone().requires_grad_()
-            found = fn(leaf, radius, *fixed, freeze)
-            if found is None:  # a border between pieces: tensor code
-                break
-            ratios, stored, new_flags = found
-            dz, = torch.autograd.grad(ratios, leaf, grad)
-            results.append((ratios.detach(), stored, new_flags, dz))
-        if not results:
-            continue
-        (host, stored, new_flags, dz), expected = results
-        for actual, want in ((host, expected[0]), (dz, expected[3])):
-            torch.testing.assert_close(actual, want, rtol=0, atol=1e-12)
-        changed = not torch.equal(expected[2], flags)
-        assert (stored is None) == (new_flags is None) == (not changed)
-        if changed:
-            froze += 1
-            torch.testing.assert_close(stored, expected[1], rtol=0, atol=0)
-            assert torch.equal(new_flags, expected[2])
-        served += 1
-    assert served >= 290
+            found = sparsestmax_ratios(leaf, radius, flags, freeze, host)
+            dz, = torch.autograd.grad(found.ratios, leaf, grad)
+            results.append((found, dz))
+        (host, host_grad), (tensor, tensor_grad) = results
+        torch.testing.assert_close(host.ratios, tensor.ratios, rtol=0,
+                                   atol=1e-12)
+        torch.testing.assert_close(host_grad, tensor_grad, rtol=0, atol=1e-12)
+        if freeze:
+            assert torch.equal(host.newly, tensor.newly)
+            if host.newly.any():
+                froze += 1
+                rows = host.newly
+                assert torch.equal(host.hot[rows], tensor.hot[rows])
+        else:
+            assert host.newly is None
     assert froze > 20 if freeze else froze == 0
 
 
-def test_host_freezing_double_backward_is_exact():
+def test_freezing_double_backward_is_exact():
     """Frozen rows stay constant under create_graph=True as well."""
-    from ssn_norm.ops.sparsestmax import ratios_with_freezing
+    from ssn_norm.ops.ratios import sparsestmax_ratios
     logits = torch.tensor([[0.3, -0.2, 0.1], [1.0, 0.2, -0.5]],
                           dtype=torch.float64, requires_grad=True)
     radius = torch.tensor([0.4], dtype=torch.float64)
     for flags in ((0, 0), (1, 0), (0, 1)):
-        fixed = (torch.tensor([flags[0]]), torch.tensor([flags[1]]))
 
-        def ratios(z):
-            return ratios_with_freezing(z, radius, *fixed, True)[0]
+        def ratios(z, flags=torch.tensor(flags)):
+            return sparsestmax_ratios(z, radius, flags, True, True).ratios
 
         assert torch.autograd.gradcheck(ratios, (logits, ))
         assert torch.autograd.gradgradcheck(ratios, (logits, ))
 
 
-def test_host_path_serves_only_small_cpu_rows_outside_tracers():
+def test_host_form_serves_only_small_cpu_rows_outside_tracers():
     from ssn_norm.ops import sparsestmax_host
     small = torch.zeros(2, 3)
-    assert sparsestmax_host._ONE_HOT_TOL == ONE_HOT_TOL
     assert sparsestmax_host.accepts(small, 0.3)
     assert not sparsestmax_host.accepts(small.half(), 0.3)
     assert not sparsestmax_host.accepts(torch.zeros(65, 3)[:, :1], 0.3)
@@ -365,3 +355,36 @@ def test_host_path_serves_only_small_cpu_rows_outside_tracers():
     assert not sparsestmax_host.accepts(
         small, torch.tensor(0.3, requires_grad=True))
     assert not sparsestmax_host.accepts(torch.zeros(2, 3, device='meta'), 0.3)
+
+
+# ------------------------------------------------------ low precision
+def test_fp16_logits_of_the_issue():
+    """``sparsestmax`` of these fp16 logits raised ``index -1 is out of
+    bounds`` (its centre tolerance underflowed to 0 in fp16): fp16 is
+    computed in fp32 and rounded, a point of the simplex."""
+    z = torch.tensor([-0.1425, -0.0667, 0.9463])
+    for radius in (0.0, 0.3):
+        out = sparsestmax(z.half(), radius)
+        assert out.dtype == torch.float16
+        torch.testing.assert_close(out.float(), sparsestmax(z, radius),
+                                   rtol=0, atol=1e-3)
+        assert_on_simplex(out.float(), atol=1e-3)
+
+
+@pytest.mark.parametrize('dtype', [torch.float16, torch.bfloat16])
+def test_low_precision_logits_are_computed_in_fp32(dtype):
+    z = torch.randn(500, 3) * torch.logspace(-3, 1, 500).unsqueeze(-1)
+    for radius in (0.0, 0.3, 0.9):
+        out = sparsestmax(z.to(dtype), radius)
+        want = sparsestmax(z.to(dtype).float(), radius)
+        assert torch.equal(out, want.to(dtype))
+        assert torch.isfinite(out).all()
+    assert torch.equal(sparsemax(z.to(dtype)),
+                       sparsemax(z.to(dtype).float()).to(dtype))
+
+
+def test_a_nan_logit_gives_a_nan_row_not_an_error():
+    z = torch.tensor([[0.1, float('nan'), 0.2], [0.3, 0.1, 0.0]])
+    for radius in (0.0, 0.3):
+        out = sparsestmax(z, radius)
+        assert out[0].isnan().all() and torch.isfinite(out[1]).all()

@@ -17,6 +17,7 @@ import torch.distributed as dist
 from ssn_norm import SN, SSN, SyncSN, SyncSSN
 from ssn_norm.distributed import all_reduce_sum, get_world_size
 from ssn_norm.layers import sync_switchable_norm
+from ssn_norm.ops import moments
 
 PAIRS = [(SyncSN, SN, 0.0), (SyncSSN, SSN, 0.0), (SyncSSN, SSN, 0.4)]
 
@@ -81,7 +82,8 @@ def test_group_of_one_equals_unsynchronised(tmp_path):
 
 
 class TwoRankStandIn:
-    """Replaces one rank's all-reduce by ``mine + other's`` (a constant).
+    """Replaces one rank's all-reduces: the forward's (the first call) by
+    ``mine + other's`` (a constant), the backward's by ``mine``.
 
     The backward of a real all-reduce also adds the other rank's gradient
     of the sum; with it left out, each rank's input gradient is that of its
@@ -93,6 +95,8 @@ class TwoRankStandIn:
         self.mine = None
 
     def __call__(self, tensor, group=None):
+        if self.mine is not None:
+            return tensor
         self.mine = tensor.detach()
         return tensor + self.other_packed
 
@@ -114,12 +118,12 @@ def test_two_ranks_with_uneven_batches_equal_concatenated_batch(
 
     # Rank B's packed moments, from a scout pass over its batch.
     recorder = TwoRankStandIn(0)
-    monkeypatch.setattr(sync_switchable_norm, 'all_reduce_sum', recorder)
+    monkeypatch.setattr(moments, 'all_reduce_sum', recorder)
     scout(inputs[1])
     rank_a = TwoRankStandIn(recorder.mine)
-    monkeypatch.setattr(sync_switchable_norm, 'all_reduce_sum', rank_a)
+    monkeypatch.setattr(moments, 'all_reduce_sum', rank_a)
     out_a = sync_a(inputs[0])
-    monkeypatch.setattr(sync_switchable_norm, 'all_reduce_sum',
+    monkeypatch.setattr(moments, 'all_reduce_sum',
                         TwoRankStandIn(rank_a.mine))
     out_b = sync_b(inputs[1])
     initial = copy.deepcopy(plain)

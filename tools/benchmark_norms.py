@@ -60,9 +60,10 @@ def parse_args(argv=None):
         help='where inputs and models live: cpu (default), cuda, cuda:N')
     parser.add_argument(
         '--backend',
-        choices=('compiled', 'eager', 'autograd'),
+        choices=('auto', 'reference', 'cpp', 'compiled', 'eager'),
         default=None,
-        help='SN/SSN backend (default: $SSN_NORM_BACKEND or compiled)')
+        help='SN/SSN path or kernel provider (default: $SSN_NORM_BACKEND '
+        'or auto, chosen per call)')
     parser.add_argument(
         '--no-memory',
         action='store_true',

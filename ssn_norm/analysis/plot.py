@@ -22,11 +22,12 @@ from ..ops.moments import NAMES
 from .ratios import LayerRatios, group_of, present_normalizers
 from .runs import json_objects
 
-#: Bar / line colour of each normaliser.
+#: Bar / line colour of each normaliser; another declared member is grey.
 COLORS = {'IN': '#4C72B0', 'LN': '#DD8452', 'BN': '#55A868', 'GN': '#C44E52'}
+_OTHER_COLOR = '#8C8C8C'
 _STATISTICS = ('mean', 'var')
 _RATIO_KEY = re.compile(r'^(?:train/)?ratio/(?P<group>.+)/'
-                        r'(?P<stat>mean|var)_(?P<norm>IN|LN|BN|GN)$')
+                        r'(?P<stat>mean|var)_(?P<norm>[A-Z]+)$')
 _TIMESTAMP = re.compile(r'^\d{8}_\d{6}$')
 
 
@@ -100,7 +101,7 @@ def _draw_bars(ax, layers: Sequence[LayerRatios], statistic: str) -> None:
             bottom=bottom,
             width=0.85,
             linewidth=0,
-            color=COLORS[normalizer],
+            color=COLORS.get(normalizer, _OTHER_COLOR),
             label=normalizer)
         bottom += heights
     index = _STATISTICS.index(statistic)
@@ -300,7 +301,7 @@ def plot_ratio_dynamics(path: str,
                 if points:
                     ax.plot(
                         *zip(*points),
-                        color=COLORS[normalizer],
+                        color=COLORS.get(normalizer, _OTHER_COLOR),
                         label=normalizer,
                         linewidth=1.2)
             ax.set_ylim(-0.02, 1.02)

@@ -7,25 +7,24 @@ holds ``C / G`` channels), so averages, counts of one-hot layers and plots
 count each channel group as a layer of its own.
 
 One function computes the ratios for a whole model at once, from the ratio
-logits and the SSN buffers, exactly as the layers do in their forward: SN
-takes a softmax; SSN takes :func:`~ssn_norm.ops.sparsestmax` at the layer's
-saved ``radius``, and a ratio whose ``mean_fixed``/``var_fixed`` flag is set
-is the one-hot vector of its logits' argmax (the layer overwrote the logits
-with that vector when it froze).  All layers of one kind are stacked, so a
-model costs a handful of tensor operations and one host transfer, whether
-the tensors live on the CPU or an accelerator.
+logits and the SSN buffers, with the layers' own functions
+(:mod:`ssn_norm.ops.ratios`): SN takes a softmax; SSN takes SparsestMax at
+the layer's saved ``radius``, and a ratio whose ``mean_fixed``/``var_fixed``
+flag is set is the one-hot vector of its logits' argmax (the layer overwrote
+the logits with that vector when it froze).  All layers of one kind are
+stacked, so a model costs a handful of tensor operations and one host
+transfer, whether the tensors live on the CPU or an accelerator.
 """
 from dataclasses import dataclass
 from typing import (Dict, Iterable, List, Mapping, NamedTuple, Optional,
                     Sequence, Tuple)
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..layers.switchable_norm import NORMALIZERS, SSN
-from ..ops import sparsestmax
 from ..ops.moments import NAMES
+from ..ops.ratios import softmax_ratios, sparsestmax_ratios
 from ..utils import switchable_norms
 
 #: Names under these top-level modules are grouped by their first two
@@ -143,13 +142,14 @@ def _compute(entries: Sequence[_RatioLogits]) -> List[LayerRatios]:
                     [e.mean_fixed.reshape(()),
                      e.var_fixed.reshape(())]) for e in chosen
             ]).bool()  # (L, 2)
-            soft = sparsestmax(logits, radius)
-            hot = F.one_hot(logits.argmax(-1), logits.shape[-1]).to(soft)
-            ratios = torch.where(fixed.unsqueeze(-1), hot, soft)
+            ratios = sparsestmax_ratios(
+                logits.flatten(0, 1),
+                radius.expand(-1, 2).flatten(), fixed.flatten(),
+                False).ratios.view_as(logits)
             radius_list = radius.squeeze(-1).tolist()
             fixed_list = fixed.tolist()
         else:
-            ratios = logits.softmax(-1)
+            ratios = softmax_ratios(logits)
             radius_list = [None] * len(chosen)
             fixed_list = [(False, False)] * len(chosen)
         for index, entry, (mean, var), radius_value, frozen in zip(

@@ -6,9 +6,8 @@ import torch
 from torch import Tensor, nn
 
 from ..layers import SN, SSN
-from ..ops.backend import end_warm_up
-from .timing import (Timing, peak_memory_bytes, resolve_device,
-                     time_interleaved)
+from ..ops.providers import PROVIDERS
+from .timing import Timing, peak_memory_bytes, resolve_device, time_interleaved
 
 __all__ = [
     'LAYER_NORMS', 'LAYER_SHAPES', 'LayerCase', 'LayerResult',
@@ -152,11 +151,11 @@ def benchmark_layers(
 
     Frozen rows compare an SSN frozen one-hot on IN/LN/BN (``SSN[IN]``…)
     with the plain normaliser it selected, in eval.  Inputs and layers
-    live on ``device``.  The ``compiled`` backend is timed after its
-    warm-up (:func:`~ssn_norm.ops.backend.end_warm_up`): the steady state
-    of a long run.
+    live on ``device``.  The ``compiled`` kernel provider is timed after
+    its warm-up (:meth:`~ssn_norm.ops.providers.CompiledProvider.
+    end_warm_up`): the steady state of a long run.
     """
-    end_warm_up()
+    PROVIDERS['compiled'].end_warm_up()
     where = resolve_device(device)
     timed = dict(repeats=repeats, clock=clock, device=device)
     results = []

@@ -5,7 +5,7 @@ from typing import Callable, Dict, List, Optional, Sequence, Tuple
 import torch
 from torch import Tensor
 
-from ..ops.backend import end_warm_up, restart_warm_up
+from ..ops.providers import PROVIDERS
 from .timing import (Timing, clock_reader, peak_memory_bytes, resolve_device,
                      time_interleaved)
 
@@ -209,7 +209,7 @@ class ModelResult:
     task: str
     steps: Dict[str, Timing] = field(default_factory=dict)
     peak: Dict[str, Optional[int]] = field(default_factory=dict)
-    #: the step at which the ``compiled`` backend ends its warm-up and
+    #: the step at which the ``compiled`` provider ends its warm-up and
     #: compiles (s; once per process, in a long run)
     switch: Dict[str, float] = field(default_factory=dict)
     #: graphs compiled by Dynamo during the norm's steps (its kernels)
@@ -237,8 +237,8 @@ def benchmark_models(
     random initialisation, same seed) and the same synthetic batch; steps
     are interleaved across norms.  The learning rate is 0, so repeats see
     the same weights.  ``first_call`` of each timing is the first step of
-    a fresh process (the ``compiled`` backend still warming up:
-    :data:`~ssn_norm.ops.backend.COMPILE_AFTER_NUMEL`); ``switch`` is the
+    a fresh process (the ``compiled`` kernel provider still warming up:
+    :data:`~ssn_norm.ops.providers.COMPILE_AFTER_NUMEL`); ``switch`` is the
     step that ends the warm-up and compiles; the steady-state timings
     follow it.  Models run on ``device``.
     """
@@ -274,19 +274,19 @@ def benchmark_models(
 
             cases[norm] = step
         # Each norm's first step alone, as in a fresh process: compiled
-        # code forgotten, the compiled backend's warm-up restarted.  Then
+        # code forgotten, the compiled provider's warm-up restarted.  Then
         # the step that ends the warm-up and compiles (from the on-disk
         # cache of earlier processes, if any): what a long run pays once.
         first = {}
         for norm, fn in cases.items():
             torch._dynamo.reset()
-            restart_warm_up()
+            PROVIDERS['compiled'].restart_warm_up()
             count = _compiled_graphs()
             start = now()
             fn()
             first[norm] = now() - start
             if norm in ('SN', 'SSN'):
-                end_warm_up()
+                PROVIDERS['compiled'].end_warm_up()
                 start = now()
                 fn()
                 result.switch[norm] = now() - start

@@ -1,4 +1,5 @@
-// Python bindings of ssn_norm._ext; the Python side is ssn_norm/ops/native.py.
+// Python bindings of ssn_norm._ext; the Python side is the C++ kernel
+// provider in ssn_norm/ops/providers.py.
 #include "kernels.h"
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
@@ -10,24 +11,23 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
         pybind11::arg("eps"), pybind11::arg("short_row_simd") = true);
   m.def("short_row_simd", &short_row_simd,
         "Whether short float rows take the AVX-512 path on this CPU.");
-  m.def("switchable_forward", &switchable_forward,
-        "SN/SSN forward of contiguous (N, C, L) float32/float64 CPU input: "
-        "[out, var_in, mean_in] (IN moments in float64), then, in training, "
-        "the batch member's mean, second moment and variance if any. "
-        "groups[k]: -1 IN, 0 over the batch, G > 0 per sample over G "
-        "channel groups; ratios (2, K) or (2, K, C); the running statistics "
-        "(eval) replace the batch member's moments.",
-        pybind11::arg("x"), pybind11::arg("weight"), pybind11::arg("bias"),
-        pybind11::arg("ratios"), pybind11::arg("groups"), pybind11::arg("eps"),
-        pybind11::arg("running_mean") = pybind11::none(),
-        pybind11::arg("running_var") = pybind11::none());
-  m.def("switchable_backward", &switchable_backward,
-        "Training backward of switchable_forward from the output gradient: "
-        "[grad_x (undefined unless input_grad), grad_weight, grad_bias, "
-        "grad_ratios (as ratios)].",
-        pybind11::arg("grad"), pybind11::arg("x"), pybind11::arg("var_in"),
-        pybind11::arg("mean_in"), pybind11::arg("weight"),
-        pybind11::arg("bias"), pybind11::arg("ratios"),
-        pybind11::arg("groups"), pybind11::arg("eps"),
-        pybind11::arg("input_grad"));
+  m.def("row_moments", &row_moments,
+        "[var, mean] (N, C) of the rows of contiguous (N, C, *) "
+        "float32/float64 CPU input: the unbiased variance (0 for one "
+        "element) and the mean, in x's dtype (accumulated in double).",
+        pybind11::arg("x"));
+  m.def("affine_rows", &affine_rows,
+        "x * scale + shift per row; scale and shift (N, C) in x's dtype.",
+        pybind11::arg("x"), pybind11::arg("scale"), pybind11::arg("shift"));
+  m.def("grad_sums", &grad_sums,
+        "[sum g, sum g*x] (N, C) of each row, in x's dtype (accumulated in "
+        "double).",
+        pybind11::arg("grad"), pybind11::arg("x"));
+  m.def("grad_input", &grad_input,
+        "grad * scale + (x - centre) * coef * coef_scale + constant * "
+        "constant_scale per row; the factors (N, C) in x's dtype.",
+        pybind11::arg("grad"), pybind11::arg("x"), pybind11::arg("scale"),
+        pybind11::arg("centre"), pybind11::arg("coef"),
+        pybind11::arg("constant"), pybind11::arg("coef_scale") = 1.0,
+        pybind11::arg("constant_scale") = 1.0);
 }

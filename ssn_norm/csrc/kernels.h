@@ -12,17 +12,15 @@ torch::Tensor layer_norm_released(const torch::Tensor& input,
                                   bool short_row_simd);
 bool short_row_simd();
 
-// switchable_norm_train.cpp: SN/SSN forward (training, or eval with the
-// running statistics) and training backward.
-std::vector<torch::Tensor> switchable_forward(
-    const torch::Tensor& x, const torch::Tensor& weight,
-    const torch::Tensor& bias, const torch::Tensor& ratios,
-    const std::vector<int64_t>& groups, double eps,
-    const c10::optional<torch::Tensor>& running_mean,
-    const c10::optional<torch::Tensor>& running_var);
-std::vector<torch::Tensor> switchable_backward(
-    const torch::Tensor& grad, const torch::Tensor& x,
-    const torch::Tensor& var_in, const torch::Tensor& mean_in,
-    const torch::Tensor& weight, const torch::Tensor& bias,
-    const torch::Tensor& ratios, const std::vector<int64_t>& groups,
-    double eps, bool input_grad);
+// rows.cpp: the passes over the rows (n, c) of SN/SSN's (N, C, *) input.
+std::vector<torch::Tensor> row_moments(const torch::Tensor& x);
+torch::Tensor affine_rows(const torch::Tensor& x, const torch::Tensor& scale,
+                          const torch::Tensor& shift);
+std::vector<torch::Tensor> grad_sums(const torch::Tensor& grad,
+                                     const torch::Tensor& x);
+torch::Tensor grad_input(const torch::Tensor& grad, const torch::Tensor& x,
+                         const torch::Tensor& scale,
+                         const torch::Tensor& centre,
+                         const torch::Tensor& coef,
+                         const torch::Tensor& constant, double coef_scale,
+                         double constant_scale);

@@ -10,11 +10,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ..ops.backend import compiles_for, fast_ssn_ratios
-from ..ops.moments import (MomentSpec, channel_ratios, check_normalizers,
-                           member_table, names, variance)
-from ..ops.sparsestmax import ratios_with_freezing
-from ..ops.switchable_function import switchable_norm
+from ..ops.moments import (BatchMoments, MomentSpec, Sync, channel_ratios,
+                           check_normalizers, member_table, names, variance)
+from ..ops.ratios import softmax_ratios, sparsestmax_ratios
+from ..ops.switchable_function import Plan, choose_path, switchable_norm
 
 #: Order of the normalisers in the ratio logits (:data:`ssn_norm.ops.
 #: moments.MEMBERS`).
@@ -58,14 +57,14 @@ class SwitchableNormBase(nn.Module):
     """Common machinery of SN and SSN; subclasses choose how ratios are made.
 
     A subclass implements :meth:`_ratios`, returning the mean and variance
-    ratios, each of the logits' shape: ``(K,)`` with ``K`` the number of
-    normalizers (3: IN, LN, BN by default; 2: IN, LN for
-    ``using_bn=False``), or ``(G, K)`` for ``num_groups = G > 1``, and may
-    report a one-hot selection through :meth:`_selected` so that eval
-    computes only what is needed.
+    ratios stacked, ``(2, K)`` with ``K`` the number of normalizers (3: IN,
+    LN, BN by default; 2: IN, LN for ``using_bn=False``), or ``(2, G, K)``
+    for ``num_groups = G > 1``, and may report a one-hot selection through
+    :meth:`_selected` so that eval computes only what is needed.
     The statistics themselves are :mod:`ssn_norm.ops.moments`'; the forward
-    decides once (mode, ratios, selection) and calls
-    :func:`~ssn_norm.ops.switchable_function.switchable_norm` once.
+    asks :func:`~ssn_norm.ops.switchable_function.choose_path` once (its
+    answer: :meth:`plan`), hands its decisions down as data and updates the
+    running statistics from the batch moments the ops return.
 
     Attributes:
         moment_recorder: None (default), or a callable
@@ -124,8 +123,8 @@ class SwitchableNormBase(nn.Module):
         # Looked up once: an outer torch.compile traces the forward, and
         # would trace (and warn about) the cached table lookup every time.
         self._members = member_table(self.normalizers, gn_groups)
-        # BN is the only member over the batch (running statistics).
-        self.using_bn = 'BN' in self.normalizers
+        # Running statistics exactly when a member averages over the batch.
+        self.using_bn = any(m.batch for m in self._members)
         self.using_moving_average = bool(using_moving_average)
         self.last_gamma = bool(last_gamma)
         # One logit per member of the mix (ssn_norm.ops.moments), per
@@ -164,6 +163,13 @@ class SwitchableNormBase(nn.Module):
         self.reset_running_stats()
 
     @property
+    def local_running_stats(self) -> bool:
+        """Whether the running statistics are this process's own (a batch
+        member, not synchronised): what
+        :func:`ssn_norm.distributed.sync_running_stats` averages."""
+        return self.using_bn
+
+    @property
     def members(self) -> tuple:
         """The mixed members (:func:`~ssn_norm.ops.moments.member_table`),
         in logit order."""
@@ -183,9 +189,14 @@ class SwitchableNormBase(nn.Module):
         return text
 
     # ---------------------------------------------------------------- ratios
-    def _ratios(self, fast: bool = False) -> Tuple[Tensor, Tensor]:
-        """Mean and variance ratios; ``fast``: the input runs compiled code,
-        so may the ratios."""
+    def _logits(self) -> Tensor:
+        """The mean and variance logits stacked: (2, K) or (2, G, K)."""
+        return torch.stack([self.mean_weight, self.var_weight])
+
+    def _ratios(self, host: bool = False) -> Tensor:
+        """Mean and variance ratios stacked as :meth:`_logits`, in fp32
+        (fp64 for an fp64 module); ``host``: the plan allows SparsestMax's
+        host form."""
         raise NotImplementedError
 
     def _selected(self) -> Optional[Tuple[int, int]]:
@@ -197,8 +208,8 @@ class SwitchableNormBase(nn.Module):
         """The current (mean, variance) ratios over :attr:`normalizers`,
         detached: ``(K,)`` each, or ``(G, K)`` with ``num_groups = G > 1``
         (row g: channels ``[g·C/G, (g+1)·C/G)``)."""
-        mean_ratio, var_ratio = self._ratios()
-        return mean_ratio.detach().clone(), var_ratio.detach().clone()
+        mean_ratio, var_ratio = self._ratios().detach().clone().unbind()
+        return mean_ratio, var_ratio
 
     # ------------------------------------------------------------ statistics
     def _check_input(self, x: Tensor) -> None:
@@ -214,54 +225,28 @@ class SwitchableNormBase(nn.Module):
                 f'channels but got input with {x.shape[1]} channels (shape '
                 f'{tuple(x.shape)})')
 
-    def _batch_moments(self, mean_in: Tensor,
-                       sqmean_in: Tensor) -> Tuple[Tensor, Tensor]:
-        """Per-channel BN mean and second moment over the batch; (C,) each.
-
-        SyncSN overrides this to average over every process.
-        """
-        return mean_in.mean(0), sqmean_in.mean(0)
-
-    @torch.no_grad()
-    def _update_running_stats(self, mean_bn: Tensor, sqmean_bn: Tensor,
-                              var_bn: Tensor) -> None:
+    def _record(self, batch: BatchMoments, x: Tensor) -> None:
+        """A training forward's batch moments (detached: no graph is
+        recorded) to :attr:`moment_recorder` if set, else into the running
+        statistics."""
+        if x.numel() == 0 and not float(batch.count) > 0:
+            return  # no sample here, nor (SyncSN) on any other process
         if self.moment_recorder is not None:
-            self.moment_recorder(self, mean_bn, sqmean_bn)
+            self.moment_recorder(self, batch.mean, batch.sqmean)
             return
         if self.using_moving_average and self.momentum is not None:
             m = self.momentum
-            self.running_mean.mul_(1 - m).add_(mean_bn, alpha=m)
-            self.running_var.mul_(1 - m).add_(var_bn, alpha=m)
+            self.running_mean.mul_(1 - m).add_(batch.mean, alpha=m)
+            self.running_var.mul_(1 - m).add_(batch.var, alpha=m)
             return
         # Cumulative (equal-weight) average of the batch means and second
         # moments seen since the last reset_running_stats().
         self.num_batches_tracked.add_(1)
-        step = 1.0 / self.num_batches_tracked.to(mean_bn.dtype)
+        step = 1.0 / self.num_batches_tracked.to(batch.mean.dtype)
         sqmean_run = self.running_var + self.running_mean.square()
-        sqmean_run.add_((sqmean_bn - sqmean_run) * step)
-        self.running_mean.add_((mean_bn - self.running_mean) * step)
+        sqmean_run.add_((batch.sqmean - sqmean_run) * step)
+        self.running_mean.add_((batch.mean - self.running_mean) * step)
         self.running_var.copy_(variance(self.running_mean, sqmean_run))
-
-    def _empty_batch_anchor(self, anchor: Tensor) -> Tensor:
-        """Zero scalar tied to ``anchor``; SyncSN joins its collectives here.
-
-        Returns ``anchor * 0`` for unsynchronised layers.
-        """
-        return anchor * 0
-
-    def _forward_empty(self, x: Tensor) -> Tensor:
-        # Nothing to normalise (e.g. no RoI in an mmdet head): an empty
-        # output of the input's shape.  Running statistics are untouched;
-        # every parameter stays in the graph with zero gradient, so DDP sees
-        # none unused, and a synchronised layer still takes part in its
-        # collectives so the other processes do not wait for it.
-        anchor = sum(p.sum() for p in (self.weight, self.bias,
-                                       self.mean_weight, self.var_weight))
-        if self.training and self.using_bn:
-            anchor = self._empty_batch_anchor(anchor)
-        else:
-            anchor = anchor * 0
-        return x + anchor.to(x.dtype)
 
     def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict,
                               missing_keys, unexpected_keys, error_msgs):
@@ -294,44 +279,44 @@ class SwitchableNormBase(nn.Module):
             # freezing, the eval-time selection) and fails its own check.
             raise _refuse_torchscript(self, 'torch.jit.trace')
         self._check_input(x)
-        if x.numel() == 0:
-            return self._forward_empty(x)
         selected = None if self.training else self._selected()
-        mean_ratio = var_ratio = None
+        plan = self._plan(x, selected)
+        ratios = None
         if selected is None:
-            # Compiled ratios (SSN) where the kernels are compiled too.
-            mean_ratio, var_ratio = self._ratios(compiles_for(x))
             # Group SN: each channel takes its group's ratios.
-            mean_ratio = channel_ratios(mean_ratio, self.num_features)
-            var_ratio = channel_ratios(var_ratio, self.num_features)
-        return switchable_norm(x, self.weight, self.bias,
-                               mean_ratio, var_ratio,
-                               self._moment_spec(selected), self.eps)
+            ratios = channel_ratios(
+                self._ratios(plan.host_ratios), self.num_features)
+        out, batch = switchable_norm(x, self.weight, self.bias, ratios,
+                                     self._moment_spec(selected), plan)
+        if batch is not None:
+            self._record(batch, x)
+        return out
+
+    def plan(self, x: Tensor) -> Plan:
+        """The path and kernel provider a forward on ``x`` takes now (in
+        this mode, grad mode and backend); ``print`` it to see why."""
+        return self._plan(x, None if self.training else self._selected())
+
+    def _plan(self, x: Tensor, selected) -> Plan:
+        return choose_path(
+            x, (self.weight, self.bias, self.mean_weight, self.var_weight),
+            self.training, selected)
 
     def _moment_spec(self, selected: Optional[Tuple[int, int]]) -> MomentSpec:
-        """This forward's decisions, as data for the ops.
-
-        :meth:`_batch_moments_hook` says whether the BN member needs a
-        differentiable hook (SyncSN across processes).
-        """
-        training = self.training
+        """This forward's decisions, as data for the ops."""
         return MomentSpec(
             members=self.members,
-            training=training,
+            training=self.training,
+            eps=self.eps,
             running=((self.running_mean,
                       self.running_var) if self.using_bn else None),
             selected=selected,
-            record=(self._update_running_stats
-                    if training and self.using_bn else None),
-            batch_moments=self._batch_moments_hook() if training else None)
+            sync=self._sync())
 
-    def _batch_moments_hook(self) -> Optional[Callable]:
-        """An overridden :meth:`_batch_moments`, handed down as a hook; None
-        where the BN member's own reduction computes it (the kernels then
-        serve every path)."""
-        if type(self)._batch_moments is SwitchableNormBase._batch_moments:
-            return None
-        return self._batch_moments
+    def _sync(self) -> Optional[Sync]:
+        """Where the batch members average (SyncSN): None, this process's
+        batch."""
+        return None
 
 
 def _normalizers(owner: str, num_features: int, using_bn: Optional[bool],
@@ -419,11 +404,8 @@ class SN(SwitchableNormBase):
         ``torch.compile``, ``torch.onnx.export``).
     """
 
-    def _ratios(self, fast: bool = False) -> Tuple[Tensor, Tensor]:
-        # Per row: (K,), or each group's (K,) of (G, K).
-        mean_ratio = F.softmax(self.mean_weight, -1)
-        var_ratio = F.softmax(self.var_weight, -1)
-        return mean_ratio, var_ratio
+    def _ratios(self, host: bool = False) -> Tensor:
+        return softmax_ratios(self._logits())
 
 
 class SSN(SwitchableNormBase):
@@ -577,31 +559,46 @@ class SSN(SwitchableNormBase):
         (2G,) for group SSN (the G mean rows, then the G variance rows)."""
         return torch.cat([self.mean_fixed, self.var_fixed]).bool()
 
-    def _ratios(self, fast: bool = False) -> Tuple[Tensor, Tensor]:
+    def _ratios(self, host: bool = False) -> Tensor:
         # Rows: the G mean logits, then the G variance logits (G = 1: the
         # released (2, K)); SparsestMax and freezing work per row.
-        groups = self.num_groups
-        if groups == 1:
-            logits = torch.stack([self.mean_weight, self.var_weight])
-        else:
-            logits = torch.cat([self.mean_weight, self.var_weight])
+        logits = self._logits()
+        shape = logits.shape
         freeze = self.training and torch.is_grad_enabled()
-        radius = self._checked_radius().to(logits.dtype)
-        ratios, new_logits, new_fixed = (fast_ssn_ratios if fast else
-                                         ratios_with_freezing)(logits, radius,
-                                                               self.mean_fixed,
-                                                               self.var_fixed,
-                                                               freeze)
-        shape = self.mean_weight.shape
-        if freeze and new_logits is not None:
-            with torch.no_grad():
-                # Newly frozen rows: their one-hot logits and flags.
-                self.mean_weight.copy_(new_logits[:groups].view(shape))
-                self.var_weight.copy_(new_logits[groups:].view(shape))
-                self.mean_fixed.copy_(new_fixed[:groups])
-                self.var_fixed.copy_(new_fixed[groups:])
-            self._selection_cache = None
-        return ratios[:groups].view(shape), ratios[groups:].view(shape)
+        found = sparsestmax_ratios(
+            logits.view(-1, shape[-1]), self._checked_radius(),
+            torch.cat([self.mean_fixed, self.var_fixed]), freeze, host)
+        if found.hot is not None:
+            self._store_frozen(found.newly, found.hot)
+        return found.ratios.view(shape)
+
+    @torch.no_grad()
+    def _store_frozen(self, newly: Tensor, hot: Tensor) -> None:
+        """Sets the flags of the rows frozen now and, where the logits are
+        this module's own parameters, stores their one-hot vectors as the
+        logits.  On the CPU nothing is written in a step where no row froze
+        (a free host read); on an accelerator the writes are unconditional
+        (no host synchronisation)."""
+        if newly.device.type == 'cpu' and not bool(newly.any()):
+            return
+        groups = self.num_groups
+        for fixed, part in ((self.mean_fixed, newly[:groups]),
+                            (self.var_fixed, newly[groups:])):
+            fixed.copy_(fixed.bool() | part)
+        rows = newly.unsqueeze(-1)
+        for index, param in enumerate((self.mean_weight, self.var_weight)):
+            # Logits passed in through torch.func.functional_call (or
+            # torch.func transforms) are the caller's tensors, possibly
+            # saved for its backward: left as they are.  A frozen row's
+            # ratios are the one-hot vector of its logits' argmax, the
+            # vertex it froze on, either way.
+            if not (isinstance(param, nn.Parameter) and param.is_leaf):
+                continue
+            part = slice(index * groups, (index + 1) * groups)
+            param.copy_(
+                torch.where(rows[part], hot[part].to(param.dtype),
+                            param.view(groups, -1)).view_as(param))
+        self._selection_cache = None
 
     def _selected(self) -> Optional[Tuple[int, int]]:
         # One host read per layer, then cached until the flags or logits

@@ -1,4 +1,4 @@
-"""Sparsemax and SparsestMax over the last dimension, vectorised.
+"""Sparsemax, SparsestMax and the layers' ratios, vectorised.
 
 SparsestMax (Shao et al., "SSN: Learning Sparse Switchable Normalization via
 SparsestMax", CVPR 2019) first projects the logits onto the probability simplex
@@ -12,15 +12,21 @@ coordinate from the support, so ``K - 1`` rounds suffice for ``K`` logits
 (and are all that run).
 
 Everything is expressed with ``torch.where`` over a fixed number of rounds: no
-data-dependent Python control flow, no host synchronisation, any device.
-"""
-from typing import Optional, Tuple
+data-dependent Python control flow, no host synchronisation, any device.  The
+branches a ``torch.where`` does not take are computed on safe values, so
+first and second derivatives are finite everywhere (zero where the function
+is locally constant, as on a one-hot row).  Low-precision logits are
+computed in fp32 (the centre tolerance and the one-hot test underflow in
+fp16).
 
+This is the reference: :mod:`ssn_norm.ops.sparsestmax_host` is a faster
+form for a few rows on the CPU, tested against it.
+"""
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from . import sparsestmax_host
+__all__ = ['ONE_HOT_TOL', 'is_one_hot', 'sparsemax', 'sparsestmax']
 
 #: Ratios whose largest entry is within this of 1 count as one-hot.  Pushed
 #: points reach a vertex only up to float rounding, so exact equality (as in
@@ -31,12 +37,24 @@ ONE_HOT_TOL = 1e-5
 _CENTRE_EPS = 1e-12
 
 
+def working(t: Tensor) -> Tensor:
+    """``t`` in fp32, or fp64 for fp64: where SparsestMax computes."""
+    if t.dtype in (torch.float32, torch.float64):
+        return t
+    return t.to(torch.promote_types(t.dtype, torch.float32))
+
+
 def sparsemax(logits: Tensor) -> Tensor:
     """Euclidean projection of ``logits`` onto the simplex (Martins et al.).
 
-    Returns a tensor of the same shape whose last dimension is non-negative
-    and sums to one; exact zeros outside the support.
+    Returns a tensor of ``logits``' shape and dtype whose last dimension is
+    non-negative and sums to one; exact zeros outside the support.  A NaN
+    logit gives a NaN row.
     """
+    return _sparsemax(working(logits)).to(logits.dtype)
+
+
+def _sparsemax(logits: Tensor) -> Tensor:
     num = logits.shape[-1]
     # The projection is shift invariant; measuring from the largest logit
     # makes a single-coordinate support exactly 1 in low precision too.
@@ -45,7 +63,8 @@ def sparsemax(logits: Tensor) -> Tensor:
     cumsum = z_sorted.cumsum(dim=-1)
     k = torch.arange(1, num + 1, device=logits.device, dtype=logits.dtype)
     in_support = 1 + k * z_sorted > cumsum
-    support_size = in_support.sum(dim=-1, keepdim=True)
+    # At least the largest coordinate (only a NaN row finds none).
+    support_size = in_support.sum(dim=-1, keepdim=True).clamp(min=1)
     tau = (cumsum.gather(-1, support_size - 1) - 1) / support_size.to(
         logits.dtype)
     return torch.clamp(logits - tau, min=0)
@@ -69,29 +88,18 @@ def sparsestmax(logits: Tensor, radius) -> Tensor:
     is one-hot up to :data:`ONE_HOT_TOL` for every input.  Where the released
     code divides by zero (the projection sits exactly at the centre of its
     face, e.g. equal logits) the push goes towards the vertex of the first
-    largest coordinate, so the result is always finite.
-
-    A few rows on the CPU (SSN's logits) run on the host with an exact
-    Jacobian (:mod:`ssn_norm.ops.sparsestmax_host`), about six times
-    faster; other inputs, and rows on a border between the pieces of the
-    function, run the tensor code below.
+    largest coordinate, so the result is always finite.  fp16/bf16 logits
+    are computed in fp32 and the result rounded to their dtype.
     """
-    if sparsestmax_host.accepts(logits, radius):
-        out = sparsestmax_host.host_sparsestmax(logits, radius,
-                                                sparsestmax_tensor)
-        if out is not None:
-            return out
-    return sparsestmax_tensor(logits, radius)
+    return _sparsestmax(working(logits), radius).to(logits.dtype)
 
 
-def sparsestmax_tensor(logits: Tensor, radius) -> Tensor:
-    """:func:`sparsestmax` as tensor code: any device, any size, traced
-    by ``torch.compile``."""
+def _sparsestmax(logits: Tensor, radius) -> Tensor:
     radius = torch.as_tensor(radius, dtype=logits.dtype, device=logits.device)
     radius_sq = (radius * radius).expand(logits.shape[:-1]).unsqueeze(-1)
     num = logits.shape[-1]
 
-    point = sparsemax(logits)
+    point = _sparsemax(logits)
     result = point
     done = torch.zeros_like(radius_sq, dtype=torch.bool)
     prev_centre = None
@@ -108,15 +116,18 @@ def sparsestmax_tensor(logits: Tensor, radius) -> Tensor:
         # sum is not exactly 1); without removing that normal component a
         # push from near the centre would leave the simplex's plane.
         offset = offset - centre * offset.sum(dim=-1, keepdim=True)
-        dist = offset.norm(dim=-1, keepdim=True)
+        dist_sq = offset.square().sum(dim=-1, keepdim=True)
+        away = dist_sq > _CENTRE_EPS**2
+        # sqrt and the division see 1 where the point is at the centre, so
+        # their (unused) derivatives stay finite there.
+        dist = torch.where(away, dist_sq, torch.ones_like(dist_sq)).sqrt()
         towards_vertex = F.one_hot(point.argmax(dim=-1), num).to(
             point.dtype) - centre
         direction = torch.where(
-            dist > _CENTRE_EPS, offset / dist.clamp(min=_CENTRE_EPS),
-            towards_vertex /
+            away, offset / dist, towards_vertex /
             towards_vertex.norm(dim=-1, keepdim=True).clamp(min=_CENTRE_EPS))
         # Far enough from the centre (or already a vertex): keep the point.
-        stays = (dist.square() >= radius_sq) | is_one_hot(point).unsqueeze(-1)
+        stays = (dist_sq >= radius_sq) | is_one_hot(point).unsqueeze(-1)
         pushed = centre + radius_sq.sqrt() * direction
         leaves = (pushed < 0).any(dim=-1, keepdim=True)
         finished_here = ~done & (stays | ~leaves)
@@ -125,63 +136,6 @@ def sparsestmax_tensor(logits: Tensor, radius) -> Tensor:
                              result)
         done = done | finished_here
         # The rest left the simplex: project back and continue on the face.
-        point = torch.where(done, point, sparsemax(pushed))
+        point = torch.where(done, point, _sparsemax(pushed))
         prev_centre = centre
     return torch.where(done, result, point)
-
-
-def ratios_with_freezing(
-        logits: Tensor, radius: Tensor, mean_fixed: Tensor, var_fixed: Tensor,
-        freeze: bool) -> Tuple[Tensor, Optional[Tensor], Optional[Tensor]]:
-    """SSN's ratios from its logits (2G, K): SparsestMax, frozen rows
-    one-hot, each row on its own.
-
-    Pure (no in-place update); :func:`ratios_with_freezing_tensor` is the
-    form compiled as one graph.
-
-    Args:
-        logits: mean and variance logits (2G, K): the G mean rows (one per
-            channel group; G = 1 for plain SSN), then the G variance rows.
-        radius: SparsestMax radius (scalar or (1,)).
-        mean_fixed, var_fixed: (G,) integer flags, rows already frozen.
-        freeze: also freeze the rows whose SparsestMax is one-hot (within
-            :data:`ONE_HOT_TOL`) now (training).
-
-    Returns:
-        The ratios (2G, K): a frozen row is the one-hot vector of its logits'
-        argmax (zero gradient), the others SparsestMax; the logits to store
-        (a newly frozen row becomes its one-hot vector, so the choice
-        survives optimizer drift); the frozen flags (2G,) to store.  Small
-        CPU rows run on the host
-        (:func:`~ssn_norm.ops.sparsestmax_host.host_ratios_with_freezing`),
-        which returns None for the logits and flags when no row froze now.
-    """
-    if (sparsestmax_host.accepts(logits, radius)
-            and mean_fixed.device.type == 'cpu'):
-        found = sparsestmax_host.host_ratios_with_freezing(
-            logits, radius, mean_fixed, var_fixed, freeze, sparsestmax_tensor)
-        if found is not None:
-            return found
-    return ratios_with_freezing_tensor(logits, radius, mean_fixed, var_fixed,
-                                       freeze)
-
-
-def ratios_with_freezing_tensor(
-        logits: Tensor, radius: Tensor, mean_fixed: Tensor, var_fixed: Tensor,
-        freeze: bool) -> Tuple[Tensor, Tensor, Tensor]:
-    """:func:`ratios_with_freezing` as tensor code: any device, traced by
-    ``torch.compile``; always returns the logits and flags to store."""
-    num = logits.shape[-1]
-    soft = sparsestmax(logits, radius)
-    fixed = torch.cat([mean_fixed, var_fixed]).bool().unsqueeze(-1)
-    current = logits.detach()
-    hot = F.one_hot(current.argmax(-1), num).to(soft.dtype)
-    if freeze:
-        settled = soft.detach()
-        newly = is_one_hot(settled).unsqueeze(-1) & ~fixed
-        hot_now = F.one_hot(settled.argmax(-1), num).to(soft.dtype)
-        current = torch.where(newly, hot_now.to(current.dtype), current)
-        hot = torch.where(newly, hot_now, hot)
-        fixed = fixed | newly
-    ratios = torch.where(fixed, hot, soft)
-    return ratios, current, fixed.squeeze(-1).to(mean_fixed.dtype)

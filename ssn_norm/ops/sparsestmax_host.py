@@ -1,34 +1,33 @@
 """SparsestMax of a few small rows on the host, with its exact Jacobian.
 
-SSN computes SparsestMax of two rows of three logits per layer and step.
-As tensor code (:func:`ssn_norm.ops.sparsestmax.sparsestmax`) that is about
-a hundred tiny ops forward and as many backward, ~2 ms a layer on a CPU,
-more than the normalisation itself on small maps.  Here the same
-algorithm runs in Python floats (float64) on CPU rows, and records the
-Jacobian of the piece it ends on; the backward is one batched
-vector-Jacobian product: about a sixth of the cost (0.19 ms forward
-and backward against 1.2 ms).
+A second form of :func:`ssn_norm.ops.sparsestmax.sparsestmax`, kept for
+speed and tested against it (``tests/test_sparsestmax.py``).  SSN computes
+SparsestMax of two rows of three logits per layer and step; as tensor code
+that is about a hundred tiny ops forward and as many backward, more than
+the normalisation itself on small maps.  Here the same algorithm runs in
+Python floats (float64) on CPU rows and records the Jacobian of the piece
+it ends on; the backward is one batched vector-Jacobian product
+(docs/benchmarks.md lists the measured gain).
 
 SparsestMax is piecewise smooth.  Inside a piece the derivative is unique,
 so the Jacobian here equals what autograd finds through the tensor code.
 On a border between pieces (a coordinate at the support's edge, a point
 at distance exactly ``radius`` from its face's centre, a push landing on
 the simplex's boundary, ratios at the one-hot tolerance) autograd's
-answer depends on tie-breaking; there :func:`host_sparsestmax` returns
-None and the caller runs the tensor code.  A backward with
-``create_graph=True`` differentiates the tensor code too, so double
-backward is exact.
+answer depends on tie-breaking; there :func:`sparsestmax` returns None and
+the caller runs the tensor code.  A backward with ``create_graph=True``
+differentiates the tensor code, so double backward is exact.
 """
 import math
-from typing import Callable, List, Optional, Tuple
+from typing import List, Optional, Tuple
 
 import torch
 from torch import Tensor
 
-__all__ = [
-    'MAX_HOST_ELEMENTS', 'accepts', 'host_ratios_with_freezing',
-    'host_sparsestmax'
-]
+from .sparsestmax import ONE_HOT_TOL
+from .sparsestmax import sparsestmax as reference
+
+__all__ = ['MAX_HOST_ELEMENTS', 'accepts', 'sparsestmax']
 
 #: Largest ``logits.numel()`` worth doing in Python (SSN: 2·K per layer,
 #: 2·G·K with groups).
@@ -37,18 +36,16 @@ MAX_HOST_ELEMENTS = 64
 # Closer than this (relative to 1, the simplex's scale) to a border between
 # pieces: leave the case to the tensor code.
 _MARGIN = 1e-6
-# As ssn_norm.ops.sparsestmax.ONE_HOT_TOL (kept equal by a test).
-_ONE_HOT_TOL = 1e-5
 
 Matrix = List[List[float]]
 
 
 def accepts(logits: Tensor, radius) -> bool:
-    """Whether :func:`host_sparsestmax` may serve this call: small CPU
-    float rows, no tracer watching, a radius that needs no gradient."""
-    return (logits.device.type == 'cpu' and logits.dtype in
-            (torch.float32, torch.float64) and logits.dim() >= 1
-            and 0 < logits.numel() <= MAX_HOST_ELEMENTS
+    """Whether :func:`sparsestmax` may serve this call: small CPU fp32/fp64
+    rows, no tracer watching, a radius that needs no gradient."""
+    return (logits.device.type == 'cpu'
+            and logits.dtype in (torch.float32, torch.float64)
+            and logits.dim() >= 1 and 0 < logits.numel() <= MAX_HOST_ELEMENTS
             and logits.shape[-1] > 1
             and not (isinstance(radius, Tensor) and radius.requires_grad)
             and not torch.compiler.is_compiling()
@@ -85,13 +82,15 @@ def _sparsemax(v: List[float]) -> Optional[Tuple[List[float], Matrix]]:
         return None
     support = [1.0 if g > 0 else 0.0 for g in gaps]
     passes = [1.0 if g >= 0 else 0.0 for g in gaps]
-    jac = [[mi * ((1.0 if i == j else 0.0) - sj / size)
-            for j, sj in enumerate(support)] for i, mi in enumerate(passes)]
+    jac = [[
+        mi * ((1.0 if i == j else 0.0) - sj / size)
+        for j, sj in enumerate(support)
+    ] for i, mi in enumerate(passes)]
     return [max(g, 0.0) for g in gaps], jac
 
 
-def _row(z: List[float], radius_sq: float) -> Optional[Tuple[List[float],
-                                                             Matrix]]:
+def _row(z: List[float],
+         radius_sq: float) -> Optional[Tuple[List[float], Matrix]]:
     """SparsestMax of one row and its Jacobian (the tensor code's steps)."""
     num = len(z)
     found = _sparsemax(z)
@@ -112,9 +111,9 @@ def _row(z: List[float], radius_sq: float) -> Optional[Tuple[List[float],
         offset = [r - c * off_plane for r, c in zip(raw, centre)]
         dist = math.sqrt(sum(o * o for o in offset))
         top = max(point)
-        if abs(top - (1 - _ONE_HOT_TOL)) < _MARGIN:
+        if abs(top - (1 - ONE_HOT_TOL)) < _MARGIN:
             return None
-        if top >= 1 - _ONE_HOT_TOL:
+        if top >= 1 - ONE_HOT_TOL:
             return point, jac  # a vertex stays
         if radius_sq == 0 or dist * dist >= radius_sq + _MARGIN:
             return point, jac  # far enough from the centre
@@ -124,8 +123,8 @@ def _row(z: List[float], radius_sq: float) -> Optional[Tuple[List[float],
         if dist > 0:
             unit = [o / dist for o in offset]
             # d(offset) = (I - c 1ᵀ) d(point); d(unit) = (I - u uᵀ)/|d|.
-            plane = [[(1.0 if i == j else 0.0) - centre[i]
-                      for j in range(num)] for i in range(num)]
+            plane = [[(1.0 if i == j else 0.0) - centre[i] for j in range(num)]
+                     for i in range(num)]
             normalise = [[
                 ((1.0 if i == j else 0.0) - unit[i] * unit[j]) * rho / dist
                 for j in range(num)
@@ -161,9 +160,8 @@ class _HostSparsestMax(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, logits: Tensor, radius: Tensor, out: Tensor,
-                jac: Tensor, reference: Callable) -> Tensor:
+                jac: Tensor) -> Tensor:
         ctx.save_for_backward(logits, radius, jac)
-        ctx.reference = reference
         return out
 
     @staticmethod
@@ -173,29 +171,33 @@ class _HostSparsestMax(torch.autograd.Function):
             # The saved logits carry their own graph: the gradient found is
             # a differentiable function of them and of ``grad``.
             found, = torch.autograd.grad(
-                ctx.reference(logits, radius), logits, grad,
-                create_graph=True)
-            return found, None, None, None, None
+                reference(logits, radius), logits, grad, create_graph=True)
+            return found, None, None, None
         rows = jac.shape[0]
         flat = grad.reshape(rows, 1, -1).to(jac.dtype)
         found = torch.bmm(flat, jac).reshape(grad.shape)
-        return found.to(logits.dtype), None, None, None, None
+        return found.to(logits.dtype), None, None, None
 
 
-def host_sparsestmax(logits: Tensor, radius,
-                     reference: Callable) -> Optional[Tensor]:
+def sparsestmax(logits: Tensor,
+                radius,
+                skip: Optional[Tensor] = None) -> Optional[Tensor]:
     """SparsestMax of ``logits`` (..., K) at ``radius`` (scalar, or one per
     row), or None where a row sits on a border between pieces (see the
-    module docstring).  ``reference(logits, radius)`` is the tensor code,
-    differentiated by a backward with ``create_graph=True``.
+    module docstring).  Rows where ``skip`` (...,) is set are not computed:
+    they hold zeros, with zero gradient (the caller replaces them).  Only
+    for inputs :func:`accepts`.
     """
     num = logits.shape[-1]
     rows = logits.detach().reshape(-1, num).tolist()
     radius = torch.as_tensor(radius, dtype=logits.dtype, device='cpu')
     radii = radius.expand(logits.shape[:-1]).reshape(-1).tolist()
+    skipped = ([False] *
+               len(rows) if skip is None else skip.reshape(-1).tolist())
+    zero = [[0.0] * num for _ in range(num)]
     outs, jacs = [], []
-    for z, r in zip(rows, radii):
-        found = _row(z, r * r)
+    for z, r, left_out in zip(rows, radii, skipped):
+        found = ([0.0] * num, zero) if left_out else _row(z, r * r)
         if found is None:
             return None
         outs.append(found[0])
@@ -204,74 +206,4 @@ def host_sparsestmax(logits: Tensor, radius,
     if not (torch.is_grad_enabled() and logits.requires_grad):
         return out
     jac = torch.tensor(jacs, dtype=torch.float64)
-    return _HostSparsestMax.apply(logits, radius, out, jac, reference)
-
-
-def _one_hot(row: List[float]) -> List[float]:
-    # The first largest coordinate, as torch.argmax.
-    first = row.index(max(row))
-    return [1.0 if i == first else 0.0 for i in range(len(row))]
-
-
-def host_ratios_with_freezing(
-    logits: Tensor, radius, mean_fixed: Tensor, var_fixed: Tensor,
-    freeze: bool, reference: Callable
-) -> Optional[Tuple[Tensor, Optional[Tensor], Optional[Tensor]]]:
-    """:func:`~ssn_norm.ops.sparsestmax.ratios_with_freezing` on the host.
-
-    The same results: frozen rows one-hot at their logits' argmax with zero
-    gradient, the others SparsestMax, rows whose SparsestMax is one-hot
-    frozen now when ``freeze``; but the logits and flags to store are None
-    when no row froze now (nothing to write).  None where a row sits on a
-    border between pieces, or at the one-hot tolerance (the caller runs
-    the tensor code).  ``reference(logits, radius)`` is the tensor code
-    of SparsestMax, differentiated by a backward with
-    ``create_graph=True``.
-    """
-    num = logits.shape[-1]
-    rows = logits.detach().reshape(-1, num).tolist()
-    fixed = mean_fixed.tolist() + var_fixed.tolist()
-    radius = torch.as_tensor(radius, dtype=logits.dtype, device='cpu')
-    radii = radius.expand(logits.shape[:-1]).reshape(-1).tolist()
-    zero = [[0.0] * num for _ in range(num)]
-    outs, jacs, newly = [], [], []
-    for i, (z, r) in enumerate(zip(rows, radii)):
-        if fixed[i]:
-            outs.append(_one_hot(z))
-            jacs.append(zero)
-            continue
-        found = _row(z, r * r)
-        if found is None:
-            return None
-        top = max(found[0])
-        if freeze and abs(top - (1 - _ONE_HOT_TOL)) < _MARGIN:
-            return None
-        if freeze and top >= 1 - _ONE_HOT_TOL:
-            newly.append(i)
-            outs.append(_one_hot(found[0]))
-            jacs.append(zero)
-            continue
-        outs.append(found[0])
-        jacs.append(found[1])
-    out = torch.tensor(outs, dtype=logits.dtype).reshape(logits.shape)
-    new_logits = new_fixed = None
-    if newly:
-        current = torch.tensor(rows, dtype=logits.dtype)
-        for i in newly:
-            current[i] = torch.tensor(outs[i], dtype=logits.dtype)
-            fixed[i] = 1
-        new_logits = current.reshape(logits.shape)
-        new_fixed = torch.tensor(fixed, dtype=mean_fixed.dtype)
-    if not (torch.is_grad_enabled() and logits.requires_grad):
-        return out, new_logits, new_fixed
-    frozen = torch.tensor([bool(f) for f in fixed]).view(-1, 1)
-    hot = out.detach().reshape(-1, num)
-
-    def replay(z: Tensor, r: Tensor) -> Tensor:
-        # Frozen rows are constants, as in the tensor code's torch.where.
-        soft = reference(z, r).reshape(-1, num)
-        return torch.where(frozen, hot, soft).reshape(z.shape)
-
-    jac = torch.tensor(jacs, dtype=torch.float64)
-    return _HostSparsestMax.apply(logits, radius, out, jac, replay), (
-        new_logits), new_fixed
+    return _HostSparsestMax.apply(logits, radius, out, jac)
