@@ -275,3 +275,28 @@ def test_test_metrics_file_is_written_by_the_main_process_only(
         assert json.loads(written.read_text()) == tag
     else:
         assert not written.exists()
+
+
+def test_config_formatting_is_memoized_and_unchanged(monkeypatch):
+    """A Runner pretty-prints one config text about five times: yapf runs
+    once per text, and the text is yapf's own."""
+    import mmengine.config.config as mmengine_config
+    from yapf.yapflib.yapf_api import FormatCode
+
+    from ssn_norm.compat import memoized_format_code
+    assert mmengine_config.FormatCode._ssn_norm_memoized
+    calls = []
+
+    def counting(text, style_config=None, **options):
+        calls.append(text)
+        return FormatCode(text, style_config=style_config, **options)
+
+    monkeypatch.setattr(mmengine_config, 'FormatCode',
+                        memoized_format_code(counting))
+    cfg = Config(dict(model=dict(type='X', layers=[1, 2, 3]), lr=0.1))
+    texts = {cfg.pretty_text for _ in range(5)}
+    other = Config(dict(lr=0.2)).pretty_text
+    assert len(calls) == 2 and len(texts) == 1
+    monkeypatch.setattr(mmengine_config, 'FormatCode', FormatCode)
+    assert texts == {cfg.pretty_text} and other == Config(
+        dict(lr=0.2)).pretty_text
