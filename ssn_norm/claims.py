@@ -535,6 +535,10 @@ def analyse(collected: Collected, out_dir: str, header: str) -> str:
     return markdown
 
 
+#: The presets of this module (``tools/run_suite.py --preset``).
+CLAIMS_PRESETS = tuple(PLANS)
+
+
 def run_claims(preset: str = 'claims',
                root: str = '.',
                jobs: int = 2,

@@ -42,9 +42,9 @@ from .apis.train_test import RESULT_FILE
 REPO_ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
 SUITE_TASKS = ('det', 'seg', 'video')
 SUITE_NORMS = ('baseline', 'gn', 'sn', 'ssn')
-#: ``claims`` and ``claims-smoke`` are :mod:`ssn_norm.claims`'s.
-PRESETS = ('mini', 'smoke', 'full', 'claims', 'claims-smoke')
-CLAIMS_PRESETS = ('claims', 'claims-smoke')
+#: This module's presets; the claims presets, built on it, are
+#: :mod:`ssn_norm.claims`'s (``tools/run_suite.py`` offers both).
+PRESETS = ('mini', 'smoke', 'full')
 # Metric shown in the one-line progress report of each task.
 HEADLINE = {'det': 'coco/bbox_mAP', 'seg': 'mIoU', 'video': 'acc/top1'}
 
@@ -184,9 +184,8 @@ def select_runs(preset: str,
     """
     if isinstance(seeds, bool) or not isinstance(seeds, int) or seeds < 1:
         raise ValueError(f'seeds must be a positive integer, got {seeds!r}')
-    if preset not in PRESETS or preset in CLAIMS_PRESETS:
-        valid = tuple(p for p in PRESETS if p not in CLAIMS_PRESETS)
-        raise ValueError(f'unknown preset {preset!r}; choose from {valid} '
+    if preset not in PRESETS:
+        raise ValueError(f'unknown preset {preset!r}; choose from {PRESETS} '
                          f'(the claims presets have their own runs: '
                          'ssn_norm.claims)')
     for value, valid, what in ((tasks, SUITE_TASKS, 'task'),
@@ -531,20 +530,12 @@ def run_suite(preset: str = 'mini',
 
     ``seeds`` runs every config that many times (see :func:`select_runs`;
     default once); the ratio plots show each config's first seed.  The
-    claims presets run :func:`ssn_norm.claims.run_claims` instead (their
-    own runs, all tasks and normalisers; ``seeds`` replaces their 3).
+    claims presets are :func:`ssn_norm.claims.run_claims`'.
 
     Returns the number of failed runs (0 when everything succeeded).
     """
     from .analysis import gather, write_leaderboard
 
-    if preset in CLAIMS_PRESETS:
-        from .claims import run_claims
-        if set(tasks) != set(SUITE_TASKS) or set(norms) != set(SUITE_NORMS):
-            raise ValueError(
-                f'the {preset} preset runs its own fixed matrix of tasks '
-                'and normalisers (ssn_norm.claims); drop --tasks/--norms')
-        return run_claims(preset, root, jobs, seeds)
     seeds = 1 if seeds is None else seeds
     root = osp.abspath(root)
     runs = select_runs(preset, tasks, norms, seeds)

@@ -6,11 +6,13 @@ import os.path as osp
 import pytest
 from mmengine.config import Config
 
+from _helpers import run_tool
+
 from ssn_norm import claims
 from ssn_norm.analysis import claims as rules
 from ssn_norm.analysis.ratios import LayerRatios
 from ssn_norm.apis.launch import load_config
-from ssn_norm.suite import MINI, REPO_ROOT, run_suite
+from ssn_norm.suite import MINI, REPO_ROOT
 
 S = rules.Summary.of
 
@@ -244,9 +246,10 @@ def test_claim1_edit(tmp_path, norm):
         large.optim_wrapper.optimizer.lr
 
 
-def test_claims_preset_rejects_task_and_norm_selection(tmp_path):
-    with pytest.raises(ValueError, match='drop --tasks/--norms'):
-        run_suite('claims', tasks=['seg'], root=str(tmp_path))
+def test_claims_preset_rejects_task_and_norm_selection(capsys):
+    with pytest.raises(SystemExit):
+        run_tool('run_suite', '--preset', 'claims', '--tasks', 'seg')
+    assert 'drop --tasks/--norms' in capsys.readouterr().err
 
 
 # End to end ----------------------------------------------------------------
@@ -256,7 +259,7 @@ def test_claims_smoke_end_to_end(tmp_path, capsys):
     """Data, every run of the smoke plan (forked, edited configs), the
     verdicts, claims.md and the three plots; a second call reuses every
     run."""
-    assert run_suite('claims-smoke', root=str(tmp_path), jobs=2) == 0
+    assert claims.run_claims('claims-smoke', root=str(tmp_path), jobs=2) == 0
     out = capsys.readouterr().out
     suite_dir = tmp_path / 'work_dirs' / 'suite-claims-smoke'
     text = (suite_dir / 'claims.md').read_text()
@@ -276,5 +279,5 @@ def test_claims_smoke_end_to_end(tmp_path, capsys):
         assert (suite_dir / png).read_bytes()[:8] == b'\x89PNG\r\n\x1a\n'
     assert (tmp_path / 'data/claims-smoke_cityscapes/.generated').exists()
 
-    assert run_suite('claims-smoke', root=str(tmp_path)) == 0
+    assert claims.run_claims('claims-smoke', root=str(tmp_path)) == 0
     assert '8 runs, 8 already done' in capsys.readouterr().out
