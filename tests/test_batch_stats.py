@@ -460,7 +460,7 @@ def test_moving_average_training_computes_nothing(tmp_path):
 
 
 def test_batch_averages_without_saved_moving_averages_are_named(tmp_path):
-    from ssn_norm.hooks.batch_stats_hook import restore_moving_averages
+    from ssn_norm.batch_stats import restore_moving_averages
     checkpoint = dict(
         state_dict={}, meta=dict(batch_stats=dict(num_batches=2, samples=6)))
     with pytest.raises(

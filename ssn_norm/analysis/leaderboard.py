@@ -61,7 +61,7 @@ import warnings
 from dataclasses import dataclass, field
 from typing import Dict, Iterable, List, Optional, Sequence
 
-from ..hooks.batch_stats_hook import STATISTICS_KEY
+from ..batch_stats import STATISTICS_KEY
 from .paper import ModelEntry, PaperRow, load_model_entries
 from .runs import Run, find_runs
 from .tasks import (DETECTION, NORM_NAME_TOKENS, NORM_ORDER, SEGMENTATION,
@@ -318,7 +318,7 @@ class Leaderboard:
 def statistics_text(run: Run) -> Optional[str]:
     """Which BN statistics the SN layers used in the run's evaluation, as
     :class:`~ssn_norm.hooks.BatchStatsHook` logged them beside its metrics
-    (:data:`~ssn_norm.hooks.batch_stats_hook.STATISTICS_KEY`):
+    (:data:`~ssn_norm.batch_stats.STATISTICS_KEY`):
     ``'batch-average statistics (N samples)'`` (the SN paper's test
     setting), ``'moving-average statistics'``, or None when the run logged
     none (no SN layer with BN statistics, or no hook)."""

@@ -11,9 +11,8 @@ from typing import Dict, Optional
 
 import torch
 
-from ..batch_stats import compute_batch_stats, default_forward
-from ..hooks.batch_stats_hook import (META_KEY, batch_stats_meta,
-                                      moving_averages)
+from ..batch_stats import (META_KEY, batch_stats_meta, compute_batch_stats,
+                           default_forward, moving_averages)
 from .launch import (build_runner, default_work_dir, load_config,
                      setup_cpu_distributed)
 

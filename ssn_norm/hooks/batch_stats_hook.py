@@ -14,16 +14,17 @@ A checkpoint whose statistics are batch averages says so in
 moving averages they replaced, so the same checkpoint can still be tested
 with moving averages (``statistics='moving_average'``).  Every evaluation
 logs which statistics it used beside its metrics, under
-:data:`STATISTICS_KEY`.
+:data:`~ssn_norm.batch_stats.STATISTICS_KEY`.
 """
 import copy
-from typing import Dict, Optional, Sequence
+from typing import Optional, Sequence
 
 from mmengine.hooks import Hook
 from mmengine.registry import HOOKS
-from torch import Tensor, nn
 
-from ..batch_stats import compute_batch_stats, default_forward
+from ..batch_stats import (META_KEY, STATISTICS_KEY, batch_stats_meta,
+                           compute_batch_stats, default_forward,
+                           moving_averages, restore_moving_averages)
 from ..utils import switchable_norms
 
 #: When the hook computes: once at the end of training (before the last
@@ -32,76 +33,6 @@ from ..utils import switchable_norms
 STAGES = ('train_end', 'val', 'test')
 #: What the model evaluates with.
 STATISTICS = ('batch_average', 'moving_average')
-#: Logged with every validation (``val/...``) and test result: the number
-#: of training samples the BN statistics of the SN layers were averaged
-#: over, or 0 when they are the moving averages collected in training.
-STATISTICS_KEY = 'batch_stats_samples'
-#: Key of :func:`batch_stats_meta` in a checkpoint's ``meta``.
-META_KEY = 'batch_stats'
-_RUNNING = ('running_mean', 'running_var')
-
-
-def moving_averages(model: nn.Module) -> Dict[str, Tensor]:
-    """The running statistics of every SN layer with BN statistics, by
-    state-dict key (of the unwrapped model), copied to the CPU."""
-    return {
-        f'{name}.{buffer}': getattr(layer, buffer).detach().cpu().clone()
-        for name, layer in switchable_norms(model) if layer.using_bn
-        for buffer in _RUNNING
-    }
-
-
-def batch_stats_meta(num_batches: int, mode: str, counts: Dict[str, int],
-                     moving_average: Dict[str, Tensor], **extra) -> dict:
-    """What a checkpoint holding batch averages records in
-    ``meta['batch_stats']``.
-
-    Args:
-        num_batches: batches fed per process.
-        mode: the forward mode they were fed in.
-        counts: :func:`compute_batch_stats`'s ``{layer: samples}``.
-        moving_average: :func:`moving_averages` of the model before the
-            batch averages replaced them.
-        extra: further entries (e.g. ``source``, the checkpoint averaged).
-
-    Returns:
-        ``dict(num_batches, mode, samples, moving_average, **extra)``;
-        ``samples`` is the fewest samples any layer averaged over (summed
-        over processes).
-    """
-    return dict(
-        num_batches=num_batches,
-        mode=mode,
-        samples=min(counts.values()),
-        moving_average=moving_average,
-        **extra)
-
-
-def restore_moving_averages(checkpoint: dict, where: str = 'checkpoint'):
-    """Puts the moving averages saved in ``checkpoint['meta']`` back into
-    its state dict, in place; returns whether it held batch averages.
-
-    Raises:
-        ValueError: the checkpoint holds batch averages but not the moving
-            averages they replaced.
-    """
-    meta = checkpoint.get('meta') or {}
-    info = meta.get(META_KEY)
-    if info is None:
-        return False
-    saved = info.get('moving_average')
-    if not saved:
-        raise ValueError(
-            f'{where} holds batch-average statistics without the moving '
-            'averages they replaced (written by an older ssn-norm?): it '
-            "cannot be evaluated with statistics='moving_average'; test it "
-            'with the batch averages, or a checkpoint saved before they '
-            'were computed')
-    checkpoint['state_dict'].update(saved)
-    del meta[META_KEY]
-    return True
-
-
 def _finite_sampler(loader_cfg: dict) -> dict:
     """A copy of ``loader_cfg`` whose sampler makes one pass per
     iteration of the loader: ``InfiniteSampler`` (iteration-based configs)
