@@ -29,6 +29,7 @@ import json
 import os
 import os.path as osp
 import subprocess
+import sys
 from functools import partial
 from pathlib import Path
 
@@ -305,3 +306,40 @@ def test_dist_test_reproduces_the_validation_of_the_checkpoint(run, tmp_path):
     (val, ) = [r for r in train_records(work_dir) if 'mIoU' in r]
     for key in ('aAcc', 'mIoU', 'mAcc'):
         assert metrics[key] == val[key], key
+
+
+EXIT_PROBE = """
+import atexit, sys
+from ssn_norm.compat import exit_tool
+
+class Global:
+    def __del__(self):  # runs only when the interpreter finalises
+        sys.stderr.write('finalised')
+
+keep = Global()
+atexit.register(lambda: open(sys.argv[1], 'w').write('atexit ran'))
+sys.stdout.write('buffered, no newline')
+exit_tool(3)
+"""
+
+
+@pytest.mark.parametrize('world_size', ['1', '2'])
+def test_exit_tool_skips_finalisation_only_in_a_distributed_launch(
+        tmp_path, world_size):
+    """compat workaround 8: after a distributed run the tools leave without
+    finalising the interpreter (where gloo's worker threads can abort a
+    finished rank); exit status, atexit handlers and output are kept."""
+    marker = tmp_path / 'atexit.txt'
+    env = dict(os.environ, WORLD_SIZE=world_size)
+    env['PYTHONPATH'] = REPO + os.pathsep + env.get('PYTHONPATH', '')
+    proc = subprocess.run(
+        [sys.executable, '-c', EXIT_PROBE,
+         str(marker)],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120)
+    assert proc.returncode == 3, proc.stderr
+    assert proc.stdout == 'buffered, no newline'
+    assert marker.read_text() == 'atexit ran'
+    assert ('finalised' in proc.stderr) == (world_size == '1')

@@ -36,5 +36,7 @@ def test_readme_snippet_sets_sn_in_every_part(tmp_path, monkeypatch):
                     'SN': 8
                 }
             }
+    assert cfg.default_hooks.batch_stats.type == 'BatchStatsHook'
+    assert cfg.default_hooks.checkpoint.type == 'CheckpointHook'
     assert config_warnings(cfg) == []
     assert model_warnings(cfg, model, training=True) == []

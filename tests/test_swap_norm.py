@@ -68,6 +68,9 @@ def test_built_child_holds_only_the_chosen_norm(tmp_path, config, norm,
     hooks = [h.type for h in cfg.get('custom_hooks', [])]
     assert ('SparsestMaxRadiusHook' in hooks) == (norm == 'SSN')
     assert ('SyncNormStatsHook' in hooks) == (norm in ('SN', 'SSN'))
+    # Tested with batch-average statistics, as the paper's rows.
+    assert cfg.default_hooks.batch_stats.type == 'BatchStatsHook'
+    assert cfg.default_hooks.checkpoint.type == 'CheckpointHook'
     if norm == 'SSN':
         assert cfg.optim_wrapper.type == 'RatioClipOptimWrapper'
         assert keys.mean_weight.lr_mult == 0.1

@@ -5,11 +5,11 @@ average of every SN layer's batch moments into its running statistics (the
 SN paper's evaluation setting).  Works under ``--launcher pytorch``.
 """
 import argparse
-import sys
 from typing import Optional, Sequence
 
 from ssn_norm.apis import (add_common_args, close_distributed, parse_tool_args,
                            update_checkpoint_batch_stats)
+from ssn_norm.compat import exit_tool
 
 
 def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
@@ -50,4 +50,4 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 
 
 if __name__ == '__main__':
-    sys.exit(main())
+    exit_tool(main())

@@ -1,12 +1,12 @@
 """Test (evaluate) a checkpoint of an mmdet, mmseg or mmaction2 config."""
 import argparse
-import sys
 from typing import Optional, Sequence
 
 import ssn_norm  # noqa: F401  registers the layers, applies compat fixes
 from ssn_norm.apis import (add_common_args, apply_test_outputs, apply_tta,
                            build_runner, close_distributed, load_config,
                            parse_tool_args, write_run_info)
+from ssn_norm.compat import exit_tool
 
 
 def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
@@ -52,4 +52,4 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 
 
 if __name__ == '__main__':
-    sys.exit(main())
+    exit_tool(main())

@@ -1,11 +1,11 @@
 """Train an mmdet, mmseg or mmaction2 config (upstream command line)."""
 import argparse
-import sys
 from typing import Optional, Sequence
 
 import ssn_norm  # noqa: F401  registers the layers, applies compat fixes
 from ssn_norm.apis import (add_common_args, apply_train_options, build_runner,
                            close_distributed, load_config, parse_tool_args)
+from ssn_norm.compat import exit_tool
 
 
 def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
@@ -43,4 +43,4 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 
 
 if __name__ == '__main__':
-    sys.exit(main())
+    exit_tool(main())

@@ -109,7 +109,7 @@ def repo_root() -> str:
 def recipe_pieces() -> Config:
     """The project's recipe pieces (``custom_imports``,
     ``sn_paramwise_cfg``, ``ssn_optim_wrapper``, ``sn_custom_hooks``,
-    ``ssn_custom_hooks``), read from :data:`RECIPE_FILE`.
+    ``ssn_custom_hooks``, ``sn_default_hooks``), read from :data:`RECIPE_FILE`.
 
     Raises:
         FileNotFoundError: the package is not imported from a checkout.
@@ -323,6 +323,13 @@ def _recipe(cfg: Config, norm: str, exact_inflation: bool,
         keys['custom_hooks'] = [dict(hook) for hook in hooks] + added
         recipe.append('custom_hooks: + ' + ', '.join(h['type']
                                                      for h in added))
+    # The paper's test statistics, as in every SN config of ours; merged by
+    # mmengine into the parent's default_hooks.
+    if 'batch_stats' not in (cfg.get('default_hooks') or {}):
+        keys['default_hooks'] = pieces.sn_default_hooks.to_dict()
+        recipe.append('default_hooks.batch_stats: BatchStatsHook, tests '
+                      'with batch-average statistics (the paper\'s '
+                      'protocol)')
     return keys
 
 
