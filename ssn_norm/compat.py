@@ -2,7 +2,7 @@
 
 Applied once by :func:`apply_all` when ``ssn_norm`` is imported with mmengine
 installed; each patch is idempotent and does nothing where upstream is fine.
-Packaging workarounds (``setuptools<82``, ``ftfy``/``regex``, the torch pin)
+Packaging workarounds (``setuptools<81``, ``ftfy``/``regex``, the torch pin)
 live in ``tools/install.sh``.
 
 1. mmengine 0.10.7 loads checkpoints with ``torch.load``'s default, which is

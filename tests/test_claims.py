@@ -4,8 +4,6 @@ import math
 import os.path as osp
 
 import pytest
-from mmengine.config import Config
-
 from _helpers import run_tool
 
 from ssn_norm import claims
@@ -181,7 +179,7 @@ def test_claims_run_matrix(tmp_path):
     claim1 = [r for r in runs if r.setting != 'claim3']
     cells = {(r.norm, r.setting) for r in claim1}
     assert cells == {(n, s)
-                     for n in ('BN', 'GN', 'SN')
+                     for n in ('BN', 'GN', 'SN', 'SSN')
                      for s in ('8x2', '1x16')}
     for cell in cells:
         seeds = sorted(r.seed for r in claim1 if (r.norm, r.setting) == cell)
@@ -202,7 +200,7 @@ def test_claims_run_matrix(tmp_path):
     assert (claims.SMALL.images, claims.LARGE.images) == (2, 16)
 
 
-@pytest.mark.parametrize('norm', ['BN', 'SN'])
+@pytest.mark.parametrize('norm', ['BN', 'SN', 'SSN'])
 def test_claim1_edit(tmp_path, norm):
     """The two settings of one run differ only in the statistics batch:
     same images per step, steps, schedule and seed."""
@@ -230,14 +228,18 @@ def test_claim1_edit(tmp_path, norm):
         keys = cfg.optim_wrapper.get('paramwise_cfg',
                                      {}).get('custom_keys', {})
         stats = cfg.default_hooks.get('batch_stats')
-        if norm == 'SN':
+        if norm in ('SN', 'SSN'):
             # The paper's test statistics: the SN configs' default, one
             # pass over the training images in training-size batches.
             assert stats['stages'] == ('train_end', )
             assert stats['num_batches'] * images >= plan.num_train
             assert stats.get('statistics', 'batch_average') == \
                 'batch_average'
-            assert keys['mean_weight']['lr_mult'] == plan.ratio_lr_mult
+            # The config's ratio learning rate (SSN's x0.1), times the
+            # plan's factor.
+            config_mult = 0.1 if norm == 'SSN' else 1.0
+            assert keys['mean_weight']['lr_mult'] == pytest.approx(
+                config_mult * plan.ratio_lr_mult)
         else:
             assert stats is None
             assert 'mean_weight' not in keys
@@ -269,7 +271,7 @@ def test_claims_smoke_end_to_end(tmp_path, capsys):
     # One seed: every verdict is "not shown", and says why.
     assert text.count('| **claim** | | | **not shown** |') == 3
     assert 'fewer than 3 seeds' in text
-    for name in ('BN', 'GN', 'SN'):
+    for name in ('BN', 'GN', 'SN', 'SSN'):
         assert f'\n| {name} | ' in text
     for part in ('detection | backbone', 'detection | mask head',
                  'segmentation | decode head', 'video | backbone'):
@@ -280,4 +282,4 @@ def test_claims_smoke_end_to_end(tmp_path, capsys):
     assert (tmp_path / 'data/claims-smoke_cityscapes/.generated').exists()
 
     assert claims.run_claims('claims-smoke', root=str(tmp_path)) == 0
-    assert '8 runs, 8 already done' in capsys.readouterr().out
+    assert '10 runs, 10 already done' in capsys.readouterr().out

@@ -33,6 +33,8 @@ from ..utils import switchable_norms
 STAGES = ('train_end', 'val', 'test')
 #: What the model evaluates with.
 STATISTICS = ('batch_average', 'moving_average')
+
+
 def _finite_sampler(loader_cfg: dict) -> dict:
     """A copy of ``loader_cfg`` whose sampler makes one pass per
     iteration of the loader: ``InfiniteSampler`` (iteration-based configs)
