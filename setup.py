@@ -23,8 +23,7 @@ def native_extension() -> dict:
     ext = CppExtension(
         'ssn_norm._ext', [
             'ssn_norm/csrc/bindings.cpp',
-            'ssn_norm/csrc/layer_norm_released.cpp',
-            'ssn_norm/csrc/rows.cpp'
+            'ssn_norm/csrc/layer_norm_released.cpp', 'ssn_norm/csrc/rows.cpp'
         ],
         extra_compile_args=['-O3', '-fopenmp'],
         extra_link_args=['-fopenmp'],

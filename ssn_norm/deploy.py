@@ -90,8 +90,7 @@ class SwitchedNorm(nn.Module):
         var: as ``mean``.
     """
 
-    def __init__(self, layer: SwitchableNormBase, mean: str,
-                 var: str) -> None:
+    def __init__(self, layer: SwitchableNormBase, mean: str, var: str) -> None:
         super().__init__()
         groups = getattr(layer, 'num_groups', 1)
         per_group = []
@@ -121,8 +120,9 @@ class SwitchedNorm(nn.Module):
                 keys = []
                 for member in chosen:
                     mask = torch.tensor([
-                        float(names[c * len(names) // layer.num_features] ==
-                              member) for c in range(layer.num_features)
+                        float(names[c * len(names) //
+                                    layer.num_features] == member)
+                        for c in range(layer.num_features)
                     ]).to(layer.weight)
                     key = f'mask_{statistic}_{member}'
                     self.register_buffer(
@@ -141,8 +141,8 @@ class SwitchedNorm(nn.Module):
         running = None
         if hasattr(self, 'running_mean'):
             running = (self.running_mean, self.running_var)
-        spec = moments.MomentSpec(
-            self._table, False, self.eps, running, self._selected)
+        spec = moments.MomentSpec(self._table, False, self.eps, running,
+                                  self._selected)
         ratios = None
         if self._selected is None:
             ratios = torch.stack([
@@ -268,9 +268,10 @@ def _fold(conv: nn.Module, scale: Tensor, shift: Tensor) -> None:
 
 def _bn_affine(layer: SwitchableNormBase) -> Tuple[Tensor, Tensor]:
     """Eval BN of the layer as ``y = x * scale + shift`` (float64)."""
-    _, scale, shift = moments.scale_shift(
-        layer.running_mean.double(), layer.running_var.double(),
-        layer.weight.double(), layer.bias.double(), layer.eps)
+    _, scale, shift = moments.scale_shift(layer.running_mean.double(),
+                                          layer.running_var.double(),
+                                          layer.weight.double(),
+                                          layer.bias.double(), layer.eps)
     return scale, shift
 
 

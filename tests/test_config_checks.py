@@ -40,8 +40,7 @@ def built_warnings(config, tmp_path, training=False, launcher='none'):
         warnings.simplefilter('always')
         runner = build_runner(cfg, training=training)
     messages = [
-        str(w.message) for w in caught if issubclass(w.category,
-                                                     ConfigWarning)
+        str(w.message) for w in caught if issubclass(w.category, ConfigWarning)
     ]
     if launcher == 'none':
         return messages
@@ -49,8 +48,8 @@ def built_warnings(config, tmp_path, training=False, launcher='none'):
     return config_warnings(cfg) + model_warnings(cfg, runner.model, training)
 
 
-@pytest.mark.parametrize('base', [MASK_RCNN, DEEPLABV3],
-                         ids=['mask-rcnn', 'deeplabv3'])
+@pytest.mark.parametrize(
+    'base', [MASK_RCNN, DEEPLABV3], ids=['mask-rcnn', 'deeplabv3'])
 def test_top_level_norm_cfg_that_reaches_no_layer(tmp_path, base):
     # The README's old snippet: valid, imports the plugin, changes nothing.
     config = child(tmp_path, base, IMPORTS + "norm_cfg = dict(type='SN')\n")
@@ -62,9 +61,8 @@ def test_top_level_norm_cfg_that_reaches_no_layer(tmp_path, base):
 
 
 def test_config_without_custom_imports(tmp_path):
-    config = child(
-        tmp_path, MASK_RCNN,
-        "model = dict(backbone=dict(norm_cfg=dict(type='SN')))\n")
+    config = child(tmp_path, MASK_RCNN,
+                   "model = dict(backbone=dict(norm_cfg=dict(type='SN')))\n")
     (message, ) = built_warnings(config, tmp_path)
     assert ('uses ssn-norm types, SN (model.backbone.norm_cfg), but has no '
             'custom_imports of ssn_norm') in message
@@ -78,8 +76,8 @@ def test_correct_configs_are_quiet(tmp_path):
     assert built_warnings(MASK_RCNN, tmp_path, training=True) == []
     swapped = str(tmp_path / 'swapped.py')
     swap_norm(MASK_RCNN, 'SSN', out=swapped)
-    assert built_warnings(swapped, tmp_path, training=True,
-                          launcher='pytorch') == []
+    assert built_warnings(
+        swapped, tmp_path, training=True, launcher='pytorch') == []
 
 
 def test_a_hook_list_that_drops_the_recipe_hooks(tmp_path):
@@ -120,8 +118,7 @@ def test_train_and_test_tools_warn(tmp_path, monkeypatch):
         assert any('no custom_imports of ssn_norm' in m for m in messages)
 
 
-def test_relative_data_root_missing_where_the_tool_runs(
-        tmp_path, monkeypatch):
+def test_relative_data_root_missing_where_the_tool_runs(tmp_path, monkeypatch):
     elsewhere = tmp_path / 'elsewhere'
     elsewhere.mkdir()
     monkeypatch.chdir(elsewhere)

@@ -121,31 +121,36 @@ def test_mmdet_inference_detector_and_det_inferencer(tmp_path, capsys):
     ours = inference_detector(deployed, image).pred_instances
     theirs = inference_detector(trained, image).pred_instances
     assert len(theirs) > 0
-    torch.testing.assert_close(ours.bboxes, theirs.bboxes, rtol=1e-4,
-                               atol=1e-3)
-    torch.testing.assert_close(ours.scores, theirs.scores, rtol=1e-4,
-                               atol=1e-5)
+    torch.testing.assert_close(
+        ours.bboxes, theirs.bboxes, rtol=1e-4, atol=1e-3)
+    torch.testing.assert_close(
+        ours.scores, theirs.scores, rtol=1e-4, atol=1e-5)
     inferencer = deployed_inferencer(
         DetInferencer, config, out, device='cpu', show_progress=False)
     assert inferencer.visualizer.dataset_meta['classes'] == CLASSES
     result = inferencer(image, return_datasamples=True)
-    torch.testing.assert_close(result['predictions'][0].pred_instances.scores,
-                               theirs.scores, rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(
+        result['predictions'][0].pred_instances.scores,
+        theirs.scores,
+        rtol=1e-4,
+        atol=1e-5)
     # The plain inferencer with the trained weights, for comparison: the
     # same classes (from the checkpoint-less default it would be COCO's).
-    reference = DetInferencer(config, checkpoint, device='cpu',
-                              show_progress=False)
+    reference = DetInferencer(
+        config, checkpoint, device='cpu', show_progress=False)
     expected = reference(image, return_datasamples=True)['predictions'][0]
     torch.testing.assert_close(
         result['predictions'][0].pred_instances.bboxes,
-        expected.pred_instances.bboxes, rtol=1e-4, atol=1e-3)
+        expected.pred_instances.bboxes,
+        rtol=1e-4,
+        atol=1e-3)
 
 
 def test_mmseg_inference_model_and_inferencer(tmp_path):
     # LN and BN only: ASPP's image pool normalises 1x1 maps, where IN's
     # unbiased variance is undefined.
-    config, checkpoint, out = _deploy(tmp_path, SEG_CONFIG, init_model,
-                                      (1, 2), (1, 3, 48, 64))
+    config, checkpoint, out = _deploy(tmp_path, SEG_CONFIG, init_model, (1, 2),
+                                      (1, 3, 48, 64))
     deployed = load_deployed(config, out)
     assert_plain(deployed)
     assert len(deployed.dataset_meta['classes']) == 19  # Cityscapes
@@ -155,11 +160,11 @@ def test_mmseg_inference_model_and_inferencer(tmp_path):
     ours = inference_model(deployed, image).seg_logits.data
     theirs = inference_model(trained, image).seg_logits.data
     torch.testing.assert_close(ours, theirs, rtol=1e-4, atol=1e-4)
-    inferencer = deployed_inferencer(MMSegInferencer, config, out,
-                                     device='cpu')
+    inferencer = deployed_inferencer(
+        MMSegInferencer, config, out, device='cpu')
     result = inferencer(image, return_datasamples=True)
-    torch.testing.assert_close(result.seg_logits.data, theirs, rtol=1e-4,
-                               atol=1e-4)
+    torch.testing.assert_close(
+        result.seg_logits.data, theirs, rtol=1e-4, atol=1e-4)
 
 
 def test_deployed_inferencer_takes_no_weights(tmp_path):

@@ -38,8 +38,8 @@ ROWS = {
                        SIX, (28.3, 46.3, 30.1, 41.2, 30.0, 12.7)),
     ('IV', 'SN‡/SN'): ('faster-rcnn_r50-sn_c4_sn-head_scratch_4xb3-120k_coco',
                        SIX, (29.5, 47.8, 31.6, 44.2, 32.6, 13.0)),
-    ('V', 'BN†/–'): ('faster-rcnn_r50_fpn_1x_coco', SIX,
-                     (36.7, 58.4, 39.6, 48.1, 39.8, 21.1)),
+    ('V', 'BN†/–'):
+    ('faster-rcnn_r50_fpn_1x_coco', SIX, (36.7, 58.4, 39.6, 48.1, 39.8, 21.1)),
     ('V', 'BN†/GN'): ('faster-rcnn_r50_fpn_gn-head_1x_coco', SIX,
                       (37.2, 58.0, 40.4, 48.6, 40.3, 21.6)),
     ('V', 'BN†/SN'): ('faster-rcnn_r50_fpn_sn-head_1x_coco', SIX,
@@ -97,8 +97,7 @@ def _entries():
     entries = {}
     for path in sorted(
             glob.glob(osp.join(REPO, 'configs', '*', 'metafile.yml'))):
-        if osp.basename(osp.dirname(path)) not in ('faster_rcnn',
-                                                   'mask_rcnn'):
+        if osp.basename(osp.dirname(path)) not in ('faster_rcnn', 'mask_rcnn'):
             continue
         with open(path) as f:
             for model in yaml.safe_load(f)['Models']:
@@ -270,8 +269,7 @@ def test_architecture_frozenness_and_initialisation_are_the_rows(row):
                 backbone.out_indices) == ('ResNet', 50, 3, (2, ))
         assert 'neck' not in model
         shared = model.roi_head.shared_head
-        assert (shared.type, shared.depth, shared.stage) == ('ResLayer', 50,
-                                                             3)
+        assert (shared.type, shared.depth, shared.stage) == ('ResLayer', 50, 3)
         assert head_label.rstrip('†') == norm
         resnet_parts.append(shared)
         assert model.roi_head.bbox_head.in_channels == 2048
@@ -297,8 +295,8 @@ def test_architecture_frozenness_and_initialisation_are_the_rows(row):
         assert part.norm_eval is frozen
         if scratch:
             assert not [
-                d for d in _walk(part.init_cfg) if d.get('type') ==
-                'Pretrained'
+                d
+                for d in _walk(part.init_cfg) if d.get('type') == 'Pretrained'
             ]
         else:
             assert part.init_cfg == dict(

@@ -162,8 +162,8 @@ def test_replay_uses_the_mode_of_the_forward():
         with use_backend(backend):
             out = layer(inp)
             layer.eval()
-            grad, = torch.autograd.grad((out * x).square().sum(), inp,
-                                        create_graph=True)
+            grad, = torch.autograd.grad(
+                (out * x).square().sum(), inp, create_graph=True)
             second = torch.autograd.grad(grad.square().sum(), layer.weight)
         results.append(second + tuple(layer.buffers()))
     for actual, expected in zip(*results):
@@ -257,13 +257,19 @@ def _forms():
 
     def host(z, radius):
         return sparsestmax_ratios(
-            z, torch.tensor(radius, dtype=z.dtype),
-            torch.zeros(z.shape[0], dtype=torch.long), False, host=True).ratios
+            z,
+            torch.tensor(radius, dtype=z.dtype),
+            torch.zeros(z.shape[0], dtype=torch.long),
+            False,
+            host=True).ratios
 
     def freezing(z, radius):
         return sparsestmax_ratios(
-            z, torch.tensor(radius, dtype=z.dtype),
-            torch.zeros(z.shape[0], dtype=torch.long), True, host=True).ratios
+            z,
+            torch.tensor(radius, dtype=z.dtype),
+            torch.zeros(z.shape[0], dtype=torch.long),
+            True,
+            host=True).ratios
 
     return {'tensor': sparsestmax, 'host': host, 'freezing': freezing}
 
@@ -273,10 +279,10 @@ def _forms():
 def test_sparsestmax_gradgradcheck_next_to_borders(form, logits, radius):
     fn = _forms()[form]
     z = torch.tensor([logits], dtype=torch.float64, requires_grad=True)
-    assert torch.autograd.gradcheck(lambda t: fn(t, radius), (z, ),
-                                    eps=1e-7, atol=1e-6)
-    assert torch.autograd.gradgradcheck(lambda t: fn(t, radius), (z, ),
-                                        eps=1e-7, atol=1e-6)
+    assert torch.autograd.gradcheck(
+        lambda t: fn(t, radius), (z, ), eps=1e-7, atol=1e-6)
+    assert torch.autograd.gradgradcheck(
+        lambda t: fn(t, radius), (z, ), eps=1e-7, atol=1e-6)
 
 
 @pytest.mark.parametrize('form', sorted(_forms()))
@@ -285,8 +291,8 @@ def test_sparsestmax_derivatives_are_finite_on_borders(form, logits, radius):
     fn = _forms()[form]
     z = torch.tensor([logits], dtype=torch.float64, requires_grad=True)
     weights = torch.tensor([[1.0, -2.0, 0.5]], dtype=torch.float64)
-    grad, = torch.autograd.grad((fn(z, radius) * weights).square().sum(), z,
-                                create_graph=True)
+    grad, = torch.autograd.grad(
+        (fn(z, radius) * weights).square().sum(), z, create_graph=True)
     hessian = torch.stack([
         torch.autograd.grad(grad[0, i], z, retain_graph=True)[0][0]
         for i in range(3)

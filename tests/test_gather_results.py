@@ -470,13 +470,11 @@ def test_tool_writes_markdown_csv_and_json(tmp_path, work_dirs, metafiles,
     assert any('bad_json' in w for w in data['warnings'])
 
 
-def test_tool_fails_loudly_when_nothing_is_found(tmp_path, metafiles,
-                                                 capsys):
+def test_tool_fails_loudly_when_nothing_is_found(tmp_path, metafiles, capsys):
     (tmp_path / 'empty').mkdir()
     assert _run_tool(tmp_path / 'empty', '--metafiles', metafiles) == 1
     assert 'no run with a usable result' in capsys.readouterr().err
-    assert _run_tool(tmp_path / 'empty', '--out',
-                     tmp_path / 'board.txt') == 1
+    assert _run_tool(tmp_path / 'empty', '--out', tmp_path / 'board.txt') == 1
     assert 'unknown format; use one of .md' in capsys.readouterr().err
 
 

@@ -118,8 +118,7 @@ def test_bad_input_is_rejected_with_the_reason():
     with pytest.raises(RuntimeError, match='need 3 elements, got 4 and 3'):
         native.ext.layer_norm_released(x, torch.ones(4), bias, 1e-5)
     with pytest.raises(RuntimeError, match=r'must be \(N, C, \*\)'):
-        native.ext.layer_norm_released(x[0, 0, 0], weight[:1], bias[:1],
-                                       1e-5)
+        native.ext.layer_norm_released(x[0, 0, 0], weight[:1], bias[:1], 1e-5)
 
 
 def frozen_ln_ssn(channels, dtype):

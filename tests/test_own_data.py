@@ -50,32 +50,31 @@ def make_my_data(root, split, num_images, first_id, size=96, seed=0):
                     category_id=label + 1,
                     segmentation=[points.round(1).ravel().tolist()],
                     area=float(cv2.contourArea(points.astype(np.float32))),
-                    bbox=[float(x0),
-                          float(y0),
-                          float(x1 - x0),
-                          float(y1 - y0)],
+                    bbox=[
+                        float(x0),
+                        float(y0),
+                        float(x1 - x0),
+                        float(y1 - y0)
+                    ],
                     iscrowd=0))
         name = f'{image_id:05d}.png'
         cv2.imwrite(osp.join(root, 'images', split, name), image)
         images.append(
             dict(id=image_id, file_name=name, width=size, height=size))
-    categories = [
-        dict(id=i + 1, name=name) for i, name in enumerate(CLASSES)
-    ]
+    categories = [dict(id=i + 1, name=name) for i, name in enumerate(CLASSES)]
     with open(osp.join(root, 'labels', f'{split}.json'), 'w') as f:
         json.dump(
             dict(
-                images=images,
-                annotations=annotations,
-                categories=categories), f)
+                images=images, annotations=annotations, categories=categories),
+            f)
 
 
 def documented_config():
     """The config block of docs/own_data.md, with this clone's path."""
     with open(DOC) as f:
         text = f.read()
-    block = re.search(r'<!-- own-data config[^\n]*\n```python\n(.*?)```',
-                      text, re.S)
+    block = re.search(r'<!-- own-data config[^\n]*\n```python\n(.*?)```', text,
+                      re.S)
     assert block, 'docs/own_data.md lost its marked config block'
     return block.group(1).replace('/path/to/ssn-norm', REPO)
 
@@ -105,8 +104,7 @@ def test_own_coco_data_from_a_folder_outside_the_repository(tmp_path):
         # The runner's list of registered hooks, e.g. '(NORMAL      ) X'.
         assert re.search(rf'^\([A-Z_ ]+\) {hook}\b', text, re.M), hook
     state = torch.load(
-        work_dir / 'epoch_2.pth', map_location='cpu',
-        weights_only=False)
+        work_dir / 'epoch_2.pth', map_location='cpu', weights_only=False)
     assert state['meta']['dataset_meta']['classes'] == CLASSES
     assert state['state_dict']['roi_head.bbox_head.fc_cls.weight'].shape[
         0] == len(CLASSES) + 1

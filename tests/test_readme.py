@@ -24,18 +24,20 @@ def test_readme_snippet_sets_sn_in_every_part(tmp_path, monkeypatch):
     cfg = Config.fromfile(str(config))
     init_default_scope(cfg.default_scope)
     model = MODELS.build(cfg.model)
-    assert {part: dict(c)
-            for part, c in count_norms(model).items()} == {
-                'backbone': {
-                    'SN': 53
-                },
-                'neck': {
-                    'SN': 8
-                },
-                'roi_head': {
-                    'SN': 8
-                }
-            }
+    assert {
+        part: dict(c)
+        for part, c in count_norms(model).items()
+    } == {
+        'backbone': {
+            'SN': 53
+        },
+        'neck': {
+            'SN': 8
+        },
+        'roi_head': {
+            'SN': 8
+        }
+    }
     assert cfg.default_hooks.batch_stats.type == 'BatchStatsHook'
     assert cfg.default_hooks.checkpoint.type == 'CheckpointHook'
     assert config_warnings(cfg) == []

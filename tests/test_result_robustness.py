@@ -12,7 +12,6 @@ import sys
 import warnings
 
 import pytest
-
 from _helpers import run_tool
 
 from ssn_norm import suite
@@ -69,8 +68,9 @@ def test_gather_results_shows_nan_and_names_the_run(non_finite_runs):
     for line in proc.stdout.splitlines():  # main table (mIoU), details
         cells = [c.strip() for c in line.split('|')[1:-1]]
         if cells and cells[0] in ('SN', 'SSN'):
-            rows.setdefault(cells[0], []).extend(cells[1:2] if cells[0]
-                                                 not in rows else cells[1:3])
+            rows.setdefault(
+                cells[0],
+                []).extend(cells[1:2] if cells[0] not in rows else cells[1:3])
     # Columns mIoU, aAcc, mAcc.
     assert rows == {
         'SN': ['40.0', 'nan', 'nan'],

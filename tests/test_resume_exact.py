@@ -248,10 +248,7 @@ def test_checkpoint_holds_every_ranks_states(tmp_path):
     """Two gloo ranks with different generator states: the checkpoint that
     rank 0 alone writes holds both, row r being rank r's."""
     mp.spawn(
-        _gather_worker,
-        args=(free_port(), str(tmp_path)),
-        nprocs=2,
-        join=True)
+        _gather_worker, args=(free_port(), str(tmp_path)), nprocs=2, join=True)
     ranks = [
         torch.load(tmp_path / f'rank{rank}.pt', weights_only=True)
         for rank in range(2)

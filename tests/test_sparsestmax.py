@@ -252,13 +252,15 @@ def test_host_form_equals_tensor_code_with_its_gradient(dtype):
     assert served >= 590
 
 
-@pytest.mark.parametrize('logits', [
-    [1.0, 1.0, 1.0],  # SSN's start: the centre of the simplex
-    [1.0, 0.0, 0.0],  # frozen: one-hot, coordinates on the support border
-    [0.5, 0.0, 0.0],  # unfreeze('soften')
-    [2.0, 2.0, -1.0],  # a tie on an edge
-    [0.2, 0.2, 0.2, 0.2],
-])
+@pytest.mark.parametrize(
+    'logits',
+    [
+        [1.0, 1.0, 1.0],  # SSN's start: the centre of the simplex
+        [1.0, 0.0, 0.0],  # frozen: one-hot, coordinates on the support border
+        [0.5, 0.0, 0.0],  # unfreeze('soften')
+        [2.0, 2.0, -1.0],  # a tie on an edge
+        [0.2, 0.2, 0.2, 0.2],
+    ])
 @pytest.mark.parametrize('radius', [0.0, 0.2, 0.5, 0.9])
 def test_special_rows_equal_tensor_code(logits, radius):
     """Special rows the layers meet: host form or tensor code (where the
@@ -281,7 +283,8 @@ def test_special_rows_equal_tensor_code(logits, radius):
 def test_host_form_double_backward_is_exact():
     from ssn_norm.ops import sparsestmax_host
     logits = torch.tensor([[0.3, -0.2, 0.1], [1.0, 0.2, -0.5]],
-                          dtype=torch.float64, requires_grad=True)
+                          dtype=torch.float64,
+                          requires_grad=True)
     radius = torch.tensor(0.4, dtype=torch.float64)
     assert sparsestmax_host.accepts(logits, radius)
 
@@ -302,13 +305,13 @@ def test_freezing_on_the_host_form_equals_tensor_code(freeze):
     froze = 0
     for trial in range(300):
         num, groups = 2 + trial % 3, 1 + trial % 2
-        logits = torch.randn(2 * groups, num, generator=gen,
-                             dtype=torch.float64) * (0.3, 1.0, 4.0)[trial % 3]
+        logits = torch.randn(
+            2 * groups, num, generator=gen,
+            dtype=torch.float64) * (0.3, 1.0, 4.0)[trial % 3]
         radius = torch.tensor([(0.0, 0.3, 0.6, 0.9)[trial % 4]],
                               dtype=torch.float64)
         flags = torch.randint(0, 2, (2 * groups, ), generator=gen)
-        grad = torch.randn(2 * groups, num, generator=gen,
-                           dtype=torch.float64)
+        grad = torch.randn(2 * groups, num, generator=gen, dtype=torch.float64)
         results = []
         for host in (True, False):
             leaf = logits.clone().requires_grad_()
@@ -316,8 +319,8 @@ def test_freezing_on_the_host_form_equals_tensor_code(freeze):
             dz, = torch.autograd.grad(found.ratios, leaf, grad)
             results.append((found, dz))
         (host, host_grad), (tensor, tensor_grad) = results
-        torch.testing.assert_close(host.ratios, tensor.ratios, rtol=0,
-                                   atol=1e-12)
+        torch.testing.assert_close(
+            host.ratios, tensor.ratios, rtol=0, atol=1e-12)
         torch.testing.assert_close(host_grad, tensor_grad, rtol=0, atol=1e-12)
         if freeze:
             assert torch.equal(host.newly, tensor.newly)
@@ -334,7 +337,8 @@ def test_freezing_double_backward_is_exact():
     """Frozen rows stay constant under create_graph=True as well."""
     from ssn_norm.ops.ratios import sparsestmax_ratios
     logits = torch.tensor([[0.3, -0.2, 0.1], [1.0, 0.2, -0.5]],
-                          dtype=torch.float64, requires_grad=True)
+                          dtype=torch.float64,
+                          requires_grad=True)
     radius = torch.tensor([0.4], dtype=torch.float64)
     for flags in ((0, 0), (1, 0), (0, 1)):
 
@@ -352,8 +356,8 @@ def test_host_form_serves_only_small_cpu_rows_outside_tracers():
     assert not sparsestmax_host.accepts(small.half(), 0.3)
     assert not sparsestmax_host.accepts(torch.zeros(65, 3)[:, :1], 0.3)
     assert not sparsestmax_host.accepts(torch.zeros(30, 3), 0.3)
-    assert not sparsestmax_host.accepts(
-        small, torch.tensor(0.3, requires_grad=True))
+    assert not sparsestmax_host.accepts(small,
+                                        torch.tensor(0.3, requires_grad=True))
     assert not sparsestmax_host.accepts(torch.zeros(2, 3, device='meta'), 0.3)
 
 
@@ -366,8 +370,8 @@ def test_fp16_logits_of_the_issue():
     for radius in (0.0, 0.3):
         out = sparsestmax(z.half(), radius)
         assert out.dtype == torch.float16
-        torch.testing.assert_close(out.float(), sparsestmax(z, radius),
-                                   rtol=0, atol=1e-3)
+        torch.testing.assert_close(
+            out.float(), sparsestmax(z, radius), rtol=0, atol=1e-3)
         assert_on_simplex(out.float(), atol=1e-3)
 
 
@@ -379,8 +383,9 @@ def test_low_precision_logits_are_computed_in_fp32(dtype):
         want = sparsestmax(z.to(dtype).float(), radius)
         assert torch.equal(out, want.to(dtype))
         assert torch.isfinite(out).all()
-    assert torch.equal(sparsemax(z.to(dtype)),
-                       sparsemax(z.to(dtype).float()).to(dtype))
+    assert torch.equal(
+        sparsemax(z.to(dtype)),
+        sparsemax(z.to(dtype).float()).to(dtype))
 
 
 def test_a_nan_logit_gives_a_nan_row_not_an_error():

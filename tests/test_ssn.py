@@ -257,8 +257,7 @@ def test_half_module_trains_and_evaluates(cls, dtype, start):
         exact.train(training)
         out = layer(x.to(dtype))
         assert out.dtype == dtype
-        torch.testing.assert_close(
-            out.float(), exact(x), rtol=tol, atol=tol)
+        torch.testing.assert_close(out.float(), exact(x), rtol=tol, atol=tol)
     layer.train()
     _sgd_steps(layer, x.to(dtype))
     for value in layer.state_dict().values():
@@ -318,11 +317,10 @@ def test_freezing_leaves_logits_passed_in_through_functional_call():
     assert layer._selected() == (int(layer.mean_weight.argmax()),
                                  int(layer.var_weight.argmax()))
     eval_out = functional_call(layer, logits, (x, ))
-    want = functional_call(
-        layer, {
-            'mean_weight': one_hot(int(hot[0])),
-            'var_weight': one_hot(int(hot[1]))
-        }, (x, ))
+    want = functional_call(layer, {
+        'mean_weight': one_hot(int(hot[0])),
+        'var_weight': one_hot(int(hot[1]))
+    }, (x, ))
     torch.testing.assert_close(eval_out, want)
     # The module's own parameters, outside functional_call, are written.
     layer.train()

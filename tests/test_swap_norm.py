@@ -36,7 +36,9 @@ def assert_only(model, norm, count):
     'config, norm, parts',
     [
         # BN† backbone: 11 frozen (frozen_stages=1, norm_eval=True).
-        (MASK_RCNN, 'SN', {'backbone': 53}),
+        (MASK_RCNN, 'SN', {
+            'backbone': 53
+        }),
         # SyncBN in backbone, decode head and auxiliary head.
         (DEEPLABV3, 'SSN', {
             'backbone': 55,
@@ -44,22 +46,26 @@ def assert_only(model, norm, count):
             'auxiliary_head': 1
         }),
         # BN3d from ResNet3d's class default, not named in the config.
-        (I3D, 'SyncSN', {'backbone': 53}),
+        (I3D, 'SyncSN', {
+            'backbone': 53
+        }),
     ],
     ids=['mask-rcnn', 'deeplabv3', 'i3d'])
-def test_built_child_holds_only_the_chosen_norm(tmp_path, config, norm,
-                                                parts):
+def test_built_child_holds_only_the_chosen_norm(tmp_path, config, norm, parts):
     out = tmp_path / 'child.py'
     result = swap_norm(config, norm, out=str(out))
     assert {p: sum(c.values()) for p, c in result.before.items()} == parts
     cfg, model = build(out)
     assert_only(model, norm, sum(parts.values()))
-    assert {p: dict(c)
-            for p, c in count_norms(model).items()} == {
-                p: {
-                    norm: n
-                } for p, n in parts.items()
-            }
+    assert {
+        p: dict(c)
+        for p, c in count_norms(model).items()
+    } == {
+        p: {
+            norm: n
+        }
+        for p, n in parts.items()
+    }
     # The recipe: importable by plain mmengine, the ratio-logit rule, the
     # hooks of the norm.
     assert 'ssn_norm' in cfg.custom_imports.imports
@@ -94,7 +100,9 @@ def test_mask_rcnn_unfreezes_and_i3d_inflates_exactly(tmp_path):
         type='SSN', requires_grad=True)
     assert cfg.model.backbone.norm_eval is False
     kept = swap_norm(
-        MASK_RCNN, 'SN', out=str(tmp_path / 'kept.py'),
+        MASK_RCNN,
+        'SN',
+        out=str(tmp_path / 'kept.py'),
         keep_frozen_stages=True)
     assert kept.after['backbone'] == {'SN (frozen)': 11, 'SN': 42}
     # mmaction's own inflation indexes the 2-D checkpoint for every norm
@@ -111,8 +119,8 @@ def test_norm_configs_nested_in_lists(tmp_path):
     result = swap_norm(OCRNET, 'SN', out=str(out))
     cfg, model = build(out)
     assert [h.norm_cfg.type for h in cfg.model.decode_head] == ['SN', 'SN']
-    assert_only(model, 'SN', sum(sum(c.values())
-                                 for c in result.before.values()))
+    assert_only(model, 'SN',
+                sum(sum(c.values()) for c in result.before.values()))
 
 
 @MODELS.register_module(force=True)
@@ -132,13 +140,15 @@ def test_a_layer_the_swap_cannot_reach_is_an_error(tmp_path):
     config.write_text("default_scope = 'mmengine'\n"
                       "model = dict(type='_HardNormNet')\n")
     out = tmp_path / 'child.py'
-    with pytest.raises(SwapError,
-                       match=r'1 norm layers are not SN: fixed '
-                       r'\(BatchNorm2d\)'):
+    with pytest.raises(
+            SwapError,
+            match=r'1 norm layers are not SN: fixed '
+            r'\(BatchNorm2d\)'):
         swap_norm(str(config), 'SN', out=str(out))
     assert not out.exists()
-    with pytest.raises(SwapError, match=r"one of SN, SSN, SyncSN, SyncSSN, "
-                       r"got 'BN'"):
+    with pytest.raises(
+            SwapError, match=r"one of SN, SSN, SyncSN, SyncSSN, "
+            r"got 'BN'"):
         swap_norm(str(config), 'BN')
     with pytest.raises(FileNotFoundError, match=r"mmdet::mask_rcnn/"):
         swap_norm('mask_rcnn/missing.py', 'SN')
@@ -150,8 +160,7 @@ def test_tool_prints_before_and_after_per_part(tmp_path, capsys):
                     out) == 0
     printed = capsys.readouterr().out
     assert re.search(r'backbone +55 SyncBatchNorm -> 55 SyncSSN', printed)
-    assert re.search(r'auxiliary_head +1 SyncBatchNorm -> 1 SyncSSN',
-                     printed)
+    assert re.search(r'auxiliary_head +1 SyncBatchNorm -> 1 SyncSSN', printed)
     assert 'custom_hooks: + SparsestMaxRadiusHook' in printed
     assert f'wrote {out}' in printed
     # Without --out the child itself is printed, the summary as comments.
@@ -165,13 +174,13 @@ def test_gn_options_do_not_leak_into_neck_and_heads(tmp_path):
     # GN everywhere: backbone, FPN neck, box and mask heads.  A merged
     # num_groups=32 would make each SN a group SN of 32 groups.
     out = tmp_path / 'gn.py'
-    result = swap_norm('mmdet::gn/mask-rcnn_r50_fpn_gn-all_2x_coco.py', 'SN',
-                       out=str(out))
+    result = swap_norm(
+        'mmdet::gn/mask-rcnn_r50_fpn_gn-all_2x_coco.py', 'SN', out=str(out))
     assert set(result.before) == {'backbone', 'neck', 'roi_head'}
     cfg, model = build(out)
     for part in (cfg.model.backbone, cfg.model.neck,
                  cfg.model.roi_head.bbox_head, cfg.model.roi_head.mask_head):
         assert dict(part.norm_cfg) == dict(type='SN', requires_grad=True)
     assert {m.num_groups for _, m in norm_layers(model)} == {1}
-    assert_only(model, 'SN', sum(sum(c.values())
-                                 for c in result.before.values()))
+    assert_only(model, 'SN',
+                sum(sum(c.values()) for c in result.before.values()))

@@ -123,8 +123,7 @@ def test_two_ranks_with_uneven_batches_equal_concatenated_batch(
     rank_a = TwoRankStandIn(recorder.mine)
     monkeypatch.setattr(moments, 'all_reduce_sum', rank_a)
     out_a = sync_a(inputs[0])
-    monkeypatch.setattr(moments, 'all_reduce_sum',
-                        TwoRankStandIn(rank_a.mine))
+    monkeypatch.setattr(moments, 'all_reduce_sum', TwoRankStandIn(rank_a.mine))
     out_b = sync_b(inputs[1])
     initial = copy.deepcopy(plain)
     ref = plain(x)

@@ -81,10 +81,11 @@ def test_apply_tta_wraps_the_model_and_swaps_the_pipeline():
 def test_apply_tta_builds_the_upstream_tta_model():
     """The edited config builds mmseg's SegTTAModel around our model, so a
     checkpoint of the plain model loads into its ``module``."""
-    import ssn_norm  # noqa: F401  registers SN
     from mmengine.registry import init_default_scope
     from mmseg.models import SegTTAModel
     from mmseg.registry import MODELS
+
+    import ssn_norm  # noqa: F401  registers SN
     init_default_scope('mmseg')
     cfg = apply_tta(_config())
     tta = MODELS.build(cfg.model)

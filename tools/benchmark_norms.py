@@ -117,8 +117,8 @@ def main(argv=None) -> int:
         raise SystemExit(f'--device: {error}') from None
     if device.type == 'cuda' and args.clock != 'wall':
         raise SystemExit('--clock cpu cannot time CUDA kernels; use wall')
-    where = (f'{torch.cuda.get_device_name(device)}' if device.type
-             == 'cuda' else f'{platform.processor() or platform.machine()}, '
+    where = (f'{torch.cuda.get_device_name(device)}' if device.type == 'cuda'
+             else f'{platform.processor() or platform.machine()}, '
              f'{os.cpu_count()} CPUs')
 
     def log(msg):

@@ -273,8 +273,8 @@ class Table:
         """Metric columns for which at least one row shows a paper number:
         only beside a row of the paper's own setting."""
         return [
-            name for name in self.metric_names
-            if any(name in _own_paper(row) for row in self.rows)
+            name for name in self.metric_names if any(
+                name in _own_paper(row) for row in self.rows)
         ]
 
     @property
@@ -672,15 +672,13 @@ def _paper_pointers(table: Table) -> str:
             continue
         numbers = ', '.join(f'{name} {_fmt(value)}'
                             for name, value in row.paper.metrics.items())
-        cited.setdefault(
-            f'{row.paper.cite()} ({row.paper_config}): {numbers}',
-            []).append(row.label)
+        cited.setdefault(f'{row.paper.cite()} ({row.paper_config}): {numbers}',
+                         []).append(row.label)
     if not cited:
         return ''
     return ('Paper, a different setting (not comparable, no difference '
             'computed): ' + '; '.join(f'{", ".join(labels)} → {text}'
-                                      for text, labels in cited.items()) +
-            '.')
+                                      for text, labels in cited.items()) + '.')
 
 
 def _reference_text(reference: Optional[PaperRow]) -> str:
@@ -722,8 +720,8 @@ def _notes(table: Table) -> List[str]:
                      'first metric and the relative cost.')
     splits = sorted({
         row.paper.split
-        for row in table.rows if row.paper and row.same_setting
-        and row.paper.split
+        for row in table.rows
+        if row.paper and row.same_setting and row.paper.split
     })
     for split in splits:
         notes.append(f'({split}): the paper\'s number is on that split, '
@@ -761,8 +759,8 @@ def render_markdown(board: Leaderboard) -> str:
         notes += _notes(table)
     titles = sorted({
         row.paper.title
-        for table in board.tables for row in table.rows
-        if row.paper and row.paper.title
+        for table in board.tables
+        for row in table.rows if row.paper and row.paper.title
     })
     sources = {
         row.reference.title: row.reference.url
@@ -774,9 +772,10 @@ def render_markdown(board: Leaderboard) -> str:
             0, 'Paper numbers from the configs\' metafile.yml: ' +
             '; '.join(f'"{t}"' for t in titles) + '.')
     if sources:
-        notes.append('Reference (not the paper): ' + '; '.join(
-            f'{title} <{url}>' if url else title
-            for title, url in sorted(sources.items())) + '.')
+        notes.append('Reference (not the paper): ' +
+                     '; '.join(f'{title} <{url}>' if url else title
+                               for title, url in sorted(sources.items())) +
+                     '.')
     if notes:
         out += ['## Notes', '']
         for note in dict.fromkeys(notes):  # each once, one paragraph each

@@ -33,8 +33,7 @@ import os.path as osp
 import re
 import warnings
 from dataclasses import dataclass, field, replace
-from typing import (Dict, Iterable, Iterator, List, Optional, Sequence,
-                    Tuple)
+from typing import Dict, Iterable, Iterator, List, Optional, Sequence, Tuple
 
 from .tasks import TASKS, Task, recognise_task
 

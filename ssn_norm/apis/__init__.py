@@ -13,9 +13,8 @@ __all__ = [
     'OutputCheck', 'RUN_INFO', 'SWAP_NORMS', 'SwapError', 'SwapResult',
     'add_common_args', 'apply_test_outputs', 'apply_train_options',
     'apply_tta', 'build_model', 'build_runner', 'close_distributed',
-    'count_norms', 'dataset_meta', 'deploy_checkpoint',
-    'deployed_inferencer', 'deployment_summary',
-    'load_config', 'load_deployed', 'norm_layers', 'parse_tool_args',
-    'resolve_config', 'setup_cpu_distributed', 'swap_norm', 'toolbox_of',
-    'update_checkpoint_batch_stats', 'write_run_info'
+    'count_norms', 'dataset_meta', 'deploy_checkpoint', 'deployed_inferencer',
+    'deployment_summary', 'load_config', 'load_deployed', 'norm_layers',
+    'parse_tool_args', 'resolve_config', 'setup_cpu_distributed', 'swap_norm',
+    'toolbox_of', 'update_checkpoint_batch_stats', 'write_run_info'
 ]

@@ -84,9 +84,8 @@ def _typed(tree: Any, path: str = '') -> Iterator[Tuple[str, str]]:
 def _imports_plugin(cfg: Config) -> bool:
     imports = (cfg.get('custom_imports') or {}).get('imports') or []
     imports = [imports] if isinstance(imports, str) else imports
-    return any(
-        name == 'ssn_norm' or name.startswith('ssn_norm.')
-        for name in imports)
+    return any(name == 'ssn_norm' or name.startswith('ssn_norm.')
+               for name in imports)
 
 
 def _missing_data_roots(cfg: Config) -> List[Tuple[str, str]]:
@@ -111,8 +110,7 @@ def config_warnings(cfg: Config) -> List[str]:
     found = []
     missing = _missing_data_roots(cfg)
     if missing:
-        listed = ', '.join(f'{root!r} ({loader})'
-                           for loader, root in missing)
+        listed = ', '.join(f'{root!r} ({loader})' for loader, root in missing)
         found.append(
             f'data_root {listed} does not exist under the working '
             f'directory {os.getcwd()}: relative data paths are read from '

@@ -179,22 +179,22 @@ class OutputCheck:
 
     def describe(self) -> str:
         """One line for the tool: the result and what it means."""
-        what = ('unchanged' if self.exact else
-                'changed by hardening, as expected')
+        what = ('unchanged'
+                if self.exact else 'changed by hardening, as expected')
         return (f'check on a random input of shape {tuple(self.shape)}: '
                 f'{self.outputs} output tensors {what}, largest difference '
                 f'{self.max_error:.3g} (largest output {self.max_value:.3g})')
 
 
 def deploy_checkpoint(
-        config: str,
-        checkpoint: str,
-        out: str,
-        harden: str = 'none',
-        fold: bool = True,
-        spatial_dims: int = 2,
-        check_shape: Optional[Tuple[int, ...]] = None,
-        cfg_options: Optional[dict] = None
+    config: str,
+    checkpoint: str,
+    out: str,
+    harden: str = 'none',
+    fold: bool = True,
+    spatial_dims: int = 2,
+    check_shape: Optional[Tuple[int, ...]] = None,
+    cfg_options: Optional[dict] = None
 ) -> Tuple[List[DeployedLayer], Optional[OutputCheck]]:
     """Builds ``config``'s model, loads ``checkpoint`` strictly, deploys it
     (:func:`~ssn_norm.deploy.deploy_switchable_norms`) and writes it to

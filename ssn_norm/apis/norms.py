@@ -17,8 +17,8 @@ from ..utils import unwrap_model
 #: What counts as a normalisation layer: torch's BN and IN family (and
 #: mmcv's SyncBN, a ``_BatchNorm``), GN, LN and the switchable layers
 #: (which deliberately do not subclass ``_BatchNorm``).
-NORM_LAYER_TYPES = (nn.modules.batchnorm._NormBase, nn.GroupNorm,
-                    nn.LayerNorm, SwitchableNormBase)
+NORM_LAYER_TYPES = (nn.modules.batchnorm._NormBase, nn.GroupNorm, nn.LayerNorm,
+                    SwitchableNormBase)
 #: The part name of a layer attached to the model itself.
 ROOT_PART = '(model)'
 
@@ -65,8 +65,7 @@ def format_counts(counts: Counter) -> str:
     return ', '.join(f'{n} {kind}' for kind, n in counts.items())
 
 
-def census_table(before: Dict[str, Counter],
-                 after: Dict[str, Counter]) -> str:
+def census_table(before: Dict[str, Counter], after: Dict[str, Counter]) -> str:
     """One line per part: ``part  <before> -> <after>``, aligned."""
     parts = list(dict.fromkeys([*before, *after]))
     if not parts:

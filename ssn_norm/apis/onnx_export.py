@@ -44,11 +44,9 @@ def _native_layer_norm(g, x, normalized_shape, weight, bias, eps):
     mean = g.op('ReduceMean', x, axes_i=axes, keepdims_i=1)
     centred = g.op('Sub', x, mean)
     var = g.op(
-        'ReduceMean', g.op('Mul', centred, centred), axes_i=axes,
-        keepdims_i=1)
+        'ReduceMean', g.op('Mul', centred, centred), axes_i=axes, keepdims_i=1)
     eps = g.op(
-        'Constant',
-        value_t=torch.tensor(helper._get_const(eps, 'f', 'eps')))
+        'Constant', value_t=torch.tensor(helper._get_const(eps, 'f', 'eps')))
     rstd = g.op('Reciprocal', g.op('Sqrt', g.op('Add', var, eps)))
     out = g.op('Mul', centred, rstd)
     if not helper._is_none(weight):

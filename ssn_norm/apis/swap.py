@@ -92,9 +92,11 @@ class SwapResult:
     def summary(self) -> str:
         """The report the tool prints: layers per part, before -> after,
         then the edits and the recipe."""
-        lines = [f'norm layers of the built model, before -> after '
-                 f'({self.norm}):',
-                 census_table(self.before, self.after), 'model edits:']
+        lines = [
+            f'norm layers of the built model, before -> after '
+            f'({self.norm}):',
+            census_table(self.before, self.after), 'model edits:'
+        ]
         lines += [f'  {change}' for change in self.changes]
         lines.append('recipe:')
         lines += [f'  {piece}' for piece in self.recipe]
@@ -135,8 +137,8 @@ def _owner(model_cfg: ConfigDict, module_path: str) -> Path:
     model dict on the way to ``module_path``: the dict that builds it."""
     node, path = model_cfg, ()
     for token in module_path.split('.'):
-        if isinstance(node, dict) and isinstance(node.get(token),
-                                                 (dict, list)):
+        if isinstance(node, dict) and isinstance(
+                node.get(token), (dict, list)):
             key: Any = token
         elif (isinstance(node, list) and token.isdigit()
               and int(token) < len(node)):
@@ -248,8 +250,8 @@ def _model_delta(cfg: Config, edits: Dict[Path, dict]) -> dict:
         _node(edited, path).update(edit)
     delta: dict = {}
     for path, edit in edits.items():
-        list_at = next((i for i, key in enumerate(path)
-                        if isinstance(key, int)), None)
+        list_at = next(
+            (i for i, key in enumerate(path) if isinstance(key, int)), None)
         if list_at is not None:  # the whole list, as edited
             holder = delta
             for key in path[:list_at - 1]:
@@ -315,14 +317,12 @@ def _recipe(cfg: Config, norm: str, exact_inflation: bool,
     types = {hook.get('type') for hook in hooks}
     needed = pieces.ssn_custom_hooks if sparse else pieces.sn_custom_hooks
     added = [
-        hook.to_dict() for hook in needed
-        if hook.type not in types and (
+        hook.to_dict() for hook in needed if hook.type not in types and (
             hook.type != 'SyncNormStatsHook' or not norm.startswith('Sync'))
     ]
     if added:
         keys['custom_hooks'] = [dict(hook) for hook in hooks] + added
-        recipe.append('custom_hooks: + ' + ', '.join(h['type']
-                                                     for h in added))
+        recipe.append('custom_hooks: + ' + ', '.join(h['type'] for h in added))
     # The paper's test statistics, as in every SN config of ours; merged by
     # mmengine into the parent's default_hooks.
     if 'batch_stats' not in (cfg.get('default_hooks') or {}):
@@ -338,8 +338,8 @@ def _inline(value: Any) -> str:
     """``value`` as config source on one line (dicts as ``dict(...)``)."""
     if isinstance(value, dict):
         items = ', '.join(
-            f'{k}={_inline(v)}' if isinstance(k, str) and k.isidentifier()
-            else f'**{{{k!r}: {_inline(v)}}}' for k, v in value.items())
+            f'{k}={_inline(v)}' if isinstance(k, str) and k.isidentifier() else
+            f'**{{{k!r}: {_inline(v)}}}' for k, v in value.items())
         return f'dict({items})'
     if isinstance(value, list):
         return '[' + ', '.join(_inline(v) for v in value) + ']'
@@ -363,15 +363,14 @@ def _source(value: Any,
             value, (dict, list, tuple)):
         return flat
     inner = indent + 4
-    items = list(value.items()) if isinstance(value, dict) else [
-        (None, v) for v in value
-    ]
+    items = list(value.items()) if isinstance(
+        value, dict) else [(None, v) for v in value]
     parts = []
     for index, (key, item) in enumerate(items):
         last = index == len(items) - 1
         prefix = '' if key is None else f'{key}='
-        parts.append(prefix + _source(item, inner, inner + len(prefix),
-                                      tail + 1 if last else 1, width))
+        parts.append(prefix + _source(item, inner, inner + len(prefix), tail +
+                                      1 if last else 1, width))
     if isinstance(value, dict):
         opening, closing = 'dict(', ')'
     else:
@@ -381,8 +380,7 @@ def _source(value: Any,
     return opening + '\n' + ',\n'.join(pad + p for p in parts) + closing
 
 
-def _render(base: str, norm: str, summary: str,
-            keys: Dict[str, Any]) -> str:
+def _render(base: str, norm: str, summary: str, keys: Dict[str, Any]) -> str:
     from ..version import __version__
     lines = [
         f'# Written by tools/swap_norm.py (ssn-norm {__version__}): the '
@@ -474,8 +472,8 @@ def swap_norm(config: str,
     before = count_norms(model)
     changes: List[str] = []
     recipe: List[str] = []
-    edits, exact_inflation = _edit_model(cfg, model, norm,
-                                         keep_frozen_stages, changes)
+    edits, exact_inflation = _edit_model(cfg, model, norm, keep_frozen_stages,
+                                         changes)
     del model
     keys = dict(model=_model_delta(cfg, edits))
     keys.update(_recipe(cfg, norm, exact_inflation, recipe))

@@ -138,15 +138,14 @@ def _eval_step(layer: nn.Module, x: Tensor) -> Callable[[], object]:
     return step
 
 
-def benchmark_layers(
-        cases: Sequence[LayerCase] = LAYER_SHAPES,
-        norms: Sequence[str] = LAYER_NORMS,
-        repeats: int = 7,
-        memory: bool = True,
-        frozen: bool = True,
-        clock: str = 'wall',
-        log: Optional[Callable[[str], None]] = None,
-        device: str = 'cpu') -> List[LayerResult]:
+def benchmark_layers(cases: Sequence[LayerCase] = LAYER_SHAPES,
+                     norms: Sequence[str] = LAYER_NORMS,
+                     repeats: int = 7,
+                     memory: bool = True,
+                     frozen: bool = True,
+                     clock: str = 'wall',
+                     log: Optional[Callable[[str], None]] = None,
+                     device: str = 'cpu') -> List[LayerResult]:
     """Training fwd+bwd, eval, frozen-SSN eval and peak memory per shape.
 
     Frozen rows compare an SSN frozen one-hot on IN/LN/BN (``SSN[IN]``…)
@@ -165,17 +164,13 @@ def benchmark_layers(
         channels = case.shape[1]
         x = torch.randn(case.shape, device=where).requires_grad_()
         grad = torch.randn(case.shape, device=where)
-        layers = {
-            name: build_norm(name, channels).to(where)
-            for name in norms
-        }
+        layers = {name: build_norm(name, channels).to(where) for name in norms}
         result = LayerResult(case)
         result.train = time_interleaved(
             {
                 name: _train_step(layer.train(), x, grad)
                 for name, layer in layers.items()
-            },
-            **timed)
+            }, **timed)
         if memory:
             for name, layer in layers.items():
                 result.peak[name] = peak_memory_bytes(
@@ -184,8 +179,7 @@ def benchmark_layers(
             {
                 name: _eval_step(layer.eval(), x)
                 for name, layer in layers.items()
-            },
-            **timed)
+            }, **timed)
         if frozen:
             cases_ = {}
             for choice in ('IN', 'LN', 'BN'):

@@ -78,8 +78,7 @@ def _swap_norms(cfg, norm: str, video: bool) -> int:
     return count
 
 
-def build_model_case(task: str, norm: str, seed: int = 0,
-                     device: str = 'cpu'):
+def build_model_case(task: str, norm: str, seed: int = 0, device: str = 'cpu'):
     """``(model, make_batch(size_offset))`` for one task and norm.
 
     The model lives on ``device`` (its data preprocessor moves each batch
@@ -223,14 +222,13 @@ def _compiled_graphs() -> int:
     return int(counters['stats']['unique_graphs'])
 
 
-def benchmark_models(
-        tasks: Sequence[str] = tuple(MODEL_TASKS),
-        norms: Sequence[str] = ('BN', 'GN', 'SN'),
-        repeats: int = 3,
-        memory: bool = False,
-        clock: str = 'wall',
-        log: Optional[Callable[[str], None]] = None,
-        device: str = 'cpu') -> List[ModelResult]:
+def benchmark_models(tasks: Sequence[str] = tuple(MODEL_TASKS),
+                     norms: Sequence[str] = ('BN', 'GN', 'SN'),
+                     repeats: int = 3,
+                     memory: bool = False,
+                     clock: str = 'wall',
+                     log: Optional[Callable[[str], None]] = None,
+                     device: str = 'cpu') -> List[ModelResult]:
     """One training step (forward, backward, SGD update) per norm.
 
     For each task every norm gets the same model (norm layers swapped,
@@ -260,8 +258,7 @@ def benchmark_models(
             level = logger.level
             logger.setLevel('WARNING')  # init_weights logs every tensor
             try:
-                model, make_batch = build_model_case(
-                    task, norm, device=device)
+                model, make_batch = build_model_case(task, norm, device=device)
             finally:
                 logger.setLevel(level)
             wrapper = OptimWrapper(
