@@ -42,6 +42,7 @@ runs' ratios moved, not from which way.
 Config names appear only through :data:`ssn_norm.suite.MINI` and the
 tables :data:`CLAIM1_NORMS` / :data:`CLAIM3_TASKS` here.
 """
+import dataclasses
 import functools
 import math
 import os
@@ -132,25 +133,26 @@ class Plan:
     subset: Optional[int] = None
 
 
+_CLAIMS = Plan(
+    steps=120,
+    seeds=3,
+    num_train=64,
+    num_val=24,
+    claim3_schedule=1.0,
+    ratio_lr_mult=50.,
+    data_dir='data/claims_cityscapes')
 PLANS = {
     'claims':
-    Plan(
-        steps=120,
-        seeds=3,
-        num_train=64,
-        num_val=24,
-        claim3_schedule=1.0,
-        ratio_lr_mult=50.,
-        data_dir='data/claims_cityscapes'),
+    _CLAIMS,
     # The whole pipeline in seconds; its verdicts are "not shown".
     'claims-smoke':
-    Plan(
+    dataclasses.replace(
+        _CLAIMS,
         steps=2,
         seeds=1,
         num_train=16,
         num_val=2,
         claim3_schedule=0.25,
-        ratio_lr_mult=50.,
         data_dir='data/claims-smoke_cityscapes',
         subset=8),
 }

@@ -237,11 +237,17 @@ def test_known_releases_are_the_published_md5s():
             for r in files.KNOWN_RELEASES.values()} == {('released-ssn', 50)}
 
 
+def saved_with_md5(tmp_path, checkpoint, name):
+    """``checkpoint`` saved as ``tmp_path/name``: that path, the output
+    path beside it and the file's MD5."""
+    src, dst = tmp_path / name, tmp_path / 'out.pth'
+    torch.save(checkpoint, src)
+    return src, dst, hashlib.md5(src.read_bytes()).hexdigest()
+
+
 def test_released_ssn_file_is_recognised_by_md5(tmp_path, capsys, monkeypatch):
     _, checkpoint = released(sparse=True)
-    src, dst = tmp_path / 'ssn_8x2.pth', tmp_path / 'out.pth'
-    torch.save(checkpoint, src)
-    md5 = hashlib.md5(src.read_bytes()).hexdigest()
+    src, dst, md5 = saved_with_md5(tmp_path, checkpoint, 'ssn_8x2.pth')
     # We do not have the released files: this file stands for (8,2).
     monkeypatch.setattr(
         files, 'KNOWN_RELEASES',
@@ -259,9 +265,9 @@ def test_released_ssn_file_is_recognised_by_md5(tmp_path, capsys, monkeypatch):
 
 
 def test_unknown_file_is_converted_with_a_note(tmp_path, capsys):
-    src, dst = tmp_path / 'r18.pth', tmp_path / 'out.pth'
-    torch.save({'state_dict': bn_resnet(18).state_dict()}, src)
-    md5 = hashlib.md5(src.read_bytes()).hexdigest()
+    src, dst, md5 = saved_with_md5(tmp_path,
+                                   {'state_dict': bn_resnet(18).state_dict()},
+                                   'r18.pth')
     assert convert_tool.main([str(src), str(dst)]) == 0
     out = capsys.readouterr().out
     assert (f'note: MD5 {md5} matches no released SSN checkpoint known to '
@@ -273,9 +279,9 @@ def test_unknown_file_is_converted_with_a_note(tmp_path, capsys):
 
 def test_release_hash_with_other_keys_is_refused(tmp_path, capsys,
                                                  monkeypatch):
-    src, dst = tmp_path / 'r18.pth', tmp_path / 'out.pth'
-    torch.save({'state_dict': bn_resnet(18).state_dict()}, src)
-    md5 = hashlib.md5(src.read_bytes()).hexdigest()
+    src, dst, md5 = saved_with_md5(tmp_path,
+                                   {'state_dict': bn_resnet(18).state_dict()},
+                                   'r18.pth')
     monkeypatch.setattr(
         files, 'KNOWN_RELEASES',
         {md5: files.Release('SSN ResNet-50 (8,32)', 'released-ssn', 50, 77.2)})

@@ -332,12 +332,8 @@ def test_exit_tool_skips_finalisation_only_in_a_distributed_launch(
     marker = tmp_path / 'atexit.txt'
     env = dict(os.environ, WORLD_SIZE=world_size)
     env['PYTHONPATH'] = REPO + os.pathsep + env.get('PYTHONPATH', '')
-    proc = subprocess.run([sys.executable, '-c', EXIT_PROBE,
-                           str(marker)],
-                          env=env,
-                          capture_output=True,
-                          text=True,
-                          timeout=120)
+    argv = [sys.executable, '-c', EXIT_PROBE, str(marker)]
+    proc = subprocess.run(argv, env=env, capture_output=True, text=True)
     assert proc.returncode == 3, proc.stderr
     assert proc.stdout == 'buffered, no newline'
     assert marker.read_text() == 'atexit ran'

@@ -9,6 +9,7 @@ reference's.  Second derivatives are finite (zero where SparsestMax is
 locally constant) on and next to one-hot rows and its piece borders.
 """
 import copy
+import functools
 
 import pytest
 import torch
@@ -255,23 +256,19 @@ def _forms():
     """SparsestMax as each path computes it: the tensor code, the host
     form, and with the freezing of one-hot rows on top."""
 
-    def host(z, radius):
+    def host(z, radius, freeze=False):
         return sparsestmax_ratios(
             z,
             torch.tensor(radius, dtype=z.dtype),
             torch.zeros(z.shape[0], dtype=torch.long),
-            False,
+            freeze,
             host=True).ratios
 
-    def freezing(z, radius):
-        return sparsestmax_ratios(
-            z,
-            torch.tensor(radius, dtype=z.dtype),
-            torch.zeros(z.shape[0], dtype=torch.long),
-            True,
-            host=True).ratios
-
-    return {'tensor': sparsestmax, 'host': host, 'freezing': freezing}
+    return {
+        'tensor': sparsestmax,
+        'host': host,
+        'freezing': functools.partial(host, freeze=True)
+    }
 
 
 @pytest.mark.parametrize('form', sorted(_forms()))

@@ -59,7 +59,7 @@ import re
 import statistics
 import warnings
 from dataclasses import dataclass, field
-from typing import Dict, Iterable, List, Optional, Sequence
+from typing import Any, Dict, Iterable, List, Optional, Sequence, Tuple
 
 from ..batch_stats import STATISTICS_KEY
 from .paper import ModelEntry, PaperRow, load_model_entries
@@ -789,27 +789,28 @@ def _rounded(values: Dict[str, Optional[float]]) -> Dict:
     return {k: None if v is None else round(v, 4) for k, v in values.items()}
 
 
+def _source_record(source: Any, fields: Tuple[str, ...],
+                   **extra: Any) -> Optional[dict]:
+    """``fields`` of a paper or reference entry, then ``extra``, then its
+    rounded metrics; None for no entry."""
+    if source is None:
+        return None
+    return dict({name: getattr(source, name)
+                 for name in fields},
+                **extra,
+                metrics=_rounded(source.metrics))
+
+
 def _records(board: Leaderboard) -> List[dict]:
     records = []
     for table in board.tables:
         for row in table.rows:
-            paper = None
-            if row.paper is not None:
-                paper = dict(
-                    title=row.paper.title,
-                    table=row.paper.table,
-                    setting=row.paper.setting,
-                    split=row.paper.split,
-                    config=row.paper_config,
-                    same_setting=row.same_setting,
-                    metrics=_rounded(row.paper.metrics))
-            reference = None
-            if row.reference is not None:
-                reference = dict(
-                    title=row.reference.title,
-                    url=row.reference.url,
-                    setting=row.reference.setting,
-                    metrics=_rounded(row.reference.metrics))
+            paper = _source_record(
+                row.paper, ('title', 'table', 'setting', 'split'),
+                config=row.paper_config,
+                same_setting=row.same_setting)
+            reference = _source_record(row.reference,
+                                       ('title', 'url', 'setting'))
             records.append(
                 dict(
                     task=table.task.name,

@@ -239,26 +239,27 @@ class BatchStatsHook(Hook):
     def before_val(self, runner) -> None:
         """Batch averages before validation (``'val'`` in ``stages``), and
         the record of which statistics it uses."""
-        if not self._check_model(runner):
-            return
-        if self._batch_average('val'):
-            self._update(runner, 'val')
-        self._log_statistics(runner, 'val')
+        self._before_evaluation(runner, 'val')
 
     def before_test(self, runner) -> None:
         """Batch averages before testing (``'test'`` in ``stages``), and
-        the record of which statistics it uses."""
+        the record of which statistics it uses; a warning when batch
+        averages are wanted but the model holds moving averages."""
+        self._before_evaluation(runner, 'test')
+
+    def _before_evaluation(self, runner, stage: str) -> None:
         if not self._check_model(runner):
             return
-        if self._batch_average('test'):
-            self._update(runner, 'test')
-        elif self.statistics == 'batch_average' and self._holds is None:
+        if self._batch_average(stage):
+            self._update(runner, stage)
+        elif (stage == 'test' and self.statistics == 'batch_average'
+              and self._holds is None):
             runner.logger.warning(
                 'BatchStatsHook: the checkpoint holds moving averages (it '
                 'was saved before training ended, or without this hook): '
                 "this test uses them; add 'test' to the hook's stages or "
                 'run tools/compute_batch_stats.py for batch averages')
-        self._log_statistics(runner, 'test')
+        self._log_statistics(runner, stage)
 
     # ------------------------------------------------------- checkpoints
     def before_save_checkpoint(self, runner, checkpoint: dict) -> None:
