@@ -1,15 +1,21 @@
 """A deployed model through the upstream inference APIs: mmdet's
 ``inference_detector`` and ``DetInferencer``, mmseg's ``inference_model``
-and ``MMSegInferencer``, against the trained model through the same APIs."""
+and ``MMSegInferencer``, mmaction2's ``inference_recognizer``, against the
+trained model through the same APIs."""
+import glob
+import os.path as osp
+
 import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
 from _helpers import run_tool
+from mmaction.apis import inference_recognizer, init_recognizer
 from mmdet.apis import DetInferencer, inference_detector, init_detector
 from mmseg.apis import MMSegInferencer, inference_model, init_model
 
 from ssn_norm.apis import deployed_inferencer, load_deployed
+from ssn_norm.datasets.tiny_kinetics import make_tiny_kinetics
 from ssn_norm.deploy import assert_plain
 from ssn_norm.utils import sparse_switchable_norms
 
@@ -59,6 +65,25 @@ test_pipeline = [
 test_dataloader = dict(dataset=dict(pipeline=test_pipeline))
 """
 
+VIDEO_CONFIG = f"""_base_ = ('mmaction::recognition/i3d/'
+          'i3d_imagenet-pretrained-r50_8xb8-32x2x1-100e_kinetics400-rgb.py')
+custom_imports = dict(imports=['ssn_norm'], allow_failed_imports=False)
+model = dict(
+    backbone=dict(depth=18, base_channels=16, pretrained=None,
+                  pretrained2d=False, inflate=((1, 1), (1, 0), (1, 0), (0, 1)),
+                  norm_cfg={SSN}),
+    cls_head=dict(num_classes=4, in_channels=128))
+test_pipeline = [
+    dict(type='DecordInit', io_backend='disk'),
+    dict(type='SampleFrames', clip_len=8, frame_interval=2, num_clips=2,
+         test_mode=True),
+    dict(type='DecordDecode'),
+    dict(type='Resize', scale=(-1, 40)),
+    dict(type='CenterCrop', crop_size=32),
+    dict(type='FormatShape', input_format='NCTHW'),
+    dict(type='PackActionInputs')]
+"""
+
 
 def _freeze_randomly(model, members):
     """Every SSN layer frozen one-hot on a random (mean, var) choice among
@@ -82,9 +107,9 @@ def _freeze_randomly(model, members):
             layer.running_var.uniform_(0.5, 2, generator=generator)
 
 
-def _deploy(tmp_path, text, init, members, shape):
+def _deploy(tmp_path, text, init, members, shape, *options):
     """Config, trained checkpoint (random, frozen SSN) and its deployed
-    file, made through tools/deploy_ssn.py."""
+    file, made through tools/deploy_ssn.py (with ``options``)."""
     config = tmp_path / 'config.py'
     config.write_text(text)
     model = init(str(config), device='cpu')
@@ -93,7 +118,7 @@ def _deploy(tmp_path, text, init, members, shape):
     torch.save({'state_dict': model.state_dict(), 'meta': {}}, checkpoint)
     out = tmp_path / 'deployed.pth'
     assert run_tool('deploy_ssn', config, checkpoint, out, '--check-shape',
-                    *shape) == 0
+                    *shape, *options) == 0
     return str(config), str(checkpoint), str(out)
 
 
@@ -165,6 +190,29 @@ def test_mmseg_inference_model_and_inferencer(tmp_path):
     result = inferencer(image, return_datasamples=True)
     torch.testing.assert_close(
         result.seg_logits.data, theirs, rtol=1e-4, atol=1e-4)
+
+
+def test_mmaction_inference_recognizer(tmp_path):
+    # LN and BN only: the last stage's maps are too small for IN's unbiased
+    # variance; BN choices unfolded as BatchNorm3d where not folded.  A
+    # 3-D recognizer's input: (batch, clips, C, T, H, W).
+    config, checkpoint, out = _deploy(tmp_path, VIDEO_CONFIG, init_recognizer,
+                                      (1, 2), (1, 1, 3, 8, 32, 32),
+                                      '--spatial-dims', '3')
+    deployed = load_deployed(config, out)
+    assert_plain(deployed)
+    trained = init_recognizer(config, checkpoint, device='cpu')
+    videos = make_tiny_kinetics(
+        str(tmp_path / 'kinetics'),
+        num_train=1,
+        num_val=1,
+        frame_size=64,
+        rawframes=False)
+    (video, ) = glob.glob(osp.join(videos['videos_val'], '*.mp4'))
+    ours = inference_recognizer(deployed, video).pred_score
+    theirs = inference_recognizer(trained, video).pred_score
+    assert ours.shape == (4, )
+    torch.testing.assert_close(ours, theirs, rtol=1e-4, atol=1e-5)
 
 
 def test_deployed_inferencer_takes_no_weights(tmp_path):
