@@ -199,6 +199,10 @@ def test_mmaction_inference_recognizer(tmp_path):
     config, checkpoint, out = _deploy(tmp_path, VIDEO_CONFIG, init_recognizer,
                                       (1, 2), (1, 1, 3, 8, 32, 32),
                                       '--spatial-dims', '3')
+    # The usual mistake, a 5-D clip: refused with the 6-D shape to give.
+    with pytest.raises(ValueError, match=r'--check-shape 1 1 3 8 32 32'):
+        run_tool('deploy_ssn', config, checkpoint, tmp_path / 'x.pth',
+                 '--check-shape', 1, 3, 8, 32, 32)
     deployed = load_deployed(config, out)
     assert_plain(deployed)
     trained = init_recognizer(config, checkpoint, device='cpu')

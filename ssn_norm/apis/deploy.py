@@ -186,6 +186,24 @@ class OutputCheck:
                 f'{self.max_error:.3g} (largest output {self.max_value:.3g})')
 
 
+def _check_input_rank(model: nn.Module, shape: Tuple[int, ...]) -> None:
+    """Refuses a check shape of the wrong rank for mmaction2's 3-D
+    recognizers, whose ``extract_feat`` takes (batch, clips, C, T, H, W):
+    a 5-D clip would otherwise fail deep inside the model."""
+    try:
+        from mmaction.models.recognizers import Recognizer3D
+    except ImportError:  # mmaction2 not installed: no such model
+        return
+    if isinstance(model, Recognizer3D) and len(shape) != 6:
+        example = ' '.join(map(
+            str,
+            (1, 1, *shape[-4:]))) if len(shape) == 5 else '1 1 3 32 224 224'
+        raise ValueError(
+            f'--check-shape {" ".join(map(str, shape))}: a 3-D recognizer '
+            'takes (batch, clips, C, T, H, W) in extract_feat; give 6 '
+            f'numbers, e.g. --check-shape {example}')
+
+
 def deploy_checkpoint(
     config: str,
     checkpoint: str,
@@ -208,6 +226,8 @@ def deploy_checkpoint(
     from mmengine.runner import load_checkpoint
     model = build_model(config, cfg_options)
     load_checkpoint(model, checkpoint, map_location='cpu', strict=True)
+    if check_shape is not None:
+        _check_input_rank(model, tuple(check_shape))
     check_input = (
         torch.randn(*check_shape) if check_shape is not None else None)
     seen: List[List[torch.Tensor]] = []  # the check's outputs, before/after
